@@ -1,0 +1,10 @@
+"""The one exception type for user mistakes.
+
+Anything a user can get wrong (an unknown method, option, task or backbone, a missing file, a malformed line)
+raises :class:`UserError` with a one-line message naming the culprit and how to fix it. The CLI prints that line
+and exits non-zero; it never shows a traceback for a ``UserError``.
+"""
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message is one line, ready to print."""
