@@ -1,0 +1,106 @@
+"""timm Vision Transformer backbones: creation, local checkpoints, token count and feature width."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from .errors import UserError
+
+DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
+CHECKPOINT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def create_backbone(
+    backbone: str | VisionTransformer = DEFAULT_BACKBONE,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    img_size: int | None = None,
+) -> VisionTransformer:
+    """A headless timm ViT: by name (hub weights, a local checkpoint or random init) or a built model used in place.
+
+    ``weights`` loads a local checkpoint (Google ``.npz``, ``.pth``/``.pt``/``.bin``/``.ckpt``, ``.safetensors``) with
+    no network access, whatever the model tag. ``img_size`` resizes the position embeddings.
+    """
+    if isinstance(backbone, torch.nn.Module):
+        if not isinstance(backbone, VisionTransformer):
+            raise UserError(f"backbone {type(backbone).__name__} is not a timm VisionTransformer")
+        model = backbone
+        if weights is not None:
+            load_weights(model, weights)
+    else:
+        if not timm.is_model(backbone):
+            raise UserError(
+                f"unknown backbone {backbone!r}: pass a timm ViT name such as {DEFAULT_BACKBONE!r} "
+                "(see timm.list_models('vit_*'))"
+            )
+        kwargs = {"img_size": img_size} if img_size else {}
+        hub = pretrained and weights is None
+        try:
+            model = timm.create_model(backbone, pretrained=hub, num_classes=0, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:  # hub unreachable, or no weights under that tag
+            if not hub:
+                raise
+            raise UserError(
+                f"cannot fetch pretrained weights for {backbone!r} ({type(err).__name__}): "
+                "pass --weights PATH (a local checkpoint) or --no-pretrained"
+            ) from err
+        if not isinstance(model, VisionTransformer):
+            raise UserError(f"backbone {backbone!r} is a {type(model).__name__}, not a timm VisionTransformer")
+        if weights is not None:
+            load_weights(model, weights)
+    if model.num_classes:
+        model.reset_classifier(0)
+    if img_size and tuple(model.patch_embed.img_size) != (img_size, img_size):
+        model.set_input_size(img_size=(img_size, img_size))
+    return model
+
+
+def load_weights(model: VisionTransformer, path: str | Path) -> None:
+    """Load a local checkpoint into ``model`` in place; the classifier head, if any, is dropped.
+
+    Google ``.npz`` goes through timm's own converter; PyTorch and safetensors state dicts go through timm's
+    ViT checkpoint filter (position embeddings resampled to the model's size). Nothing touches the network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found")
+    if path.suffix not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"weights file {path}: unknown format {path.suffix!r}, expected one of {CHECKPOINT_SUFFIXES}")
+    try:
+        if path.suffix == ".npz":
+            model.load_pretrained(str(path))
+            return
+        state = timm.models.load_state_dict(str(path))
+    except Exception as err:  # corrupt or foreign file: say which
+        raise UserError(f"cannot read weights file {path}: {err}") from err
+    try:
+        state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head.")}, model)
+    except Exception as err:  # shapes timm cannot adapt
+        raise UserError(f"weights file {path} does not fit this backbone: {err}".splitlines()[0]) from err
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    missing = [k for k in own if k not in state and not k.startswith("head.")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"weights file {path} does not fit this backbone: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def num_tokens(model: VisionTransformer) -> int:
+    """Tokens the blocks see at the model's image size: prefix tokens (CLS, registers) plus patches."""
+    return model.num_prefix_tokens + model.patch_embed.num_patches
+
+
+def feature_dim(model: VisionTransformer) -> int:
+    """Width of the pooled feature the head reads."""
+    return model.num_features

@@ -1,0 +1,16 @@
+"""Linear probing: only the head trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import register
+from .base import Method
+
+
+@register
+@dataclass
+class Linear(Method):
+    """The frozen backbone's pooled CLS feature feeds a trainable linear head."""
+
+    name = "linear"

@@ -1,0 +1,57 @@
+"""LoRA on the query and value slices of timm's fused qkv projection (Hu et al., 2022)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from . import register
+from .base import Method
+
+
+class LoraQKV(nn.Module):
+    """``qkv(x)`` plus ``alpha / r · x Aᵀ Bᵀ`` added to its query and value slices only.
+
+    ``lora_A`` (2, r, D) holds the down-projections of q and v, ``lora_B`` (2, D, r) their up-projections.
+    B starts at zero, so before training the output equals the frozen layer's.
+    """
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float):
+        super().__init__()
+        self.base_layer = base_layer
+        self.dim = base_layer.out_features // 3
+        self.r = r
+        self.scaling = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(2, r, base_layer.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(2, self.dim, r))
+        for a in self.lora_A:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+
+    def forward(self, x):
+        out = self.base_layer(x)
+        h = F.linear(x, self.lora_A.flatten(0, 1)) * self.scaling
+        h_q, h_v = h.split(self.r, dim=-1)
+        out[..., : self.dim] += F.linear(h_q, self.lora_B[0])
+        out[..., 2 * self.dim:] += F.linear(h_v, self.lora_B[1])
+        return out
+
+
+@register
+@dataclass
+class LoRA(Method):
+    """Low-rank updates of W_q and W_v in every block (B zero-initialised), scaled by ``alpha / r``."""
+
+    name = "lora"
+    r: int = 8
+    alpha: float = 8.0
+
+    def inject(self, backbone):
+        if self.r < 1:
+            raise UserError(f"method 'lora': r={self.r} must be at least 1")
+        for block in backbone.blocks:
+            block.attn.qkv = LoraQKV(block.attn.qkv, self.r, self.alpha)

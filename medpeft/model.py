@@ -1,0 +1,142 @@
+"""The classifier every method produces, how to build it, and small checkpoints of what it trains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .attention import TokenInit
+from .backbones import DEFAULT_BACKBONE, create_backbone, feature_dim
+from .errors import UserError
+from .methods import get_method
+
+
+class PeftClassifier(nn.Module):
+    """A (partly) frozen timm ViT and a head on its pooled CLS token: images (B, 3, H, W) → logits (B, C).
+
+    ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier.
+    ``config`` records how it was built (method, options, backbone, classes, image size).
+    """
+
+    def __init__(self, backbone: VisionTransformer, head: nn.Module, config: dict[str, Any]):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature the head reads: the CLS token after the final norm (the backbone's own pooling)."""
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def build_model(
+    method: str,
+    backbone: str | VisionTransformer = DEFAULT_BACKBONE,
+    num_classes: int = 2,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    img_size: int | None = None,
+    **options,
+) -> PeftClassifier:
+    """Build ``method`` on a timm ViT: frozen backbone, the method's trainable tensors, a fresh head.
+
+    ``backbone`` is a timm model name or a built timm ``VisionTransformer`` (used in place). ``pretrained`` takes
+    timm's hub weights; ``weights`` a local checkpoint instead. ``img_size`` resizes the position embeddings and
+    sizes token-indexed parameters. ``options`` are the method's own (see ``available_methods``).
+    """
+    if num_classes < 1:
+        raise UserError(f"num_classes={num_classes} must be at least 1")
+    spec = get_method(method, **options)
+    model = create_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
+    model.requires_grad_(False)
+    spec.inject(model)
+    head = spec.make_head(feature_dim(model), num_classes)
+    config = {
+        "method": method,
+        "options": spec.options(),
+        "backbone": backbone if isinstance(backbone, str) else model.default_cfg.get("architecture", "custom"),
+        "num_classes": num_classes,
+        "img_size": int(model.patch_embed.img_size[0]),
+    }
+    return PeftClassifier(model, head, config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) number of parameter elements; shared tensors are counted once."""
+    params = list(model.parameters())  # parameters() already de-duplicates shared tensors
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors by name, detached."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: PeftClassifier, path: str | Path) -> None:
+    """Write only the trainable tensors (safetensors) with the build config in the file's metadata."""
+    state = {name: t.contiguous().cpu() for name, t in trainable_state(model).items()}
+    save_file(state, str(path), metadata={"medpeft_config": json.dumps(model.config)})
+
+
+def read_trainable_config(path: str | Path) -> dict[str, Any]:
+    """The build config stored in a :func:`save_trainable` file."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["medpeft_config"])
+    except (OSError, KeyError, ValueError, SafetensorError) as err:
+        raise UserError(f"{path} is not a medpeft trainable-weights file ({err})") from err
+
+
+def load_trainable(
+    path: str | Path,
+    model: PeftClassifier | None = None,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    backbone: str | VisionTransformer | None = None,
+) -> PeftClassifier:
+    """Restore a :func:`save_trainable` file onto ``model``, or onto a fresh model built from its config.
+
+    A fresh model needs the frozen backbone weights: from the hub (``pretrained``), a local file (``weights``),
+    or a built ``backbone``. Tensors must match exactly in names and shapes.
+    """
+    config = read_trainable_config(path)
+    if model is None:
+        model = build_model(
+            config["method"], backbone or config["backbone"], config["num_classes"], pretrained=pretrained,
+            weights=weights, img_size=config["img_size"], **config["options"],
+        )
+    elif model.config["method"] != config["method"]:
+        raise UserError(f"{path} holds a {config['method']!r} model, not {model.config['method']!r}")
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise UserError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if params[name].shape != tensor.shape:
+                raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    for hook in list(_pending_token_inits(model)):
+        hook.cancel()
+    return model
+
+
+def _pending_token_inits(model: nn.Module):
+    for module in model.modules():
+        for hook in module._forward_hooks.values():
+            if isinstance(hook, TokenInit):
+                yield hook

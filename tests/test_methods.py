@@ -1,0 +1,168 @@
+"""Every method: what trains (counted against the definitions), that it learns, and where it starts."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+import medpeft
+from medpeft import UserError, build_model, count_parameters
+
+C = 5
+
+
+def block_params(D):
+    """norm1, qkv, proj, norm2, fc1 (4D), fc2 of one pre-norm ViT block."""
+    return 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D)
+
+
+def expected_trainable(method, D, depth=12, N=197, S=224, **o):
+    """Trainable parameter count from the method's definition (DESIGN §3), head included."""
+    head = D * C + C
+    return head + {
+        "linear": lambda: 0,
+        "partial": lambda: o.get("k", 1) * block_params(D) + 2 * D,
+        "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
+        "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
+        "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
+        "adapter": lambda: depth * (2 * D * o.get("bottleneck", 64) + o.get("bottleneck", 64) + D),
+        "vp": lambda: 2 * 3 * o.get("prompt_size", 30) * S + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get("prompt_size", 30),
+        "vpt": lambda: (depth if o.get("deep", True) else 1) * o.get("prompt_length", 10) * D,
+        "ept": lambda: len(o.get("layers") or range(depth)) * N * o.get("prompt_length", 100),
+        "ssf": lambda: depth * 2 * (D + D + 3 * D + D + 4 * D + D) + 2 * D + 2 * D,
+        "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)),
+        "peft:ia3": lambda: depth * (3 * D + D + 4 * D + 4 * D),
+    }[method]()
+
+
+CASES = [
+    ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("mlp", {"k": 2}), ("bitfit", {}),
+    ("lora", {}), ("lora", {"r": 4}), ("adapter", {}), ("adapter", {"bottleneck": 8}), ("vp", {}),
+    ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"prompt_length": 50, "deep": False}), ("ept", {}),
+    ("ept", {"prompt_length": 20, "layers": [0]}), ("ept", {"layers": [11, 10, 9]}), ("ssf", {}),
+    ("peft:lora", {}), ("peft:ia3", {}),
+]
+
+
+@pytest.mark.parametrize("backbone,D", [("vit_tiny_patch16_224", 192), ("vit_base_patch16_224", 768)])
+def test_trainable_counts_match_definitions(backbone, D):
+    template = timm.create_model(backbone, num_classes=0)  # built once; every case gets its own copy
+    frozen = sum(p.numel() for p in template.parameters())
+    for method, options in CASES:
+        model = build_model(method, copy.deepcopy(template), C, **options)
+        trainable, total = count_parameters(model)
+        assert trainable == expected_trainable(method, D, **options), (method, options)
+        added = D * C + C if method in ("partial", "bitfit") else trainable  # these only unfreeze
+        assert total == frozen + added, (method, options)
+    full = build_model("full", template, C)
+    assert count_parameters(full)[0] == count_parameters(full)[1] == frozen + D * C + C
+
+
+def test_ept_rows_follow_image_size():
+    model = build_model("ept", "vit_tiny_patch16_224", C, pretrained=False, img_size=384, prompt_length=10)
+    assert model.backbone.blocks[0].attn.prompt.shape == (577, 10)
+    assert count_parameters(model)[0] == expected_trainable("ept", 192, N=577, prompt_length=10)
+    assert model(torch.randn(1, 3, 384, 384)).shape == (1, C)
+
+
+def two_sgd_steps(model, images, seed=0):
+    """Two plain SGD steps (no weight decay: only a gradient can move a tensor)."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    targets = torch.randint(0, C, (images.shape[0],))
+    for _ in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), targets).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("method", medpeft.available_methods())
+def test_frozen_stays_frozen_and_trainable_learns(method):
+    torch.manual_seed(0)
+    model = build_model(method, "vit_tiny_patch16_224", C, pretrained=False, img_size=64)
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("head.") for n in trainable)
+    two_sgd_steps(model, torch.randn(4, 3, 64, 64))
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert not torch.equal(p, before[name]), f"{method}: trainable {name} never moved"
+        else:
+            assert torch.equal(p, before[name]), f"{method}: frozen {name} moved"
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "ssf", "peft:lora"])
+def test_zero_initialised_methods_start_as_the_frozen_model(method):
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64)
+    frozen = build_model("linear", copy.deepcopy(vit), C)
+    model = build_model(method, vit, C)
+    model.head.load_state_dict(frozen.head.state_dict())
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(images), frozen(images))
+
+
+def test_prompt_tensors_are_named_prompt():
+    for method in ("vp", "vpt", "ept"):
+        model = build_model(method, "vit_tiny_patch16_224", C, pretrained=False, img_size=64)
+        names = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        assert names and all("prompt" in n for n in names), (method, names)
+
+
+def test_vpt_deep_and_shallow_equal_naive_loop():
+    from reference import naive_vpt_features
+
+    for deep in (True, False):
+        vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64).double()
+        reference = copy.deepcopy(vit)
+        model = build_model("vpt", vit, C, prompt_length=3, deep=deep).double()
+        prompt = model.backbone.blocks.prompt
+        images = torch.randn(2, 3, 64, 64, dtype=torch.double)
+        ours, theirs = model.forward_features(images), naive_vpt_features(reference, prompt, images)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+        g1 = torch.autograd.grad(ours.square().sum(), prompt)[0]
+        g2 = torch.autograd.grad(theirs.square().sum(), prompt)[0]
+        torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-14)
+
+
+def test_vp_changes_only_border_pixels():
+    model = build_model("vp", "vit_tiny_patch16_224", C, pretrained=False, prompt_size=5)
+    seen = {}
+    conv = model.backbone.patch_embed.proj.proj
+    conv.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    images = torch.randn(2, 3, 224, 224)
+    model(images)
+    delta = (seen["x"] - images).abs()
+    interior = torch.zeros(224, 224, dtype=torch.bool)
+    interior[5:-5, 5:-5] = True
+    assert delta[..., interior].max() == 0
+    assert (delta[..., ~interior] > 0).all()
+
+
+def test_user_mistakes_are_one_line_errors():
+    with pytest.raises(UserError, match="unknown method 'nope'.*ept"):
+        build_model("nope", "vit_tiny_patch16_224", C, pretrained=False)
+    with pytest.raises(UserError, match="unknown option.*'rank'.*valid options.*'r'"):
+        build_model("lora", "vit_tiny_patch16_224", C, pretrained=False, rank=4)
+    with pytest.raises(UserError, match="way='sum' is not one of"):
+        build_model("ept", "vit_tiny_patch16_224", C, pretrained=False, way="sum")
+    with pytest.raises(UserError, match="prompt_length='ten' should be int"):
+        build_model("ept", "vit_tiny_patch16_224", C, pretrained=False, prompt_length="ten")
+    with pytest.raises(UserError, match="layers=\\[12\\]"):
+        build_model("ept", "vit_tiny_patch16_224", C, pretrained=False, layers=[12])
+    with pytest.raises(UserError, match="unknown backbone 'vit_nope'"):
+        build_model("linear", "vit_nope", C, pretrained=False)
+    with pytest.raises(UserError, match="not a timm VisionTransformer"):
+        build_model("linear", "resnet18", C, pretrained=False)
+    with pytest.raises(UserError, match="unknown peft tuner 'nope'"):
+        build_model("peft:nope", "vit_tiny_patch16_224", C, pretrained=False)
+    with pytest.raises(UserError, match="peft:lora"):
+        build_model("peft:lora", "vit_tiny_patch16_224", C, pretrained=False, bogus=1)
+
+
+def test_offline_hub_weights_say_what_to_pass():  # conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(UserError, match="--weights PATH.*--no-pretrained"):
+        build_model("linear", "vit_tiny_patch16_224.augreg_in21k", C, pretrained=True)
