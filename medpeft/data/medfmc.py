@@ -1,0 +1,73 @@
+"""MedFMC (ChestDR, ColonPath, Endo) in its official layout.
+
+::
+
+    <root>/<task>/images/<name>
+    <root>/<task>/<task>_<K>-shot_train_exp<N>.txt   (and _val_)
+    <root>/<task>/test_WithLabel.txt                  (default test list)
+
+Note: the official chest/endo val files overlap their train files; use them for checkpoint selection only.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import UserError
+from .annotations import read_annotations, read_list
+from .samples import DatasetSplits, Samples, stack_labels
+from .tasks import TaskSpec, get_task
+
+_SPLIT_FILE = re.compile(r"(?P<task>.+)_(?P<shots>\d+)-shot_train_exp(?P<exp>\d+)\.txt")
+
+
+def split_path(root, task: str, shots: int, exp: int, part: str) -> Path:
+    """``<root>/<task>/<task>_<shots>-shot_<part>_exp<exp>.txt`` (``part``: train or val)."""
+    return Path(root) / task / f"{task}_{shots}-shot_{part}_exp{exp}.txt"
+
+
+def available_splits(folder, task: str) -> list[tuple[int, int]]:
+    """Sorted ``(K, N)`` of the ``<task>_<K>-shot_train_exp<N>.txt`` files in ``folder``."""
+    found = (_SPLIT_FILE.fullmatch(p.name) for p in Path(folder).glob(f"{task}_*-shot_train_exp*.txt"))
+    return sorted((int(m["shots"]), int(m["exp"])) for m in found if m and m["task"] == task)
+
+
+def _samples(names, labels, images: Path, task: TaskSpec) -> Samples:
+    labels = None if labels is None else stack_labels(labels, task)
+    return Samples(list(names), [str(images / n) for n in names], labels)
+
+
+def _split(root, task: TaskSpec, shots: int, exp: int, part: str) -> list:
+    path = split_path(root, task.name, shots, exp, part)
+    if not path.is_file():
+        combos = ", ".join(f"{k}-shot exp{n}" for k, n in available_splits(path.parent, task.name)) or "none"
+        raise UserError(f"split file {path} not found; available in {path.parent}: {combos} "
+                        "(write more with medpeft.data.write_medfmc_splits)")
+    items = read_annotations(path, task)
+    if not items:
+        raise UserError(f"split file {path} lists no images")
+    return items
+
+
+def load_medfmc(root, task: str | TaskSpec, shots: int, exp: int, test_list=None) -> DatasetSplits:
+    """The K-shot experiment-N splits of a MedFMC task.
+
+    ``test_list``: a labelled or names-only list (then ``test.labels`` is None), absolute or relative to
+    ``<root>/<task>/``; default ``test_WithLabel.txt``. Images are not opened here: see
+    :meth:`DatasetSplits.check_images`.
+    """
+    task = get_task(task)
+    folder = Path(root) / task.name
+    if not folder.is_dir():
+        raise UserError(f"MedFMC task folder {folder} not found; expected <root>/{task.name}/ with images/ and lists")
+    images = folder / "images"
+    train, val = (_split(root, task, shots, exp, part) for part in ("train", "val"))
+    test_path = folder / (test_list or "test_WithLabel.txt")  # an absolute test_list replaces the folder
+    names, labels = read_list(test_path, task)
+    return DatasetSplits(
+        task,
+        _samples([n for n, _ in train], [y for _, y in train], images, task),
+        _samples([n for n, _ in val], [y for _, y in val], images, task),
+        _samples(names, labels, images, task),
+    )

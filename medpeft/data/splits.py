@@ -1,0 +1,109 @@
+"""Few-shot split generation. Validation images are always disjoint from training images.
+
+The original MedFMC generator let chest/endo val files overlap their train files (it compared a file name with
+``[name, label]`` pairs); the generators here exclude every training image from val.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .annotations import read_annotations, write_annotations
+from .medfmc import split_path
+from .tasks import TaskSpec, get_task
+
+
+def study_id(name: str) -> str:
+    """Endo study (patient examination): the first 18 characters, e.g. ``13333_2021.12_0007``."""
+    return name[:18]
+
+
+def region_id(name: str) -> str:
+    """Colon region (slide crop): the name minus its last 9 characters ``pNNNN.png``."""
+    return name[:-9]
+
+
+GROUP_KEYS = {"endo": study_id, "colon": region_id}
+"""How MedFMC tasks group images into shots; a task not listed here samples single images (as chest does)."""
+
+
+def _check_shots(shots) -> None:
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise UserError(f"shots must be a positive integer, got {shots!r}")
+
+
+def medfmc_few_shot(items: list, task: str | TaskSpec, shots: int, seed) -> tuple[list, list]:
+    """Draw a K-shot ``(train_items, val_items)`` from a trainval pool, by the MedFMC grouping rules.
+
+    For each class c in order, the groups (``GROUP_KEYS``: endo study, colon region, else the single image) holding
+    a c-positive image are shuffled and K kept (all when there are at most K); train gets every c-positive image of
+    those groups. An image can thus appear once per class it is drawn for (duplicate lines, as in the original chest
+    and endo files). Val is the pool minus every train image (by name). ``seed``: anything
+    ``numpy.random.default_rng`` accepts.
+    """
+    task = get_task(task)
+    _check_shots(shots)
+    rng = np.random.default_rng(seed)
+    key = GROUP_KEYS.get(task.name)
+    train = []
+    for c in range(task.num_classes):
+        groups: dict = {}
+        for i, (name, label) in enumerate(items):
+            if (label[c] == 1) if task.multilabel else (label == c):
+                groups.setdefault(key(name) if key else i, []).append(i)
+        chosen = list(groups)
+        if len(chosen) > shots:
+            chosen = [chosen[j] for j in rng.permutation(len(chosen))[:shots]]
+        train += [items[i] for g in chosen for i in groups[g]]
+    taken = {name for name, _ in train}
+    return train, [item for item in items if item[0] not in taken]
+
+
+def per_class_few_shot(labels, shots: int, seed, val_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train_idx, val_idx)`` of a K-shot split of ``labels`` ((n,) class indices or (n, C) 0/1).
+
+    Single-label: K images per class. Multi-label: K positives per class, drawn independently per class like chest,
+    so ``train_idx`` may repeat an image. Val holds no train image: ``val_per_class`` further images per class (the
+    positives of each class, for multi-label), or every remaining image when None. For a fixed seed, the K-shot
+    train set contains the smaller-K ones. ``train_idx`` is in class order, ``val_idx`` sorted.
+    """
+    _check_shots(shots)
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    if labels.ndim == 2:
+        members = [np.flatnonzero(labels[:, c] == 1) for c in range(labels.shape[1])]
+    else:
+        members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    perms = [rng.permutation(m) for m in members]
+    train = np.concatenate([np.empty(0, np.int64), *(p[:shots] for p in perms)])
+    rest = np.ones(len(labels), dtype=bool)
+    rest[train] = False
+    if val_per_class is None:
+        return train, np.flatnonzero(rest)
+    val = np.concatenate([np.empty(0, np.int64), *(p[rest[p]][:val_per_class] for p in perms)])
+    return train, np.unique(val)
+
+
+def write_medfmc_splits(root, task: str | TaskSpec, shots_list, exps, seed: int = 0,
+                        overwrite: bool = False) -> list[Path]:
+    """Write ``<task>_<K>-shot_{train,val}_exp<N>.txt`` from ``<root>/<task>/trainval.txt`` for every K and N.
+
+    The split for (K, N) is seeded with ``(seed, K, N)``. Existing files are kept (UserError) unless ``overwrite``.
+    Returns the paths written.
+    """
+    task = get_task(task)
+    items = read_annotations(Path(root) / task.name / "trainval.txt", task)
+    jobs = [(k, n) for k in shots_list for n in exps]
+    paths = [split_path(root, task.name, k, n, part) for k, n in jobs for part in ("train", "val")]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"split file {existing[0]} already exists ({len(existing)} in all); "
+                        "pass overwrite=True (--overwrite) to replace them")
+    for k, n in jobs:
+        train, val = medfmc_few_shot(items, task, k, (seed, k, n))
+        write_annotations(split_path(root, task.name, k, n, "train"), train, task)
+        write_annotations(split_path(root, task.name, k, n, "val"), val, task)
+    return paths
