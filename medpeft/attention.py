@@ -7,11 +7,14 @@ and batch), EPT's attention is ``A = softmax_row([P | S])[:, L:]``: the prompt c
     A_jk = exp S_jk / (Z_j + exp r_j) = softmax(S)_jk · s_j,   s_j = Z_j / (Z_j + exp r_j) = sigmoid(log Z_j − r_j),
 
 so the prompt acts as one extra key with zero value whose logit for query j is r_j. :func:`null_key_attention`
-computes that with fused attention kernels (no (B, H, N, N + L) tensor is ever built): on CPU the flash kernel's
-row log-sum-exp gives s_j directly; elsewhere SDPA runs with the logit in an expanded query channel.
+computes that with fused attention kernels (no (B, H, N, N + L) tensor is ever built): the row log-sum-exp of
+the CPU flash, CUDA flash or CUDA memory-efficient kernel gives s_j directly; elsewhere SDPA runs with the logit
+in an expanded query channel.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +28,14 @@ INITS = ("normal", "uniform", "zero", "kaiming", "token")
 def null_key_attention(q, k, v, logit, scale: float, dropout_p: float = 0.0):
     """``softmax([logit | q kᵀ·scale])[..., 1:] @ v``: attention plus one extra key of zero value, fused.
 
-    ``q, k, v`` are (B, H, N, d); ``logit`` broadcasts to (B, H, N). On CPU (no dropout) this is one fused flash
-    attention whose log-sum-exp gives the scaling s = sigmoid(lse − logit) directly (:class:`_ScaledFlashAttention`);
-    elsewhere the logit rides in an extra query channel against an extra key (:func:`_extra_channel_attention`).
+    ``q, k, v`` are (B, H, N, d); ``logit`` broadcasts to (B, H, N). Where a fused kernel returns its row
+    log-sum-exp (CPU flash; CUDA flash or memory-efficient; no dropout) this is that one kernel and the scaling
+    s = sigmoid(lse − logit) (:class:`_ScaledFusedAttention`); elsewhere the logit rides in an extra query channel
+    against an extra key (:func:`_extra_channel_attention`).
     """
-    if q.device.type == "cpu" and dropout_p == 0.0 and _CPU_FLASH is not None:
-        return _ScaledFlashAttention.apply(q, k, v, logit.expand(q.shape[:3]), scale)
+    kernel = _lse_kernel(q, dropout_p)
+    if kernel is not None:
+        return _ScaledFusedAttention.apply(q, k, v, logit.expand(q.shape[:3]), scale, kernel)
     return _extra_channel_attention(q, k, v, logit, scale, dropout_p)
 
 
@@ -42,7 +47,7 @@ def _extra_channel_attention(q, k, v, logit, scale: float, dropout_p: float = 0.
     """
     B, H, N, d = q.shape
     pad = -(-(d + 1) // 8) * 8 - d
-    q = torch.cat([q, logit.expand(B, H, N).unsqueeze(-1), q.new_zeros(B, H, N, pad - 1)], dim=-1)
+    q = torch.cat([q, logit.to(q.dtype).expand(B, H, N).unsqueeze(-1), q.new_zeros(B, H, N, pad - 1)], dim=-1)
     null_key = k.new_zeros(B, H, 1, d + pad)
     null_key[..., d] = 1.0 / scale
     k = torch.cat([F.pad(k, (0, pad)), null_key], dim=2)
@@ -51,25 +56,92 @@ def _extra_channel_attention(q, k, v, logit, scale: float, dropout_p: float = 0.
     return out[..., :d]
 
 
-_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_CPU_FLASH_BACKWARD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+class _LseKernel(NamedTuple):
+    """A fused attention kernel that returns its row log-sum-exp, and its backward.
+
+    ``forward(q, k, v, scale) -> (out, lse, saved)`` with ``lse[..., :N]`` the natural-log row log-sum-exp;
+    ``backward(grad_out, q, k, v, out, lse, saved, scale) -> (dq, dk, dv)``.
+    """
+
+    name: str
+    forward: Callable
+    backward: Callable
 
 
-class _ScaledFlashAttention(torch.autograd.Function):
-    """y = s ⊙ flash(q, k, v) with s = sigmoid(lse − logit), lse the flash kernel's own row log-sum-exp.
+_aten = torch.ops.aten
+_CPU_FLASH = _LseKernel(
+    "cpu flash",
+    lambda q, k, v, scale: (*_aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale), ()),
+    lambda g, q, k, v, out, lse, saved, scale: _aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        g, q, k, v, out, lse, 0.0, False, scale=scale),
+)
 
-    Backward reuses the flash backward kernel: called with grad_out = s ⊙ dy and out = y, its row term
+
+def _cuda_flash_forward(q, k, v, scale):
+    out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = _aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, False, False, scale=scale)
+    return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+
+
+def _cuda_flash_backward(g, q, k, v, out, lse, saved, scale):
+    cum_q, cum_k, max_q, max_k, seed, offset = saved
+    return _aten._scaled_dot_product_flash_attention_backward(g, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0,
+                                                              False, seed, offset, scale=scale)
+
+
+def _cuda_efficient_forward(q, k, v, scale):
+    out, lse, seed, offset = _aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
+                                                                          scale=scale)
+    return out, lse, (seed, offset)  # lse is padded along N (to a multiple of 32)
+
+
+def _cuda_efficient_backward(g, q, k, v, out, lse, saved, scale):
+    seed, offset = saved
+    return _aten._scaled_dot_product_efficient_attention_backward(
+        g, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale)[:3]
+
+
+_CUDA_FLASH = _LseKernel("cuda flash", _cuda_flash_forward, _cuda_flash_backward)
+_CUDA_EFFICIENT = _LseKernel("cuda efficient", _cuda_efficient_forward, _cuda_efficient_backward)
+
+
+def _lse_kernel(q, dropout_p: float) -> _LseKernel | None:
+    """The fused kernel with a log-sum-exp output that fits ``q`` (None: use the extra-channel path).
+
+    CUDA flash needs fp16/bf16 and compute capability 8.0+, memory-efficient takes fp32 too; both head dims that
+    are multiples of 8 (up to 256 and 128). The SDPA backend switches (``torch.backends.cuda.*_sdp_enabled``) are
+    honoured.
+    """
+    if dropout_p:
+        return None
+    if q.device.type == "cpu":
+        return _CPU_FLASH
+    d = q.shape[-1]
+    if q.device.type != "cuda" or d % 8:
+        return None
+    if (q.dtype in (torch.float16, torch.bfloat16) and d <= 256 and torch.backends.cuda.flash_sdp_enabled()
+            and torch.cuda.get_device_capability(q.device) >= (8, 0)):
+        return _CUDA_FLASH
+    if d <= 128 and torch.backends.cuda.mem_efficient_sdp_enabled():
+        return _CUDA_EFFICIENT
+    return None
+
+
+class _ScaledFusedAttention(torch.autograd.Function):
+    """y = s ⊙ attention(q, k, v) with s = sigmoid(lse − logit), lse the fused kernel's own row log-sum-exp.
+
+    Backward reuses the kernel's backward: called with grad_out = s ⊙ dy and out = y, its row term
     D = rowsum(grad_out ⊙ out) = s²·(dy·O) is exactly what the extra dependence of s on lse requires, so
     dq, dk, dv are exact; d logit = −(dy·y)(1 − s). Nothing of size N × N is stored.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, logit, scale):
-        out, lse = _CPU_FLASH(q, k, v, scale=scale)
-        s = torch.sigmoid(lse - logit)
+    def forward(ctx, q, k, v, logit, scale, kernel):
+        out, lse, saved = kernel.forward(q, k, v, scale)
+        s = torch.sigmoid(lse[..., :q.shape[2]] - logit)
         y = out * s.unsqueeze(-1).to(out.dtype)
         ctx.save_for_backward(q, k, v, y, lse, s)
-        ctx.scale = scale
+        ctx.scale, ctx.kernel, ctx.saved = scale, kernel, saved
         return y
 
     @staticmethod
@@ -78,9 +150,9 @@ class _ScaledFlashAttention(torch.autograd.Function):
         dq = dk = dv = None
         if any(ctx.needs_input_grad[:3]):
             grad_out = dy * s.unsqueeze(-1).to(dy.dtype)
-            dq, dk, dv = _CPU_FLASH_BACKWARD(grad_out, q, k, v, y, lse, 0.0, False, scale=ctx.scale)
+            dq, dk, dv = ctx.kernel.backward(grad_out, q, k, v, y, lse, ctx.saved, ctx.scale)
         dlogit = -(dy * y).sum(-1, dtype=s.dtype) * (1 - s) if ctx.needs_input_grad[3] else None
-        return dq, dk, dv, dlogit, None
+        return dq, dk, dv, dlogit, None, None
 
 
 class EmbeddedPromptAttention(nn.Module):
@@ -131,6 +203,9 @@ class EmbeddedPromptAttention(nn.Module):
         dropout_p = self.attn_drop.p if self.training else 0.0
         if self.way in CONCAT_WAYS:
             out = null_key_attention(q, k, v, self.prompt_logit(q, k), self.scale, dropout_p)
+        elif self.way == "add" and q.is_cuda and self.prompt.requires_grad and not q.requires_grad:
+            # CUDA SDPA (torch <= 2.11) cannot give a float mask alone a gradient (pytorch#148476): materialise
+            out = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1) + self.prompt).softmax(dim=-1)) @ v
         elif self.way == "add":
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.prompt, dropout_p=dropout_p,
                                                  scale=self.scale)

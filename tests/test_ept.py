@@ -7,7 +7,8 @@ import timm
 import torch
 
 from medpeft import build_model
-from medpeft.attention import _extra_channel_attention, _ScaledFlashAttention, null_key_attention
+from medpeft.attention import (_CPU_FLASH, _CUDA_EFFICIENT, _CUDA_FLASH, _extra_channel_attention, _lse_kernel,
+                               _ScaledFusedAttention, null_key_attention)
 from reference import naive_ept_features
 
 
@@ -63,6 +64,8 @@ def test_ept_with_vanishing_prompt_is_the_frozen_backbone():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_both_null_key_kernels_equal_materialised_softmax(dtype):
     """The CPU flash path and the portable extra-channel path against softmax([logit | S]) with column 0 dropped."""
+    assert _lse_kernel(torch.empty(1, 1, 1, 8, dtype=dtype), 0.0) is _CPU_FLASH
+    assert _lse_kernel(torch.empty(1, 1, 1, 8, dtype=dtype), 0.1) is None
     torch.manual_seed(0)
     B, H, N, d = 2, 3, 11, 16
     q, k, v = (torch.randn(B, H, N, d, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -72,7 +75,7 @@ def test_both_null_key_kernels_equal_materialised_softmax(dtype):
     expected = torch.cat([logit[..., None], S], -1).softmax(-1)[..., 1:] @ v
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     grads_expected = torch.autograd.grad(expected.square().sum(), (q, k, v, logit))
-    for fn in (lambda: _ScaledFlashAttention.apply(q, k, v, logit, scale),
+    for fn in (lambda: _ScaledFusedAttention.apply(q, k, v, logit, scale, _CPU_FLASH),
                lambda: _extra_channel_attention(q, k, v, logit, scale),
                lambda: null_key_attention(q, k, v, logit, scale)):
         out = fn()
@@ -124,3 +127,53 @@ def test_ept_input_size_mismatch_is_explained():
     model = build_model("ept", vit, 3)
     with pytest.raises(ValueError, match="build the model with the img_size"):
         model(torch.randn(1, 3, 96, 96))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernel, dtype", [(_CUDA_EFFICIENT, torch.float32), (_CUDA_FLASH, torch.bfloat16),
+                                           (None, torch.float32), (None, torch.bfloat16)])
+def test_cuda_null_key_kernels_equal_materialised_softmax(kernel, dtype):
+    """Both CUDA log-sum-exp kernels (and the extra-channel path, None) against a float64 materialised reference."""
+    torch.manual_seed(0)
+    B, H, N, d = 3, 4, 197, 64
+    q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    logit = torch.randn(B, H, N, device="cuda", requires_grad=True)
+    scale = d ** -0.5
+    q64, k64, v64, logit64 = (t.detach().double().requires_grad_() for t in (q, k, v, logit))
+    expected = torch.cat([logit64[..., None], q64 @ k64.transpose(-2, -1) * scale], -1).softmax(-1)[..., 1:] @ v64
+    dy = torch.randn_like(expected)
+    grads_expected = torch.autograd.grad(expected, (q64, k64, v64, logit64), dy)
+    if kernel is not None:
+        assert _lse_kernel(q, 0.0) is kernel
+        out = _ScaledFusedAttention.apply(q, k, v, logit, scale, kernel)
+    else:
+        out = _extra_channel_attention(q, k, v, logit, scale)
+    grads = torch.autograd.grad(out, (q, k, v, logit), dy.to(dtype))
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4  # relative to the norm
+    for ours, theirs in zip((out, *grads), (expected, *grads_expected)):
+        assert (ours.double() - theirs).norm() / theirs.norm() < tol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("way", ["concat", "multiply_concat", "add"])
+def test_ept_on_cuda_equals_naive_eq5(way):
+    """The fused CUDA path (extra-channel SDPA on the flash/efficient kernels) against Eq. 5, fp32 and bf16."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=96).cuda()
+    reference = copy.deepcopy(vit)
+    model = build_model("ept", vit, 3, way=way, prompt_length=7).cuda()
+    with torch.no_grad():
+        for p in prompts_of(model).values():
+            p.add_(torch.randn_like(p))
+    images = torch.randn(4, 3, 96, 96, device="cuda")
+    ours = model.forward_features(images)
+    theirs = naive_ept_features(reference, prompts_of(model), way, images)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    prompts = list(prompts_of(model).values())
+    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), prompts),
+                                torch.autograd.grad(theirs.square().sum(), prompts)):
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-3, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = model.forward_features(images).float()
+    assert (low - theirs).norm() / theirs.norm() < 0.03
