@@ -8,6 +8,7 @@ import torch
 
 import medpeft
 from medpeft import UserError, build_model, count_parameters
+from medpeft.methods.lora import LoraQKV
 
 C = 5
 
@@ -166,3 +167,22 @@ def test_user_mistakes_are_one_line_errors():
 def test_offline_hub_weights_say_what_to_pass():  # conftest sets HF_HUB_OFFLINE=1
     with pytest.raises(UserError, match="--weights PATH.*--no-pretrained"):
         build_model("linear", "vit_tiny_patch16_224.augreg_in21k", C, pretrained=True)
+
+
+@pytest.mark.parametrize("base_trains", [False, True])
+def test_lora_fast_path_is_the_slice_formulation(base_trains):
+    """medpeft's LoRA (one in-place rank-2r update) against the plain q/v slice updates, values and gradients."""
+    torch.manual_seed(0)
+    layer = LoraQKV(torch.nn.Linear(12, 36).double().requires_grad_(base_trains), r=2, alpha=3.0).double()
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 5, 12, dtype=torch.double, requires_grad=True)
+    A, B, s = layer.lora_A, layer.lora_B, layer.scaling
+    zeros = torch.zeros(2, 5, 12, dtype=torch.double)
+    update = torch.cat([s * x @ A[0].T @ B[0].T, zeros, s * x @ A[1].T @ B[1].T], -1)
+    expected = layer.base_layer(x) + update
+    torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    params = [x, A, B] + ([layer.base_layer.weight] if base_trains else [])
+    g = torch.randn_like(expected)
+    for a, b in zip(torch.autograd.grad(layer(x), params, g), torch.autograd.grad(expected, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

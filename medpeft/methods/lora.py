@@ -33,12 +33,29 @@ class LoraQKV(nn.Module):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
 
     def forward(self, x):
+        # One in-place rank-2r GEMM on the whole (tokens, 3D) output of the frozen projection, with a block
+        # up-projection [B_q 0; 0 0; 0 B_v]: no slice-wise in-place adds (whose backward clones the full gradient
+        # twice) and no elementwise pass over the output; the (tokens, 2r) down-projection carries the scaling.
+        if self.base_layer.weight.requires_grad or (self.base_layer.bias is not None
+                                                    and self.base_layer.bias.requires_grad):
+            return self._forward_out_of_place(x)
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
         out = self.base_layer(x)
         h = F.linear(x, self.lora_A.flatten(0, 1)) * self.scaling
-        h_q, h_v = h.split(self.r, dim=-1)
-        out[..., : self.dim] += F.linear(h_q, self.lora_B[0])
-        out[..., 2 * self.dim:] += F.linear(h_v, self.lora_B[1])
-        return out
+        out.addmm_(h.to(out.dtype), self.up_projection().to(out.dtype).t())
+        return out.view(*shape[:-1], out.shape[-1])
+
+    def up_projection(self) -> torch.Tensor:
+        """The (3D, 2r) block matrix [B_q 0; 0 0; 0 B_v]: h = [h_q | h_v] ↦ q, k, v updates."""
+        diag = torch.block_diag(self.lora_B[0], self.lora_B[1])
+        return torch.cat([diag[: self.dim], diag.new_zeros(self.dim, 2 * self.r), diag[self.dim:]])
+
+    def _forward_out_of_place(self, x):
+        """The same function where the base layer trains too (its output must stay out of in-place updates)."""
+        out = self.base_layer(x)
+        h = F.linear(x, self.lora_A.flatten(0, 1)) * self.scaling
+        return out + F.linear(h, self.up_projection())
 
 
 @register
