@@ -9,7 +9,7 @@ import pytest
 from medpeft.data import TASKS, get_task, read_annotations, read_list, read_names, write_annotations
 from medpeft.errors import UserError
 
-MEDFMC = Path("/work/shared/data/medfmc")
+MEDFMC = Path(__file__).parent / "data"
 pytestmark = pytest.mark.skipif(not MEDFMC.is_dir(), reason="official MedFMC split files not available")
 
 # Independent line grammars (regexes), written from the protocol document.

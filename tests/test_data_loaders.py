@@ -11,8 +11,8 @@ from medpeft.data import (check_images, load_csv, load_folder, load_image, load_
                           read_isic_csv)
 from medpeft.errors import UserError
 
-MEDFMC = Path("/work/shared/data/medfmc")
-NPZ = Path("/work/shared/data/pneumoniamnist.npz")
+MEDFMC = Path(__file__).parent / "data"
+NPZ = Path(__file__).parent / "data" / "pneumoniamnist.npz"
 
 
 @pytest.mark.skipif(not MEDFMC.is_dir(), reason="official MedFMC split files not available")

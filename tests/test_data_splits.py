@@ -11,7 +11,7 @@ from medpeft.data import (TaskSpec, medfmc_few_shot, per_class_few_shot, read_an
                           write_medfmc_splits)
 from medpeft.errors import UserError
 
-MEDFMC = Path("/work/shared/data/medfmc")
+MEDFMC = Path(__file__).parent / "data"
 needs_medfmc = pytest.mark.skipif(not MEDFMC.is_dir(), reason="official MedFMC split files not available")
 
 
