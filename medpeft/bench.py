@@ -155,8 +155,13 @@ def _last_byte(fd: int, size: int) -> bytes:
     return os.pread(fd, 1, size - 1)
 
 
-def run_bench(config: BenchConfig, out: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every pending run of the grid into ``out`` and write the summary; returns all finished runs."""
+def run_bench(config: BenchConfig, out: str | Path, *, progress: bool = True,
+              decode_once: bool = True) -> list[dict[str, Any]]:
+    """Run every pending run of the grid into ``out`` and write the summary; returns all finished runs.
+
+    ``decode_once``: evaluation images are decoded and resized once per (file, size) and kept in memory and in
+    ``out/.cache`` (:class:`~medpeft.data.ResizedImageCache`); False decodes them at every evaluation.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_setup(config, out)
@@ -164,7 +169,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, progress: bool = True) ->
     pending = [(key, entry, spec) for key, entry, spec in config.specs() if key not in done]
     for task, shots, exp, seed in sorted({(s.task, s.shots, s.exp, s.train["seed"]) for _, _, s in pending}):
         load_data(task, config.data_root, shots, exp, seed, config.test_list).check_images()  # fail before training
-    cache = ResizedImageCache(out / ".cache")
+    cache = ResizedImageCache(out / ".cache") if decode_once else None
     bar = tqdm(pending, desc="bench", disable=not progress or None)
     for key, entry, spec in bar:
         bar.set_postfix_str(key)
@@ -236,7 +241,11 @@ def write_summary(out: str | Path) -> None:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(rows))
+    text = summary_markdown(rows)
+    for report in sorted(out.glob("*/report.md")):  # written by `medpeft analyze OUT --out OUT/<dir>`
+        link = report.relative_to(out).as_posix()
+        text += f"\nAnalysis (scatter, t-SNE, patch-wise scaling, convergence, calibration): [{link}]({link})\n"
+    (out / "summary.md").write_text(text)
 
 
 def _pm(mean: float, std: float) -> str:

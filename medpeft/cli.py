@@ -178,9 +178,11 @@ def _run_task(config):
 @click.option("--img-size", type=int)
 @click.option("--epochs", type=int)
 @click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE", help="TrainConfig field (repeatable).")
+@click.option("--decode-once/--no-decode-once", default=True, show_default=True,
+              help="Decode and resize each evaluation image once (memory + OUT/.cache), or at every evaluation.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def bench(config_file, method_names, tasks, data_root, shots, exps, seeds, backbone, pretrained, weights, img_size,
-          epochs, train_opts, out):
+          epochs, train_opts, decode_once, out):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
     from .bench import BenchConfig, read_config, run_bench
 
@@ -196,18 +198,20 @@ def bench(config_file, method_names, tasks, data_root, shots, exps, seeds, backb
                     **({"epochs": epochs} if epochs is not None else {})}
     for key in ("data_root", "weights"):
         raw[key] = _absolute(raw.get(key))
-    runs = run_bench(BenchConfig.from_dict(raw, config_file or "bench flags"), out)
+    runs = run_bench(BenchConfig.from_dict(raw, config_file or "bench flags"), out, decode_once=decode_once)
     click.echo(f"{len(runs)} runs in {out}/runs.jsonl; summary in {out}/summary.md")
 
 
 @cli.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the data and the bench.")
 @click.option("--epochs", type=int, default=4, show_default=True)
-def demo(out, epochs):
-    """Offline demo: a small built-in dataset and the bench over every method with a tiny ViT."""
+@click.option("--decode-once/--no-decode-once", default=True, show_default=True,
+              help="Decode each evaluation image once (as bench).")
+def demo(out, epochs, decode_once):
+    """Offline demo: pretrain a tiny ViT, generate a small dataset, bench every method on it."""
     from .demo import run_demo
 
-    summary = run_demo(out, epochs=epochs)
+    summary = run_demo(out, epochs=epochs, decode_once=decode_once)
     click.echo(summary)
 
 
@@ -225,6 +229,17 @@ def splits(task, data_root, shots, exps, seed, overwrite):
 
     written = write_medfmc_splits(data_root, task, int_list(shots), int_list(exps), seed=seed, overwrite=overwrite)
     click.echo(f"wrote {len(written) if written else 'the'} split files in {Path(data_root) / task}")
+
+
+def _register_commands() -> None:
+    from .analysis import command as analyze_command
+    from .speed import command as speed_command
+
+    cli.add_command(analyze_command)
+    cli.add_command(speed_command)
+
+
+_register_commands()
 
 
 def main(argv=None) -> None:

@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .data import (DatasetSplits, ResizedImageCache, load_csv, load_folder, load_isic, load_medfmc, load_medmnist)
 from .errors import UserError
+from .methods import get_method
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
 from .train import RunResult, TrainConfig, fit, seed_everything
 
@@ -88,6 +89,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for people to read
     os.replace(tmp, path)
 
 
@@ -103,6 +105,9 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
                    progress: bool = True) -> dict[str, Any]:
     """Train ``spec`` and write its run directory ``out``; returns the contents of ``metrics.json``."""
     config = spec.train_config()
+    get_method(spec.method, **spec.options)  # a mistyped method, option or weights path fails before data is read
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise UserError(f"weights file {spec.weights} not found")
     data = load_data(spec.task, spec.data_root, spec.shots, spec.exp, config.seed, spec.test_list)
     data.check_images()
     seed_everything(config.seed)  # a randomly initialised backbone is then reproducible (see load_run)

@@ -146,3 +146,36 @@ def make_demo_data(root, seed: int = 0) -> list[str]:
         (folder / "test_WithoutLabel.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
         write_medfmc_splits(root, name, SHOTS, EXPS, seed)
     return list(makers)
+
+
+UPSTREAM_SHAPES = ("disc", "ring", "streak", "cluster")
+UPSTREAM_COLORS = ((200, 40, 40), (230, 210, 90), (80, 40, 120), (240, 160, 170))
+
+
+def upstream_images(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A generic upstream task for pretraining the demo's backbone: ``n`` images (n, 64, 64, 3) uint8, labels (n,).
+
+    Class = shape (disc, ring, streak, dot cluster) × colour (red, yellow, purple, pink): 16 classes, drawn at a
+    random place and size on a random plain-coloured noisy background. It shares primitives, not labels, with the
+    demo tasks, as an ImageNet-style pretraining shares them with medical images.
+    """
+    images, labels = np.empty((n, SIZE, SIZE, 3), np.uint8), rng.integers(0, 16, n)
+    for i, label in enumerate(labels):
+        shape, color = UPSTREAM_SHAPES[label // 4], UPSTREAM_COLORS[label % 4]
+        background = rng.uniform(60, 200, 3)
+        img = _background(rng, background, 0)
+        cy, cx, r = *rng.uniform(14, 50, 2), rng.uniform(5, 11)
+        if shape == "disc":
+            _stamp(img, cy, cx, r, color)
+        elif shape == "ring":
+            _stamp(img, cy, cx, r, color)
+            _stamp(img, cy, cx, r - 2.5, background)
+        elif shape == "streak":
+            angle = rng.uniform(0, np.pi)
+            for t in np.linspace(-r, r, 12):
+                _stamp(img, cy + t * np.sin(angle), cx + t * np.cos(angle), 1.5, color)
+        else:
+            for _ in range(7):
+                _stamp(img, cy + rng.normal(0, r / 2), cx + rng.normal(0, r / 2), 1.8, color)
+        images[i] = np.clip(np.round(img), 0, 255)
+    return images, labels

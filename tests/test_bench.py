@@ -1,0 +1,127 @@
+"""The grid runner: resumable, atomic, summaries computed right; and the offline demo."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import medpeft.bench as bench
+from medpeft import UserError
+from medpeft.bench import BenchConfig, read_runs, run_bench
+
+
+def fake_metrics(spec):
+    """Deterministic fake test metrics, different per (method, task, shots, exp, seed)."""
+    rng = np.random.default_rng(abs(hash((spec.method, spec.task, spec.shots, spec.exp, spec.train["seed"]))) % 2**32)
+    test = {"mAP": rng.uniform(), "AUC": rng.uniform()} if spec.task != "colon" else {"accuracy": rng.uniform(),
+                                                                                        "AUC": rng.uniform()}
+    return {"test_metrics": test, "val_best": 0.5, "selected_epoch": 1, "selection_metric": "AUC",
+            "trainable_params": 100 + len(spec.method), "total_params": 1000, "train_time_s": 2.0,
+            "peak_memory_mb": 10.0 + spec.exp, "device": "cpu"}
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    calls = []
+
+    def fake_run_experiment(spec, run_dir, cache=None, progress=True):
+        calls.append((spec.method, spec.task, spec.shots, spec.exp, spec.train["seed"]))
+        return fake_metrics(spec)
+
+    monkeypatch.setattr(bench, "run_experiment", fake_run_experiment)
+    monkeypatch.setattr(bench, "load_data", lambda *a, **k: type("D", (), {"check_images": lambda self: None})())
+    return calls
+
+
+def config(**kw):
+    base = dict(methods=["linear", "ept"], tasks=["chest", "colon", "endo"], data_root="/data", shots=[1, 5, 10],
+                exps=[1, 2, 3], seeds=[0])
+    return BenchConfig.from_dict({**base, **kw})
+
+
+def test_resume_skips_finished_runs(tmp_path, fake_runs):
+    run_bench(config(exps=[1, 2]), tmp_path, progress=False)
+    assert len(fake_runs) == 2 * 3 * 3 * 2
+    fake_runs.clear()
+    run_bench(config(exps=[1, 2]), tmp_path, progress=False)
+    assert fake_runs == []
+    run_bench(config(exps=[1, 2, 3]), tmp_path, progress=False)  # a grown grid runs only what is new
+    assert len(fake_runs) == 2 * 3 * 3 and {c[3] for c in fake_runs} == {3}
+    assert len(read_runs(tmp_path)) == 2 * 3 * 3 * 3
+
+
+def test_interrupted_bench_keeps_finished_runs(tmp_path, monkeypatch, fake_runs):
+    done = []
+
+    def crash_on_fourth(spec, run_dir, cache=None, progress=True):
+        if len(done) == 3:
+            raise KeyboardInterrupt
+        done.append(spec)
+        return fake_metrics(spec)
+
+    monkeypatch.setattr(bench, "run_experiment", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(config(), tmp_path, progress=False)
+    assert len(read_runs(tmp_path)) == 3
+    with open(tmp_path / "runs.jsonl", "a") as f:  # a crash in the middle of a write leaves half a line
+        f.write('{"key": "half')
+    monkeypatch.setattr(bench, "run_experiment", lambda spec, *a, **k: fake_metrics(spec))
+    run_bench(config(), tmp_path, progress=False)
+    runs = read_runs(tmp_path)
+    assert len(runs) == 2 * 3 * 3 * 3 and len({r["key"] for r in runs}) == len(runs)
+
+
+def test_other_shared_settings_are_refused(tmp_path, fake_runs):
+    run_bench(config(exps=[1]), tmp_path, progress=False)
+    with pytest.raises(UserError, match="other settings \\(train\\)"):
+        run_bench(config(exps=[1], train={"epochs": 3}), tmp_path, progress=False)
+
+
+def test_summary_numbers_are_mean_and_sample_std(tmp_path, fake_runs):
+    run_bench(config(), tmp_path, progress=False)
+    runs = read_runs(tmp_path)
+    rows = {(r["label"], r["task"], int(r["shots"])): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    for (label, task, shots), row in rows.items():
+        metric = "accuracy" if task == "colon" else "mAP"
+        values = [r["test"][metric] for r in runs if (r["label"], r["task"], r["shots"]) == (label, task, shots)]
+        assert len(values) == 3 == int(row["n_runs"])
+        assert float(row[f"{metric}_mean"]) == pytest.approx(sum(values) / 3, abs=1e-12)
+        mean = sum(values) / 3
+        assert float(row[f"{metric}_std"]) == pytest.approx((sum((v - mean) ** 2 for v in values) / 2) ** 0.5)
+        assert float(row["peak_memory_mb"]) == 13.0
+    md = (tmp_path / "summary.md").read_text()
+    assert "Avg (paper's 9)" in md
+    ept = [line for line in md.splitlines() if line.startswith("| ept |")][0]
+    cells = [np.mean([r["test"]["accuracy" if t == "colon" else "mAP"] for r in runs
+                      if r["label"] == "ept" and r["task"] == t and r["shots"] == k])
+             for t in ("chest", "colon", "endo") for k in (1, 5, 10)]
+    assert f"| {100 * np.mean(cells):.2f} |" in ept
+
+
+def test_bench_config_errors_name_the_culprit(tmp_path):
+    with pytest.raises(UserError, match="unknown key\\(s\\) \\['method'\\]"):
+        BenchConfig.from_dict({"method": ["ept"], "tasks": ["chest"], "data_root": "x"})
+    with pytest.raises(UserError, match="missing \\['data_root'\\]"):
+        BenchConfig.from_dict({"methods": ["ept"], "tasks": ["chest"]})
+    with pytest.raises(UserError, match="unknown method 'eptt'"):
+        BenchConfig.from_dict({"methods": ["eptt"], "tasks": ["chest"], "data_root": "x"})
+    bad = tmp_path / "bench.yaml"
+    bad.write_text("methods: [ept\ntasks: chest\n")
+    with pytest.raises(UserError, match="bench.yaml, line 2: not valid YAML"):
+        bench.read_config(bad)
+
+
+def test_demo_runs_every_method(tmp_path):
+    from medpeft.demo import DEMO_METHODS, run_demo
+
+    summary = run_demo(tmp_path, epochs=1, progress=False)
+    runs = read_runs(tmp_path)
+    assert {r["method"] for r in runs} == set(DEMO_METHODS)
+    assert {(r["task"]) for r in runs} == {"endo", "colon"} and len(runs) == 2 * len(DEMO_METHODS)
+    for method in DEMO_METHODS:
+        assert f"| {method}" in summary
+    assert all(r["test"] and 0 <= r["test"]["AUC"] <= 1 for r in runs)
+    again = run_demo(tmp_path, epochs=1, progress=False)  # the data is regenerated; no run is repeated
+    assert len(read_runs(tmp_path)) == len(runs) and again == summary
+    assert json.loads((tmp_path / "bench.json").read_text())["backbone"] == "vit_tiny_patch16_224"

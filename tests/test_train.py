@@ -1,0 +1,82 @@
+"""The training loop: the paper's recipe, determinism, and honest validation-only model selection."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medpeft import metrics
+from medpeft.data import get_task, make_demo_data
+from medpeft.experiment import RunSpec, load_data, load_run, run_experiment
+from medpeft.train import TrainConfig, loss_fn, predict
+
+
+def test_cosine_schedule_matches_the_paper():
+    config = TrainConfig()
+    lrs = [config.lr_at(e) for e in range(20)]
+    assert lrs == pytest.approx([3e-4 * (1 + math.cos(math.pi * e / 20)) for e in range(20)], rel=1e-12)
+    assert lrs[0] == 6e-4 and lrs[1] == pytest.approx(5.963e-4, abs=1e-7) and lrs[19] == pytest.approx(3.7e-6, abs=1e-7)
+    warm = TrainConfig(epochs=10, warmup_epochs=2, lr=1.0)
+    assert [warm.lr_at(e) for e in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_multilabel_loss_sums_classes_and_averages_batch():
+    torch.manual_seed(0)
+    logits, y = torch.randn(4, 19), torch.randint(0, 2, (4, 19)).float()
+    p = torch.sigmoid(logits)
+    by_hand = -(y * p.log() + (1 - y) * (1 - p).log()).sum() / 4
+    torch.testing.assert_close(loss_fn(get_task("chest"))(logits, y), by_hand)
+    labels = torch.tensor([0, 1, 1, 0])
+    two = torch.randn(4, 2)
+    by_hand = -two.log_softmax(-1)[torch.arange(4), labels].mean()
+    torch.testing.assert_close(loss_fn(get_task("colon"))(two, labels), by_hand)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root)
+    return root
+
+
+def spec(root, method="ept", task="endo", **train):
+    return RunSpec(method=method, task=task, data_root=str(root), shots=5, exp=1, backbone="vit_tiny_patch16_224",
+                   pretrained=False, img_size=32, options={"prompt_length": 5} if method == "ept" else {},
+                   train={"epochs": 3, "lr": 0.05, **train})
+
+
+@pytest.mark.parametrize("task", ["endo", "colon"])
+def test_selection_uses_validation_only_and_test_scores_the_selected_weights(demo_root, tmp_path, task):
+    out = tmp_path / "run"
+    record = run_experiment(spec(demo_root, task=task), out, progress=False)
+    history = record["history"]
+    key = f"val_{record['selection_metric']}"
+    assert record["selection_metric"] == {"endo": "AUC", "colon": "accuracy"}[task]
+    values = [h[key] for h in history]
+    assert record["selected_epoch"] == int(np.argmax(values)) + 1  # the earliest best epoch
+    assert record["val_best"] == max(values)
+    # the saved weights are the selected ones: re-scoring val and test from disk gives the same numbers
+    model, config = load_run(out)
+    data = load_data(task, str(demo_root), 5, 1)
+    val = metrics.task_metrics(predict(model, data.val, data.task, img_size=32), data.val.labels, data.task.multilabel)
+    assert val[record["selection_metric"]] == pytest.approx(record["val_best"], abs=1e-9)
+    test_scores = predict(model, data.test, data.task, img_size=32)
+    expected = metrics.task_metrics(test_scores, data.test.labels, data.task.multilabel)
+    assert record["test_metrics"] == pytest.approx(expected, abs=1e-9)
+    rows = (out / f"{task}_5-shot_submission.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == data.test.names
+    submitted = np.array([[float(v) for v in r.split(",")[1:]] for r in rows])
+    np.testing.assert_allclose(submitted, test_scores, atol=5e-9)
+    assert json.loads((out / "metrics.json").read_text())["selected_epoch"] == record["selected_epoch"]
+    assert len((out / "log.txt").read_text().splitlines()) == 3
+
+
+def test_last_selection_and_determinism(demo_root, tmp_path):
+    a = run_experiment(spec(demo_root, method="lora", select="last"), tmp_path / "a", progress=False)
+    b = run_experiment(spec(demo_root, method="lora", select="last"), tmp_path / "b", progress=False)
+    assert a["selected_epoch"] == 3
+    assert a["history"] == b["history"] and a["test_metrics"] == b["test_metrics"]
+    c = run_experiment(spec(demo_root, method="lora", select="last", seed=1), tmp_path / "c", progress=False)
+    assert c["history"] != a["history"]
