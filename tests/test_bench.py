@@ -21,12 +21,17 @@ def fake_metrics(spec):
             "peak_memory_mb": 10.0 + spec.exp, "device": "cpu"}
 
 
+caches = []  # the cache each fake run received
+
+
 @pytest.fixture
 def fake_runs(monkeypatch):
     calls = []
+    caches.clear()
 
     def fake_run_experiment(spec, run_dir, cache=None, progress=True):
         calls.append((spec.method, spec.task, spec.shots, spec.exp, spec.train["seed"]))
+        caches.append(cache)
         return fake_metrics(spec)
 
     monkeypatch.setattr(bench, "run_experiment", fake_run_experiment)
@@ -49,6 +54,17 @@ def test_resume_skips_finished_runs(tmp_path, fake_runs):
     run_bench(config(exps=[1, 2, 3]), tmp_path, progress=False)  # a grown grid runs only what is new
     assert len(fake_runs) == 2 * 3 * 3 and {c[3] for c in fake_runs} == {3}
     assert len(read_runs(tmp_path)) == 2 * 3 * 3 * 3
+
+
+@pytest.mark.parametrize("decode_once", [True, False])
+def test_decode_once_shares_one_cache_across_runs(tmp_path, fake_runs, decode_once):
+    run_bench(config(exps=[1]), tmp_path, progress=False, decode_once=decode_once)
+    assert len(caches) == 2 * 3 * 3
+    if decode_once:
+        assert caches[0] is not None and all(c is caches[0] for c in caches)
+        assert caches[0].directory == tmp_path / ".cache"
+    else:
+        assert caches == [None] * len(caches)
 
 
 def test_interrupted_bench_keeps_finished_runs(tmp_path, monkeypatch, fake_runs):

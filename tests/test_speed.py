@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from medpeft import UserError, build_model, count_parameters
 from medpeft.speed import (
-    NaiveEmbeddedPromptAttention, _main, build_entry, build_floor, command, run_speed, to_naive_ept,
+    NaiveEmbeddedPromptAttention, _main, build_entry, build_floor, command, markdown, run_speed, to_naive_ept,
 )
 
 TINY = dict(backbone="vit_tiny_patch16_224", img_size=64, batch=2, memory_batch=2, steps=1, warmup=0, max_rounds=1,
@@ -59,6 +59,22 @@ def test_kernels_are_recorded(report):
     for label in ("floor", "ept", "lora"):  # fused flash on CPU, no math fallback
         assert "flash" in methods[label]["attention"] and "math" not in methods[label]["attention"], label
         assert not any("softmax" in k for k in methods[label]["kernels"]), label
+
+
+def test_gpu_table_adds_busy_time_columns(report):
+    """On CUDA the table gains the profiled GPU busy time and its ratio to the floor's; on CPU there is none."""
+    result, _ = report
+    assert all(m["device_ms"] is None for m in result["methods"].values())
+    assert "GPU busy" not in markdown(result)
+    gpu = copy.deepcopy(result)
+    gpu["environment"]["device"] = "cuda:0"
+    for label, busy in zip(gpu["methods"], (10.0, 25.0, 12.5, 11.0, 5.0, 7.0)):
+        gpu["methods"][label]["device_ms"] = busy
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown(gpu).splitlines() if line.startswith("| ")}
+    assert "GPU busy (ms) | busy × floor |" in rows["method"]
+    assert rows["floor"].endswith("| 10.0 | 1.000 |")
+    assert rows["ept"].endswith(f"| {gpu['methods']['ept']['device_ms']:.1f} | "
+                                f"{gpu['methods']['ept']['device_ms'] / 10:.3f} |")
 
 
 def test_outputs_written(report):
