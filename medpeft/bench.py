@@ -39,8 +39,18 @@ class MethodEntry:
     def __post_init__(self):
         get_method(self.method, **self.options)  # unknown methods and options fail before any run starts
         if not self.label:
-            extra = ",".join(f"{k}={v}" for k, v in self.options.items())
-            self.label = f"{self.method}({extra})" if extra else self.method
+            self.label = method_label(self.method, self.options)
+
+
+def method_label(method: str, options: dict[str, Any]) -> str:
+    """The default label of a method with options: ``ept``, ``vp(prompt_size=4)``."""
+    extra = ",".join(f"{k}={v}" for k, v in (options or {}).items())
+    return f"{method}({extra})" if extra else method
+
+
+def run_key(label: str, task: str, shots: int, exp: int, seed: int) -> str:
+    """A run's key in ``runs.jsonl``: ``label/task/K-shot/expN/seedS``."""
+    return f"{label}/{task}/{shots}-shot/exp{exp}/seed{seed}"
 
 
 @dataclass
@@ -93,7 +103,7 @@ class BenchConfig:
                            options=entry.options, backbone=self.backbone, pretrained=self.pretrained,
                            weights=self.weights, img_size=self.img_size, test_list=self.test_list,
                            train={**self.train, "seed": seed})
-            yield f"{entry.label}/{task}/{shots}-shot/exp{exp}/seed{seed}", entry, spec
+            yield run_key(entry.label, task, shots, exp, seed), entry, spec
 
 
 def _as_list(value) -> list:

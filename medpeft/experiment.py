@@ -139,13 +139,18 @@ def summarize(result: RunResult) -> dict[str, Any]:
     return record
 
 
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``config.json`` (UserError if it has none or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir} is not a medpeft run directory (config.json: {err})") from None
+
+
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifier, dict[str, Any]]:
     """The trained model of a run directory (backbone weights as the run got them) and its config."""
     run_dir = Path(run_dir)
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{run_dir} is not a medpeft run directory (config.json: {err})") from None
+    config = read_run_config(run_dir)
     if not (run_dir / "trainable.safetensors").is_file():
         raise UserError(f"{run_dir} has no trainable.safetensors: the run did not finish")
     seed_everything(config["train"]["seed"])  # the same random init where the backbone was not pretrained

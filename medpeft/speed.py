@@ -53,6 +53,7 @@ from .backbones import create_backbone
 from .errors import UserError
 from .memory import reset_resident_high_water, resident_high_water_mb
 from .model import PeftClassifier, build_model, count_parameters
+from .train import resolve_device
 
 NUM_CLASSES = 10
 #: LoRA on the fused qkv only, in ``peft``: r'·(D + 3D) per block, equal to own LoRA's 2·(r·D + D·r) when r' = r.
@@ -204,12 +205,6 @@ def resolve_label(label: str) -> tuple[str, dict]:
 
 # ------------------------------------------------------------------------------------------------ the measures
 
-def _device(name: str) -> torch.device:
-    from .train import resolve_device
-
-    return resolve_device(name)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -322,7 +317,7 @@ def measure_memory(label: str, *, backbone: str, img_size: int, batch: int, devi
     the steps run. CPU: growth of ``VmHWM`` (resident high-water mark); CUDA: of ``max_memory_allocated``.
     """
     _set_threads(threads)
-    dev = _device(device)
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     template = create_backbone(backbone, pretrained=False, img_size=img_size)
     runner = _Runner(build_entry(label, template, img_size=img_size), dev, bf16, batch, img_size, seed)
@@ -348,7 +343,7 @@ def measure_memory(label: str, *, backbone: str, img_size: int, batch: int, devi
 def measure_memory_isolated(label: str, **kwargs) -> dict[str, Any]:
     """:func:`measure_memory` where nothing else counts: on CUDA in this process (the allocator's statistics are
     exact), on CPU in a fresh Python process (its own high-water mark), through ``--child``."""
-    if _device(kwargs["device"]).type == "cuda":
+    if resolve_device(kwargs["device"]).type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
         return measure_memory(label, **kwargs)
@@ -398,7 +393,7 @@ def time_methods(labels, *, backbone: str, img_size: int, batch: int, steps: int
     whether it was quiet.
     """
     say = (lambda msg: click.echo(msg, err=True)) if progress else (lambda msg: None)
-    dev = _device(device)
+    dev = resolve_device(device)
     previous_threads = torch.get_num_threads()
     threads = _set_threads(threads)
     try:
@@ -484,7 +479,7 @@ def run_speed(methods=None, *, backbone: str = "vit_small_patch16_224", img_size
     max_rounds = steps if max_rounds is None else max_rounds
     if steps < 1 or warmup < 0 or batch < 1 or memory_batch < 1 or max_rounds < steps:
         raise UserError("steps and batch sizes must be at least 1, warmup at least 0, max_rounds at least steps")
-    dev = _device(device)
+    dev = resolve_device(device)
     bf16 = dev.type == "cuda" if bf16 is None else bf16
     started = time.perf_counter()
     setup = dict(backbone=backbone, img_size=img_size, device=str(dev), bf16=bf16, threads=threads, seed=seed)

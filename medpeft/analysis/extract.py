@@ -13,8 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..attention import CONCAT_WAYS, EmbeddedPromptAttention
+from ..bench import method_label, read_runs, run_key
 from ..data import ResizedImageCache, Samples, TaskSpec, eval_dataset
 from ..errors import UserError
+from ..experiment import read_run_config
 from ..model import PeftClassifier
 from ..train import probabilities
 
@@ -44,19 +46,6 @@ class RunRef:
             return None
 
 
-def method_label(method: str, options: dict[str, Any]) -> str:
-    """The bench's default label of a method with options (``ept`` or ``vp(prompt_size=4)``)."""
-    extra = ",".join(f"{k}={v}" for k, v in (options or {}).items())
-    return f"{method}({extra})" if extra else method
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{run_dir}: not a medpeft run directory (config.json: {err})") from None
-
-
 def collect_runs(paths) -> list[RunRef]:
     """The runs of every path: a bench directory gives all runs of its ``runs.jsonl``, a run directory itself.
 
@@ -74,25 +63,23 @@ def collect_runs(paths) -> list[RunRef]:
         if not path.is_dir():
             raise UserError(f"{path} is a file; expected {_EXPECTED}")
         if (path / "runs.jsonl").is_file():
-            from ..bench import read_runs
-
             runs = read_runs(path)
             if not runs:
                 raise UserError(f"{path}/runs.jsonl lists no finished run")
             for r in runs:
                 run_dir = (path / r["run_dir"]).resolve()
-                config = _read_config(run_dir)
+                config = read_run_config(run_dir)
                 refs[run_dir] = RunRef(r["key"], r["label"], r["method"], r["task"], int(r["shots"]), int(r["exp"]),
                                        int(r["seed"]), run_dir, config)
         elif (path / "config.json").is_file():
             run_dir = path.resolve()
             if run_dir in refs:
                 continue
-            config = _read_config(run_dir)
+            config = read_run_config(run_dir)
             try:
                 label = method_label(config["method"], config.get("options", {}))
                 seed = int(config["train"]["seed"])
-                name = f"{label}/{config['task']}/{config['shots']}-shot/exp{config['exp']}/seed{seed}"
+                name = run_key(label, config["task"], config["shots"], config["exp"], seed)
                 refs[run_dir] = RunRef(name, label, config["method"], config["task"], int(config["shots"]),
                                        int(config["exp"]), seed, run_dir, config)
             except (KeyError, TypeError) as err:
