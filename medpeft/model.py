@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,24 +13,28 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .attention import TokenInit
 from .backbones import DEFAULT_BACKBONE, create_backbone, feature_dim
 from .errors import UserError
-from .methods import get_method
+from .methods import Method, get_method
 
 
 class PeftClassifier(nn.Module):
     """A (partly) frozen timm ViT and a head on its pooled CLS token: images (B, 3, H, W) → logits (B, C).
 
-    ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier.
-    ``config`` records how it was built (method, options, backbone, classes, image size).
+    ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier; ``method`` the
+    :class:`~medpeft.methods.Method` that built it. ``config`` records how it was built (method, options, backbone,
+    classes, image size); ``added`` names the parameters the method added (trainable or not) — with the trainable
+    ones, what :func:`save_trainable` writes.
     """
 
-    def __init__(self, backbone: VisionTransformer, head: nn.Module, config: dict[str, Any]):
+    def __init__(self, backbone: VisionTransformer, head: nn.Module, method: Method, config: dict[str, Any],
+                 added: frozenset[str] = frozenset()):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.method = method
         self.config = config
+        self.added = added
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature the head reads: the CLS token after the final norm (the backbone's own pooling)."""
@@ -47,21 +52,27 @@ def build_model(
     pretrained: bool = True,
     weights: str | Path | None = None,
     img_size: int | None = None,
+    seed: int | None = None,
     **options,
 ) -> PeftClassifier:
     """Build ``method`` on a timm ViT: frozen backbone, the method's trainable tensors, a fresh head.
 
     ``backbone`` is a timm model name or a built timm ``VisionTransformer`` (used in place). ``pretrained`` takes
     timm's hub weights; ``weights`` a local checkpoint instead. ``img_size`` resizes the position embeddings and
-    sizes token-indexed parameters. ``options`` are the method's own (see ``available_methods``).
+    sizes token-indexed parameters. ``seed`` draws every random initial value (a random backbone, the method's new
+    tensors, the head) from a generator of its own, leaving the global one untouched: the same seed rebuilds the
+    same model whatever ran before; None draws from torch's global generator. ``options`` are the method's own
+    (see ``available_methods``).
     """
     if num_classes < 1:
         raise UserError(f"num_classes={num_classes} must be at least 1")
     spec = get_method(method, **options)
-    model = create_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
-    model.requires_grad_(False)
-    spec.inject(model)
-    head = spec.make_head(feature_dim(model), num_classes)
+    with _seeded(seed):
+        model = create_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
+        model.requires_grad_(False)
+        frozen = {id(p) for p in model.parameters()}
+        spec.inject(model)
+        head = spec.make_head(feature_dim(model), num_classes)
     config = {
         "method": method,
         "options": spec.options(),
@@ -69,7 +80,19 @@ def build_model(
         "num_classes": num_classes,
         "img_size": int(model.patch_embed.img_size[0]),
     }
-    return PeftClassifier(model, head, config)
+    added = frozenset(f"backbone.{n}" for n, p in model.named_parameters() if id(p) not in frozen)
+    return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()})
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    """Draw from torch's CPU generator seeded with ``seed``, restoring the global state after (None: as is)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -83,9 +106,16 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def saved_names(model: PeftClassifier) -> set[str]:
+    """What a checkpoint of ``model`` holds: its trainable tensors and every tensor its method added."""
+    return {name for name, p in model.named_parameters() if p.requires_grad or name in model.added}
+
+
 def save_trainable(model: PeftClassifier, path: str | Path) -> None:
-    """Write only the trainable tensors (safetensors) with the build config in the file's metadata."""
-    state = {name: t.contiguous().cpu() for name, t in trainable_state(model).items()}
+    """Write the trainable tensors and the method's added ones (e.g. frozen prompts; safetensors) with the build
+    config in the file's metadata."""
+    names = saved_names(model)
+    state = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if name in names}
     save_file(state, str(path), metadata={"medpeft_config": json.dumps(model.config)})
 
 
@@ -105,23 +135,25 @@ def load_trainable(
     pretrained: bool = True,
     weights: str | Path | None = None,
     backbone: str | VisionTransformer | None = None,
+    seed: int | None = None,
 ) -> PeftClassifier:
     """Restore a :func:`save_trainable` file onto ``model``, or onto a fresh model built from its config.
 
     A fresh model needs the frozen backbone weights: from the hub (``pretrained``), a local file (``weights``),
-    or a built ``backbone``. Tensors must match exactly in names and shapes.
+    or a built ``backbone``; a random backbone is rebuilt from ``seed`` (see :func:`build_model`). Tensors must
+    match exactly in names and shapes.
     """
     config = read_trainable_config(path)
     if model is None:
         model = build_model(
             config["method"], backbone or config["backbone"], config["num_classes"], pretrained=pretrained,
-            weights=weights, img_size=config["img_size"], **config["options"],
+            weights=weights, img_size=config["img_size"], seed=seed, **config["options"],
         )
     elif model.config["method"] != config["method"]:
         raise UserError(f"{path} holds a {config['method']!r} model, not {model.config['method']!r}")
     state = load_file(str(path))
     params = dict(model.named_parameters())
-    expected = {name for name, p in params.items() if p.requires_grad}
+    expected = saved_names(model)
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise UserError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
@@ -130,13 +162,5 @@ def load_trainable(
             if params[name].shape != tensor.shape:
                 raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}")
             params[name].copy_(tensor)
-    for hook in list(_pending_token_inits(model)):
-        hook.cancel()
+    model.method.after_load(model)
     return model
-
-
-def _pending_token_inits(model: nn.Module):
-    for module in model.modules():
-        for hook in module._forward_hooks.values():
-            if isinstance(hook, TokenInit):
-                yield hook

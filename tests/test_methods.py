@@ -120,7 +120,7 @@ def test_vpt_deep_and_shallow_equal_naive_loop():
         vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64).double()
         reference = copy.deepcopy(vit)
         model = build_model("vpt", vit, C, prompt_length=3, deep=deep).double()
-        prompt = model.backbone.blocks.prompt
+        prompt = model.backbone.prompt_tokens.prompt
         images = torch.randn(2, 3, 64, 64, dtype=torch.double)
         ours, theirs = model.forward_features(images), naive_vpt_features(reference, prompt, images)
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
@@ -162,6 +162,69 @@ def test_user_mistakes_are_one_line_errors():
         build_model("peft:nope", "vit_tiny_patch16_224", C, pretrained=False)
     with pytest.raises(UserError, match="peft:lora"):
         build_model("peft:lora", "vit_tiny_patch16_224", C, pretrained=False, bogus=1)
+
+
+@pytest.mark.parametrize("method,options,culprit", [
+    ("lora", {"r": 0}, "r=0"), ("adapter", {"bottleneck": 0}, "bottleneck=0"),
+    ("vpt", {"prompt_length": 0}, "prompt_length=0"), ("ept", {"prompt_length": 0}, "prompt_length=0"),
+    ("mlp", {"k": 0}, "k=0"), ("partial", {"k": -1}, "k=-1"), ("vp", {"prompt_size": 0}, "prompt_size=0"),
+    ("vpt", {"dropout": 1.5}, "dropout=1.5"), ("ept", {"layers": []}, "layers=[]"),
+    ("ept", {"way": "add", "init": "zero"}, "init='zero'"), ("peft:lora", {"bogus": 1}, "bogus"),
+])
+def test_options_are_checked_when_the_method_is_constructed(method, options, culprit):
+    from medpeft.methods import get_method
+
+    with pytest.raises(UserError) as err:
+        get_method(method, **options)
+    message = str(err.value)
+    assert f"method {method!r}" in message and culprit in message and "\n" not in message
+
+
+def test_out_of_range_layers_fail_at_build():
+    with pytest.raises(UserError, match="layers=\\[99\\]"):
+        build_model("ept", "vit_tiny_patch16_224", C, pretrained=False, img_size=32, layers=[99])
+    with pytest.raises(UserError, match="k=13 exceeds the backbone depth 12"):
+        build_model("partial", "vit_tiny_patch16_224", C, pretrained=False, img_size=32, k=13)
+
+
+@pytest.mark.parametrize("method", medpeft.available_methods())
+def test_gradient_checkpointing_changes_nothing(method):
+    """timm's grad checkpointing runs the blocks one by one: every method must give the same outputs and gradients."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64, depth=3).double()
+    plain = build_model(method, vit, C, seed=0).double()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.backbone.set_grad_checkpointing(True)
+    images = torch.randn(2, 3, 64, 64, dtype=torch.double)
+    outputs = []
+    for model in (plain, checkpointed):
+        model.train()
+        out = model(images)
+        out.square().sum().backward()
+        outputs.append((out, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=0, atol=1e-12)
+    assert outputs[0][1].keys() == outputs[1][1].keys()
+    for name, grad in outputs[0][1].items():
+        assert grad is not None, name
+        torch.testing.assert_close(grad, outputs[1][1][name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["vpt", "ept"])
+def test_frozen_prompts_stay_at_their_init_and_are_saved(method, tmp_path):
+    model = build_model(method, "vit_tiny_patch16_224", C, pretrained=False, img_size=32, train_prompt=False, seed=3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"} and count_parameters(model)[0] == 192 * C + C
+    prompts = {n: p.detach().clone() for n, p in model.named_parameters() if "prompt" in n}
+    assert prompts
+    two_sgd_steps(model, torch.randn(4, 3, 32, 32))
+    for name, p in model.named_parameters():
+        if name in prompts:
+            assert torch.equal(p, prompts[name])
+    medpeft.save_trainable(model, tmp_path / "m.safetensors")
+    loaded = medpeft.load_trainable(tmp_path / "m.safetensors", pretrained=False, seed=4)  # another random init
+    for name, p in loaded.named_parameters():
+        if name in prompts:
+            assert torch.equal(p, prompts[name])
 
 
 def test_offline_hub_weights_say_what_to_pass():  # conftest sets HF_HUB_OFFLINE=1

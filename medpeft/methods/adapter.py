@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..errors import UserError
 from . import register
 from .base import Method
 
@@ -42,12 +41,10 @@ class Adapter(Method):
     """A down-ReLU-up bottleneck of width ``bottleneck`` in parallel with each block's MLP, output × ``scale``."""
 
     name = "adapter"
-    bottleneck: int = 64
+    bottleneck: int = field(default=64, metadata={"min": 1})
     scale: float = 0.1
 
     def inject(self, backbone):
-        if self.bottleneck < 1:
-            raise UserError(f"method 'adapter': bottleneck={self.bottleneck} must be at least 1")
         for block in backbone.blocks:
             block.mlp = ParallelAdapter(block.norm2, block.mlp, backbone.embed_dim, self.bottleneck, self.scale)
             block.norm2 = nn.Identity()

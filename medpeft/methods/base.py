@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
+import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -17,9 +19,13 @@ from ..errors import UserError
 class Method:
     """Base class: the backbone stays frozen and only a linear head on the pooled CLS feature trains.
 
-    Subclasses are dataclasses whose fields are the method's options (with defaults); they override
-    :meth:`inject` to add or unfreeze parameters and, where the head differs, :meth:`make_head`.
-    Fields that accept a fixed set of values list them in ``field(metadata={"choices": ...})``.
+    Subclasses are dataclasses whose fields are the method's options (with defaults). Every check an option
+    allows without the model belongs in :meth:`__post_init__` (extend it, calling ``super().__post_init__()``
+    first, and raise :func:`option_error`), so a mistake fails when the method is constructed; fields with a fixed
+    set of values list them in ``field(metadata={"choices": ...})``, lower bounds in ``metadata={"min": ...}``.
+    Subclasses override :meth:`inject` to add or unfreeze parameters and, where the head differs,
+    :meth:`make_head`; the hooks :meth:`frozen_stages`, :meth:`init_from_data`, :meth:`after_load` and
+    :meth:`token_maps` let evaluation, training, checkpoints and analysis ask the method without knowing it.
     """
 
     name: ClassVar[str] = ""
@@ -28,10 +34,22 @@ class Method:
         hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            _check_type(self.name, field.name, value, hints[field.name])
+            _check_type(self.full_name, field.name, value, hints[field.name])
             choices = field.metadata.get("choices")
             if choices and value not in choices:
-                raise UserError(f"method {self.name!r}: option {field.name}={value!r} is not one of {list(choices)}")
+                raise self.option_error(field.name, f"is not one of {list(choices)}")
+            low = field.metadata.get("min")
+            if low is not None and value is not None and value < low:
+                raise self.option_error(field.name, f"must be at least {low}")
+
+    @property
+    def full_name(self) -> str:
+        """The name ``build_model`` takes for this method (``peft:<tuner>`` for the peft wrapper)."""
+        return self.name
+
+    def option_error(self, option: str, problem: str) -> UserError:
+        """The one-line error for a bad option value: ``method 'lora': option r=0 must be at least 1``."""
+        return UserError(f"method {self.full_name!r}: option {option}={getattr(self, option)!r} {problem}")
 
     def inject(self, backbone: VisionTransformer) -> None:
         """Add this method's modules to the frozen ``backbone`` in place and unfreeze what it trains."""
@@ -40,9 +58,34 @@ class Method:
         """The classifier on the pooled feature: ``nn.Linear`` initialised N(0, 0.01²), bias 0 (as mmcls)."""
         return linear_head(in_features, num_classes)
 
+    def frozen_stages(self, backbone: VisionTransformer) -> int:
+        """How many leading stages compute exactly what the frozen backbone computes (so evaluation may cache their
+        output): stage i < depth is block i, stage depth the final norm and pooling. None here."""
+        return 0
+
+    def init_from_data(self, model: nn.Module, images: torch.Tensor) -> None:
+        """Called by training once, with the first training batch, before the first step (data-dependent inits)."""
+
+    def after_load(self, model: nn.Module) -> None:
+        """Called after trained tensors were loaded into ``model`` (data-dependent inits are then done)."""
+
+    def token_maps(self, model: nn.Module) -> TokenMaps | None:
+        """Per-token quantities the analysis draws over the patch grid (e.g. EPT's patch-wise scaling); None here."""
+        return None
+
     def options(self) -> dict[str, Any]:
         """The resolved options, JSON-ready."""
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TokenMaps:
+    """A per-token quantity of a method, per block: ``probes[i] = (module, fn)``, where ``fn(module_input)`` gives
+    (B, N) values for the module's input batch (one per image and token, CLS and prefix tokens first)."""
+
+    name: str
+    title: str
+    probes: dict[int, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]
 
 
 def linear_head(in_features: int, num_classes: int) -> nn.Linear:
@@ -67,7 +110,7 @@ def _check_type(method: str, option: str, value: Any, hint: Any) -> None:
             (item,) = typing.get_args(tp) or (object,)
             if all(isinstance(v, item) and not isinstance(v, bool) for v in value):
                 return
-        if origin in (bool, str) and isinstance(value, origin):
+        if origin in (bool, str, dict) and isinstance(value, origin):
             return
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
     raise UserError(f"method {method!r}: option {option}={value!r} should be {names}")

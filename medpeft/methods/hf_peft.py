@@ -24,6 +24,7 @@ class HFPeft(Method):
 
     ``config`` holds the tuner's own options (e.g. ``r``, ``lora_alpha``, ``target_modules``); by default the
     tuner targets every Linear layer of the blocks (qkv, proj, fc1, fc2). ``dora`` is LoRA with ``use_dora``.
+    The tuner and its options are checked on construction (peft's own config class validates them).
     """
 
     name = "peft"
@@ -31,7 +32,12 @@ class HFPeft(Method):
     config: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.name = f"peft:{self.tuner}"
+        super().__post_init__()
+        self.peft_config()
+
+    @property
+    def full_name(self) -> str:
+        return f"peft:{self.tuner}"
 
     def peft_config(self):
         from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
@@ -44,9 +50,11 @@ class HFPeft(Method):
             raise UserError(f"unknown peft tuner {self.tuner!r}: choose from {', '.join(tuners + ['dora'])}")
         options = {"target_modules": BLOCK_LINEARS, **DEFAULTS.get(self.tuner, {}), **self.config}
         try:
-            return config_cls(**options)
+            with warnings.catch_warnings():  # peft warns about options it adjusts
+                warnings.simplefilter("ignore")
+                return config_cls(**options)
         except (TypeError, ValueError) as err:
-            raise UserError(f"method 'peft:{self.tuner}': {err}".replace("\n", " ")) from err
+            raise UserError(f"method {self.full_name!r}: {err}".replace("\n", " ")) from err
 
     def inject(self, backbone):
         from peft import get_peft_model
@@ -57,7 +65,7 @@ class HFPeft(Method):
                 warnings.simplefilter("ignore")
                 get_peft_model(backbone, config)  # layers are swapped inside ``backbone``; the wrapper is not kept
         except (TypeError, ValueError) as err:
-            raise UserError(f"method 'peft:{self.tuner}': {err}".replace("\n", " ")) from err
+            raise UserError(f"method {self.full_name!r}: {err}".replace("\n", " ")) from err
 
     def options(self):
         return dict(self.config)

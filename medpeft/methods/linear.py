@@ -14,3 +14,6 @@ class Linear(Method):
     """The frozen backbone's pooled CLS feature feeds a trainable linear head."""
 
     name = "linear"
+
+    def frozen_stages(self, backbone):
+        return len(backbone.blocks) + 1

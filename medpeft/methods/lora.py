@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
 from . import register
 from .base import Method
 
@@ -64,11 +63,9 @@ class LoRA(Method):
     """Low-rank updates of W_q and W_v in every block (B zero-initialised), scaled by ``alpha / r``."""
 
     name = "lora"
-    r: int = 8
+    r: int = field(default=8, metadata={"min": 1})
     alpha: float = 8.0
 
     def inject(self, backbone):
-        if self.r < 1:
-            raise UserError(f"method 'lora': r={self.r} must be at least 1")
         for block in backbone.blocks:
             block.attn.qkv = LoraQKV(block.attn.qkv, self.r, self.alpha)

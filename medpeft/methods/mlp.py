@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..errors import UserError
 from . import register
 from .base import Method, linear_head
 
@@ -17,10 +16,11 @@ class MLP(Method):
     """The head is ``k - 1`` hidden Linear+ReLU layers of the feature width, then the linear classifier."""
 
     name = "mlp"
-    k: int = 3
+    k: int = field(default=3, metadata={"min": 1})
 
     def make_head(self, in_features, num_classes):
-        if self.k < 1:
-            raise UserError(f"method 'mlp': k={self.k} must be at least 1")
         hidden = [m for _ in range(self.k - 1) for m in (nn.Linear(in_features, in_features), nn.ReLU())]
         return nn.Sequential(*hidden, linear_head(in_features, num_classes))
+
+    def frozen_stages(self, backbone):
+        return len(backbone.blocks) + 1

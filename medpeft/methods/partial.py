@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..errors import UserError
 from . import register
 from .base import Method
 
@@ -15,12 +14,15 @@ class Partial(Method):
     """Unfreeze the last ``k`` transformer blocks and the final LayerNorm."""
 
     name = "partial"
-    k: int = 1
+    k: int = field(default=1, metadata={"min": 1})
 
     def inject(self, backbone):
         depth = len(backbone.blocks)
-        if not 1 <= self.k <= depth:
-            raise UserError(f"method 'partial': k={self.k} must be between 1 and the backbone depth {depth}")
+        if self.k > depth:
+            raise self.option_error("k", f"exceeds the backbone depth {depth}")
         for block in backbone.blocks[depth - self.k:]:
             block.requires_grad_(True)
         backbone.norm.requires_grad_(True)
+
+    def frozen_stages(self, backbone):
+        return len(backbone.blocks) - self.k

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import UserError
 from . import register
 from .base import Method
 
@@ -44,10 +43,10 @@ class VP(Method):
     """A border of width ``prompt_size`` pixels around the (normalised) image is learned; the backbone is frozen."""
 
     name = "vp"
-    prompt_size: int = 30
+    prompt_size: int = field(default=30, metadata={"min": 1})
 
     def inject(self, backbone):
         height, width = backbone.patch_embed.img_size
-        if not 1 <= self.prompt_size < min(height, width) / 2:
-            raise UserError(f"method 'vp': prompt_size={self.prompt_size} must be in [1, {min(height, width) // 2})")
+        if self.prompt_size >= min(height, width) / 2:
+            raise self.option_error("prompt_size", f"must be below half the image size ({min(height, width)} px)")
         backbone.patch_embed.proj = PadPrompter(backbone.patch_embed.proj, (height, width), self.prompt_size)

@@ -1,4 +1,4 @@
-"""Embedded prompt attention (EPT, Zu et al. 2024), exact and through fused scaled-dot-product attention.
+"""EPT's attention through fused kernels: softmax over the logits plus one extra key of zero value.
 
 For a prompted block, with logits S = QKᵀ/√d per head and a learned prompt P (one row per token, shared by heads
 and batch), EPT's attention is ``A = softmax_row([P | S])[:, L:]``: the prompt columns are dropped and the rest is
@@ -18,11 +18,6 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-CONCAT_WAYS = ("concat", "multiply_concat")
-WAYS = CONCAT_WAYS + ("add", "multiply")
-INITS = ("normal", "uniform", "zero", "kaiming", "token")
 
 
 def null_key_attention(q, k, v, logit, scale: float, dropout_p: float = 0.0):
@@ -153,130 +148,3 @@ class _ScaledFusedAttention(torch.autograd.Function):
             dq, dk, dv = ctx.kernel.backward(grad_out, q, k, v, y, lse, ctx.saved, ctx.scale)
         dlogit = -(dy * y).sum(-1, dtype=s.dtype) * (1 - s) if ctx.needs_input_grad[3] else None
         return dq, dk, dv, dlogit, None, None
-
-
-class EmbeddedPromptAttention(nn.Module):
-    """A timm ``Attention`` whose logits carry a learned prompt, in one of four ways.
-
-    - ``concat`` (the paper's main way): ``softmax([P | S])`` with the prompt columns dropped, P (N, L).
-    - ``multiply_concat``: the same with row j of P scaled by α_j = max_k S_jk − min_k S_jk (per head).
-    - ``add``: ``softmax(S + P)``, P (N, N) starting at 0.
-    - ``multiply``: ``softmax(S ∘ P)``, P (N, N) starting at 1; it materialises the logits, as the paper does.
-
-    The frozen submodules of the wrapped attention are kept under their own names (``qkv``, ``proj``, …), so
-    state-dict keys are those of timm plus ``prompt``.
-    """
-
-    def __init__(self, attn: nn.Module, num_tokens: int, prompt_length: int, way: str = "concat",
-                 init: str | None = None):
-        super().__init__()
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.head_dim
-        self.scale = attn.scale
-        self.qkv = attn.qkv
-        self.q_norm = attn.q_norm
-        self.k_norm = attn.k_norm
-        self.attn_drop = attn.attn_drop
-        self.norm = getattr(attn, "norm", nn.Identity())
-        self.gate = getattr(attn, "gate", None)
-        self.proj = attn.proj
-        self.proj_drop = attn.proj_drop
-        self.way = way
-        self.num_tokens = num_tokens
-        if way in CONCAT_WAYS:
-            self.prompt = nn.Parameter(_init_prompt(torch.empty(num_tokens, prompt_length), init or "normal"))
-        else:
-            start = torch.zeros if way == "add" else torch.ones
-            self.prompt = nn.Parameter(start(num_tokens, num_tokens))
-
-    def forward(self, x, attn_mask=None, is_causal=False):
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("EPT attention does not take an attention mask")
-        B, N, _ = x.shape
-        if N != self.num_tokens:
-            raise ValueError(
-                f"EPT prompt has {self.num_tokens} rows but the input has {N} tokens: build the model with the "
-                "img_size of its inputs"
-            )
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        dropout_p = self.attn_drop.p if self.training else 0.0
-        if self.way in CONCAT_WAYS:
-            out = null_key_attention(q, k, v, self.prompt_logit(q, k), self.scale, dropout_p)
-        elif self.way == "add" and q.is_cuda and self.prompt.requires_grad and not q.requires_grad:
-            # CUDA SDPA (torch <= 2.11) cannot give a float mask alone a gradient (pytorch#148476): materialise
-            out = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1) + self.prompt).softmax(dim=-1)) @ v
-        elif self.way == "add":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.prompt, dropout_p=dropout_p,
-                                                 scale=self.scale)
-        else:
-            attn = ((q * self.scale) @ k.transpose(-2, -1) * self.prompt).softmax(dim=-1)
-            out = self.attn_drop(attn) @ v
-        out = self.norm(out.transpose(1, 2).reshape(B, N, -1))
-        if self.gate is not None:
-            out = out * self.gate(x).sigmoid()
-        return self.proj_drop(self.proj(out))
-
-    def prompt_logit(self, q, k):
-        """r_j = logsumexp_l P_jl (N,), or for ``multiply_concat`` logsumexp_l α_j P_jl (B, H, N)."""
-        if self.way == "concat":
-            return torch.logsumexp(self.prompt, dim=-1)
-        with torch.no_grad():  # only the arg-extrema; α itself is recomputed below with its gradient
-            logits = q @ k.transpose(-2, -1)
-            hi, lo = logits.argmax(dim=-1, keepdim=True), logits.argmin(dim=-1, keepdim=True)
-            del logits
-        gather = lambda idx: torch.gather(k, 2, idx.expand(-1, -1, -1, k.shape[-1]))  # noqa: E731
-        alpha = ((q * (gather(hi) - gather(lo))).sum(-1) * self.scale).unsqueeze(-1)
-        return torch.logsumexp(alpha * self.prompt, dim=-1)
-
-    @torch.no_grad()
-    def patch_scaling(self, x) -> torch.Tensor:
-        """The patch-wise scaling s_j = Z_j / (Z_j + Σ_l exp P_jl) of each query token (B, H, N), for a block input.
-
-        ``x`` is what this attention receives (the block's normalised tokens). Defined for the concat ways.
-        """
-        if self.way not in CONCAT_WAYS:
-            raise ValueError(f"patch-wise scaling is defined for the concat ways, not {self.way!r}")
-        B, N, _ = x.shape
-        q, k, _ = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        log_z = torch.logsumexp((q * self.scale) @ k.transpose(-2, -1), dim=-1)
-        return torch.sigmoid(log_z - self.prompt_logit(q, k))
-
-
-def _init_prompt(prompt: torch.Tensor, init: str) -> torch.Tensor:
-    """The official EPT initialisations; ``token`` starts at zero and is filled by :class:`TokenInit`."""
-    if init == "normal":
-        return nn.init.normal_(prompt, std=0.02)
-    if init == "uniform":
-        return nn.init.uniform_(prompt, -0.08, 0.08)
-    if init == "kaiming":  # fan-in of the official (layers, N, L) tensor: N·L
-        return nn.init.normal_(prompt, std=(2.0 / prompt.numel()) ** 0.5)
-    return nn.init.zeros_(prompt)
-
-
-class TokenInit:
-    """One-shot forward hook for the ``token`` init: adds the mean embedded token of the first batch to the prompts.
-
-    As the official code, the mean over batch and tokens of the embedded input (after the position embedding)
-    is added to every prompt row; for L ≠ D that D-vector is linearly resampled to length L.
-    """
-
-    def __init__(self, attentions: list[EmbeddedPromptAttention]):
-        self.attentions = attentions
-        self.handle = None
-
-    def __call__(self, module, args, output):
-        mean = output.detach().float().mean(dim=(0, 1))
-        with torch.no_grad():
-            for attn in self.attentions:
-                length = attn.prompt.shape[-1]
-                row = F.interpolate(mean[None, None], size=length, mode="linear", align_corners=True)[0, 0]
-                attn.prompt.add_(row.to(attn.prompt.dtype))
-        self.cancel()
-
-    def cancel(self):
-        """Stop waiting for a first batch (the prompts were loaded from a checkpoint)."""
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
