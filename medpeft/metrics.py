@@ -15,10 +15,6 @@ from sklearn.metrics import roc_auc_score
 
 from medpeft.errors import UserError
 
-SELECTION_METRICS = {"chest": "mAP", "colon": "accuracy", "endo": "AUC"}
-"""The val metric MedFMC's ``save_best='auto'`` selects checkpoints by, per official task name."""
-
-
 def _scores_2d(scores):
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] == 0:
@@ -251,11 +247,3 @@ def task_metrics(scores, targets, multilabel, undefined="skip"):
             "ECE": expected_calibration_error(scores, targets, multilabel),
             "Brier": brier_score(scores, targets, multilabel)}
 
-
-def selection_metric(task_name, multilabel):
-    """The key of :func:`task_metrics` used to select checkpoints on the val set (greater is better).
-
-    MedFMC's ``save_best='auto'``: chest "mAP", colon "accuracy", endo "AUC". Any other task: "mAP" if
-    multi-label, else "accuracy".
-    """
-    return SELECTION_METRICS.get(task_name, "mAP" if multilabel else "accuracy")

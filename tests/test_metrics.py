@@ -6,7 +6,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medpeft.errors import UserError
 from medpeft.metrics import (accuracy, auc, average_precision, brier_score, expected_calibration_error, mean_ap,
-                             reliability_curve, selection_metric, task_metrics)
+                             reliability_curve, task_metrics)
 
 
 def naive_map(scores, targets):
@@ -196,12 +196,13 @@ def test_task_metrics_keys():
     assert set(task_metrics(probs, labels, multilabel=False)) == {"accuracy", "AUC", "ECE", "Brier"}
 
 
-def test_selection_metric():
-    assert selection_metric("chest", True) == "mAP"
-    assert selection_metric("colon", False) == "accuracy"
-    assert selection_metric("endo", True) == "AUC"
-    assert selection_metric("isic2018", False) == "accuracy"
-    assert selection_metric("my_multilabel_task", True) == "mAP"
+def test_selection_and_report_metrics():
+    from medpeft.data import TaskSpec, get_task
+
+    assert [get_task(t).selection_metric for t in ("chest", "colon", "endo", "isic")] == ["mAP", "accuracy", "AUC",
+                                                                                           "accuracy"]
+    assert [get_task(t).report_metric for t in ("chest", "colon", "endo")] == ["mAP", "accuracy", "mAP"]
+    assert TaskSpec("mine", ("a", "b", "c"), multilabel=True).selection_metric == "mAP"
 
 
 # ---- validation ----

@@ -8,16 +8,18 @@ from .generic import load_csv, load_folder
 from .isic import load_isic, read_isic_csv
 from .medfmc import available_splits, load_medfmc, split_path
 from .medmnist import load_medmnist
+from .registry import DATASETS, Dataset, get_dataset, load_dataset
 from .samples import DatasetSplits, Samples, check_images, load_image
-from .splits import medfmc_few_shot, per_class_few_shot, write_medfmc_splits
-from .tasks import TASKS, TaskSpec, get_task
+from .splits import (few_shot_split, fraction_split, medfmc_few_shot, parse_shots, per_class_few_shot,
+                     write_medfmc_splits)
+from .tasks import MEDFMC_TASKS, TASKS, TaskSpec, get_task
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "TASKS",
-    "DatasetSplits", "ImageDataset", "ResizedImageCache", "Samples", "TaskSpec",
-    "available_splits", "check_images", "eval_dataset", "eval_transform", "get_task", "load_csv", "load_folder",
-    "load_image", "load_isic", "load_medfmc", "load_medmnist", "make_demo_data", "medfmc_few_shot",
+    "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "MEDFMC_TASKS", "TASKS",
+    "Dataset", "DatasetSplits", "ImageDataset", "ResizedImageCache", "Samples", "TaskSpec",
+    "available_splits", "check_images", "eval_dataset", "eval_transform", "few_shot_split", "fraction_split", "get_dataset", "get_task", "load_csv", "load_folder",
+    "load_dataset", "load_image", "load_isic", "load_medfmc", "load_medmnist", "make_demo_data", "medfmc_few_shot", "parse_shots",
     "per_class_few_shot", "read_annotations", "read_isic_csv", "read_list", "read_names", "split_path",
     "train_dataset", "train_transform", "write_annotations", "write_medfmc_splits",
 ]

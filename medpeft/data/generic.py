@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UserError
 from .samples import DatasetSplits, Samples
-from .splits import per_class_few_shot
+from .splits import few_shot_split
 from .tasks import TaskSpec
 
 VAL_PER_CLASS = 20
@@ -31,7 +31,7 @@ def _assemble(task: TaskSpec, parts: dict[str, Samples], shots, exp, seed, val_p
         if "val" not in parts:
             raise UserError(f"dataset {task.name!r} has no val split; add one, or pass shots to draw val from train")
         return DatasetSplits(task, pool, parts["val"], parts.get("test"))
-    train_idx, val_idx = per_class_few_shot(pool.labels, shots, (seed, exp), val_per_class)
+    train_idx, val_idx = few_shot_split(pool.labels, shots, (seed, exp), val_per_class)
     val = parts.get("val")
     used = train_idx if val is not None else np.concatenate([train_idx, val_idx])
     test = parts.get("test")

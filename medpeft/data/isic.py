@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 from .samples import DatasetSplits, Samples
-from .splits import per_class_few_shot
+from .splits import few_shot_split
 from .tasks import TASKS
 
 ISIC = TASKS["isic"]
@@ -82,7 +82,7 @@ def load_isic(root, shots: int, exp: int, seed: int = 0, val_per_class: int = VA
     if pool is None:
         raise UserError(f"no ISIC2018_Task3_Training_GroundTruth.csv under {root}")
     val, test = _official(root, "Validation"), _official(root, "Test")
-    train_idx, drawn_val = per_class_few_shot(pool.labels, shots, (seed, exp), val_per_class)
+    train_idx, drawn_val = few_shot_split(pool.labels, shots, (seed, exp), val_per_class)
     if test is None:
         test, val = val, None
     return DatasetSplits(ISIC, pool.subset(train_idx), val if val is not None else pool.subset(drawn_val), test)

@@ -4,6 +4,7 @@
 
     <root>/<task>/images/<name>
     <root>/<task>/<task>_<K>-shot_train_exp<N>.txt   (and _val_)
+    <root>/<task>/train_<P>.txt, val_<P>.txt          (P% of the training set, e.g. train_20.txt: one sampling)
     <root>/<task>/test_WithLabel.txt                  (default test list)
 
 Note: the official chest/endo val files overlap their train files; use them for checkpoint selection only.
@@ -17,13 +18,20 @@ from pathlib import Path
 from ..errors import UserError
 from .annotations import read_annotations, read_list
 from .samples import DatasetSplits, Samples, stack_labels
+from .shots import parse_shots
 from .tasks import TaskSpec, get_task
 
 _SPLIT_FILE = re.compile(r"(?P<task>.+)_(?P<shots>\d+)-shot_train_exp(?P<exp>\d+)\.txt")
 
 
-def split_path(root, task: str, shots: int, exp: int, part: str) -> Path:
-    """``<root>/<task>/<task>_<shots>-shot_<part>_exp<exp>.txt`` (``part``: train or val)."""
+def split_path(root, task: str, shots: int | str, exp: int, part: str) -> Path:
+    """``<root>/<task>/<task>_<shots>-shot_<part>_exp<exp>.txt`` (``part``: train or val); for a percentage
+    ``"P%"`` the official ``<root>/<task>/<part>_<P>.txt`` (a single sampling: ``exp`` must be 1)."""
+    if isinstance(parse_shots(shots), float):
+        if exp != 1:
+            raise UserError(f"MedFMC's {shots} split is one sampling ({part}_{str(shots).rstrip('%')}.txt): use exp 1, "
+                            "and seeds for repeats")
+        return Path(root) / task / f"{part}_{str(shots).strip().rstrip('%')}.txt"
     return Path(root) / task / f"{task}_{shots}-shot_{part}_exp{exp}.txt"
 
 

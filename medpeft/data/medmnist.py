@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UserError
 from .samples import DatasetSplits, Samples
-from .splits import per_class_few_shot
+from .splits import few_shot_split
 from .tasks import TaskSpec
 
 _PARTS = ("train", "val", "test")
@@ -93,5 +93,5 @@ def load_medmnist(path_or_name, shots: int, exp: int, seed: int = 0, root=None) 
         return Samples([f"{name}_{i}" for i in range(len(labels))], list(data[f"{name}_images"]), labels)
 
     train = part("train")
-    train_idx, _ = per_class_few_shot(train.labels, shots, (seed, exp))
+    train_idx, _ = few_shot_split(train.labels, shots, (seed, exp))
     return DatasetSplits(task, train.subset(train_idx), part("val"), part("test"))

@@ -53,12 +53,22 @@ class DatasetSplits:
 
     task: TaskSpec
     train: Samples
-    val: Samples
+    val: Samples | None
     test: Samples | None = None
 
     def check_images(self, show: int = 3) -> None:
         """See :func:`check_images`."""
         check_images(self, show)
+
+    def with_val_in_train(self) -> DatasetSplits:
+        """Train on train + the val images not already in train (by name); no val split (for a refit)."""
+        names = set(self.train.names)
+        extra = [i for i, name in enumerate(self.val.names) if name not in names]
+        merged = Samples(self.train.names + [self.val.names[i] for i in extra],
+                         self.train.sources + [self.val.sources[i] for i in extra],
+                         None if self.train.labels is None else np.concatenate([self.train.labels,
+                                                                                self.val.labels[extra]]))
+        return DatasetSplits(self.task, merged, None, self.test)
 
 
 def check_images(splits: DatasetSplits, show: int = 3) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import UserError
 from .annotations import read_annotations, write_annotations
 from .medfmc import split_path
+from .shots import check_shots, parse_shots
 from .tasks import TaskSpec, get_task
 
 
@@ -30,9 +31,41 @@ GROUP_KEYS = {"endo": study_id, "colon": region_id}
 """How MedFMC tasks group images into shots; a task not listed here samples single images (as chest does)."""
 
 
-def _check_shots(shots) -> None:
-    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
-        raise UserError(f"shots must be a positive integer, got {shots!r}")
+def few_shot_split(labels, shots, seed, val_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`per_class_few_shot` for K-shot, :func:`fraction_split` for a percentage (``"20%"``)."""
+    value = parse_shots(shots)
+    if isinstance(value, float):
+        return fraction_split(labels, value, seed, val_per_class)
+    return per_class_few_shot(labels, value, seed, val_per_class)
+
+
+def fraction_split(labels, fraction: float, seed, val_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified draw of ``fraction`` of the images as ``(train_idx, val_idx)``, val disjoint from train.
+
+    Strata are the classes (single-label) or the distinct label vectors (multi-label); the total is
+    round(fraction · n), shared out over the strata by largest remainder (so each stratum keeps its share), every
+    stratum drawn at random (seeded). Val is as in :func:`per_class_few_shot`: ``val_per_class`` further images per
+    class of the rest, or all of it when None.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keys = [row.tobytes() for row in labels] if labels.ndim == 2 else labels.tolist()
+    strata: dict = {}
+    for i, key in enumerate(keys):
+        strata.setdefault(key, []).append(i)
+    members = [np.array(strata[k]) for k in sorted(strata, key=str)]
+    quotas = np.array([fraction * len(m) for m in members])
+    counts = np.floor(quotas).astype(int)
+    short = max(int(round(fraction * len(labels))), 1) - counts.sum()
+    counts[np.argsort(-(quotas - counts), kind="stable")[:short]] += 1
+    train = np.sort(np.concatenate([np.empty(0, np.int64)] + [rng.permutation(m)[:c] for m, c in zip(members, counts)]))
+    rest = np.setdiff1d(np.arange(len(labels)), train)
+    if val_per_class is None:
+        return train, rest
+    classes = [np.flatnonzero(labels[rest, c] == 1) for c in range(labels.shape[1])] if labels.ndim == 2 else \
+        [np.flatnonzero(labels[rest] == c) for c in np.unique(labels[rest])]
+    val = np.concatenate([np.empty(0, np.int64)] + [rest[rng.permutation(idx)[:val_per_class]] for idx in classes])
+    return train, np.unique(val)
 
 
 def medfmc_few_shot(items: list, task: str | TaskSpec, shots: int, seed) -> tuple[list, list]:
@@ -45,7 +78,7 @@ def medfmc_few_shot(items: list, task: str | TaskSpec, shots: int, seed) -> tupl
     ``numpy.random.default_rng`` accepts.
     """
     task = get_task(task)
-    _check_shots(shots)
+    check_shots(shots)
     rng = np.random.default_rng(seed)
     key = GROUP_KEYS.get(task.name)
     train = []
@@ -70,7 +103,7 @@ def per_class_few_shot(labels, shots: int, seed, val_per_class: int | None = Non
     positives of each class, for multi-label), or every remaining image when None. For a fixed seed, the K-shot
     train set contains the smaller-K ones. ``train_idx`` is in class order, ``val_idx`` sorted.
     """
-    _check_shots(shots)
+    check_shots(shots)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     if labels.ndim == 2:

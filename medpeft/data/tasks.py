@@ -9,15 +9,30 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A classification task: ``classes`` in label-column order; ``multilabel`` False means one class per image."""
+    """A classification task: ``classes`` in label-column order; ``multilabel`` False means one class per image.
+
+    ``select_by`` names the validation metric that selects checkpoints and hyper-parameters (default: the
+    reported one); MedFMC's ``save_best='auto'`` selects endo by AUC.
+    """
 
     name: str
     classes: tuple[str, ...]
     multilabel: bool
+    select_by: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def report_metric(self) -> str:
+        """The test metric tables report, as the paper: mAP for multi-label tasks, accuracy otherwise."""
+        return "mAP" if self.multilabel else "accuracy"
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric (a key of :func:`medpeft.metrics.task_metrics`, greater is better) that selects."""
+        return self.select_by or self.report_metric
 
 
 CHEST_CLASSES = (
@@ -26,10 +41,12 @@ CHEST_CLASSES = (
     "calcification", "pulmonary_edema", "increased_lung_markings", "elevated_diaphragm", "consolidation",
 )
 
+MEDFMC_TASKS = ("chest", "colon", "endo")
+
 TASKS = {
     "chest": TaskSpec("chest", CHEST_CLASSES, multilabel=True),
     "colon": TaskSpec("colon", ("negative", "positive"), multilabel=False),
-    "endo": TaskSpec("endo", ("ulcer", "erosion", "polyp", "tumor"), multilabel=True),
+    "endo": TaskSpec("endo", ("ulcer", "erosion", "polyp", "tumor"), multilabel=True, select_by="AUC"),
     "isic": TaskSpec("isic", ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"), multilabel=False),
 }
 

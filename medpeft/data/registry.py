@@ -1,0 +1,76 @@
+"""Every dataset medpeft reads, by name, behind one loader signature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from .annotations import read_names
+from .generic import load_csv, load_folder
+from .isic import load_isic
+from .medfmc import load_medfmc
+from .medmnist import load_medmnist
+from .samples import DatasetSplits, Samples
+from .tasks import MEDFMC_TASKS
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset kind: ``load(root, shots, exp, seed, test_list)`` gives its K-shot splits of experiment ``exp``;
+    ``image_list(root, list_file)`` the images of a list file (names only or labelled) for prediction."""
+
+    name: str
+    load: Callable[[str, int, int, int, str | None], DatasetSplits]
+    image_list: Callable[[str, str], Samples]
+
+
+def _medfmc(task: str) -> Dataset:
+    def load(root, shots, exp, seed, test_list):
+        return load_medfmc(root, task, shots, exp, test_list=test_list)
+
+    def image_list(root, list_file):
+        names = read_names(list_file, task)
+        return Samples(names, [str(Path(root) / task / "images" / n) for n in names])
+
+    return Dataset(task, load, image_list)
+
+
+def _beside_list(root, list_file) -> Samples:
+    """Names as written; a relative name is a path from the list file's folder."""
+    names = read_names(list_file)
+    return Samples(names, [n if Path(n).is_absolute() else str(Path(list_file).parent / n) for n in names])
+
+
+def _own_test(name: str, loader: Callable) -> Dataset:
+    def load(root, shots, exp, seed, test_list):
+        if test_list is not None:
+            raise UserError(f"--test-list applies to the MedFMC tasks; dataset {name!r} brings its own test split")
+        return loader(root, shots, exp, seed)
+
+    return Dataset(name, load, _beside_list)
+
+
+DATASETS: dict[str, Dataset] = {
+    **{task: _medfmc(task) for task in MEDFMC_TASKS},
+    "isic": _own_test("isic", lambda root, shots, exp, seed: load_isic(root, shots, exp, seed=seed)),
+    "medmnist": _own_test("medmnist", lambda root, shots, exp, seed: load_medmnist(root, shots, exp, seed=seed)),
+    "csv": _own_test("csv", lambda root, shots, exp, seed: load_csv(root, shots=shots, exp=exp, seed=seed)),
+    "folder": _own_test("folder", lambda root, shots, exp, seed: load_folder(root, shots=shots, exp=exp, seed=seed)),
+}
+
+
+def get_dataset(name: str) -> Dataset:
+    """The dataset kind ``name`` (a MedFMC task, isic, medmnist, csv or folder)."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"unknown task {name!r}: choose from {', '.join(DATASETS)}") from None
+
+
+def load_dataset(name: str, root, shots: int, exp: int = 1, *, seed: int = 0,
+                 test_list: str | None = None) -> DatasetSplits:
+    """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, a MedMNIST npz, a CSV or a class folder."""
+    return get_dataset(name).load(root, shots, exp, seed, test_list)
+
