@@ -33,11 +33,7 @@ def create_backbone(
         if weights is not None:
             load_weights(model, weights)
     else:
-        if not timm.is_model(backbone):
-            raise UserError(
-                f"unknown backbone {backbone!r}: pass a timm ViT name such as {DEFAULT_BACKBONE!r} "
-                "(see timm.list_models('vit_*'))"
-            )
+        _check_name(backbone)
         kwargs = {"img_size": img_size} if img_size else {}
         hub = pretrained and weights is None
         try:
@@ -55,9 +51,39 @@ def create_backbone(
             load_weights(model, weights)
     if model.num_classes:
         model.reset_classifier(0)
+    if img_size:
+        _check_img_size(model, img_size)
     if img_size and tuple(model.patch_embed.img_size) != (img_size, img_size):
         model.set_input_size(img_size=(img_size, img_size))
     return model
+
+
+def check_backbone(backbone: str, *, img_size: int | None = None, weights: str | Path | None = None) -> None:
+    """What can fail before any data is read: the backbone name, the weights file and the image size (a multiple of
+    the patch size). The model is built on the ``meta`` device (no memory, no weights)."""
+    if weights is not None and not Path(weights).is_file():
+        raise UserError(f"weights file {weights} not found")
+    _check_name(backbone)
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    if not isinstance(model, VisionTransformer):
+        raise UserError(f"backbone {backbone!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    if img_size is not None:
+        _check_img_size(model, img_size)
+
+
+def _check_name(backbone: str) -> None:
+    if not timm.is_model(backbone):
+        raise UserError(f"unknown backbone {backbone!r}: pass a timm ViT name such as {DEFAULT_BACKBONE!r} "
+                        "(see timm.list_models('vit_*'))")
+
+
+def _check_img_size(model: VisionTransformer, img_size: int) -> None:
+    patch = model.patch_embed.patch_size[0]
+    if img_size < patch or img_size % patch:
+        lower, upper = max(patch, img_size // patch * patch), (img_size // patch + 1) * patch
+        nearest = f"{lower} or {upper}" if lower != upper and img_size > patch else f"{upper}"
+        raise UserError(f"--img-size {img_size} is not a multiple of the model's patch size {patch}: use {nearest}")
 
 
 def load_weights(model: VisionTransformer, path: str | Path) -> None:
@@ -76,8 +102,9 @@ def load_weights(model: VisionTransformer, path: str | Path) -> None:
             model.load_pretrained(str(path))
             return
         state = timm.models.load_state_dict(str(path))
-    except Exception as err:  # corrupt or foreign file: say which
-        raise UserError(f"cannot read weights file {path}: {err}") from err
+    except Exception as err:  # corrupt or foreign file: say what was expected and what is there
+        raise UserError(f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {_sniff(path)} "
+                        f"({type(err).__name__})") from err
     try:
         state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head.")}, model)
     except Exception as err:  # shapes timm cannot adapt
@@ -94,6 +121,28 @@ def load_weights(model: VisionTransformer, path: str | Path) -> None:
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})"
         )
     model.load_state_dict(state, strict=False)
+
+
+EXPECTED_FORMATS = "a PyTorch state dict (.pth/.pt/.bin/.ckpt), a safetensors file or a Google ViT .npz"
+
+
+def _sniff(path: Path) -> str:
+    """What a file looks like from its first bytes, in words."""
+    head = path.open("rb").read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive that is not one of these (or is damaged)"
+    if head[:1] == b"\x80":
+        return "a Python pickle that holds no tensors (or is damaged)"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "a damaged safetensors file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{path.stat().st_size:,} bytes of unknown binary data"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"text starting {first[:30]!r}"
 
 
 def num_tokens(model: VisionTransformer) -> int:

@@ -1,18 +1,17 @@
-"""One experiment from data to files: a run directory a person can open.
+"""One run from data to files: a run directory a person can open, and what can be done with it later.
 
-A run directory holds ``config.json`` (everything needed to rebuild the model), ``log.txt`` (one line per epoch),
-``trainable.safetensors`` (only the trained tensors), ``<task>_<K>-shot_submission.csv`` (the test list in the
-MedFMC submission format) and ``metrics.json`` (validation curve, selected epoch, test metrics), written last.
+A run directory holds ``run.json`` (the :class:`~medpeft.record.RunRecord`: spec, task, model, validation curve,
+selected epoch, test metrics, cost), ``log.txt`` (one line per epoch), ``trainable.safetensors`` (the trained
+tensors) and ``<task>_<K>-shot_submission.csv`` (the test list in the MedFMC submission format). It is written
+in a hidden sibling and moved into place when the run finishes: a run directory is always complete.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
-import tempfile
-from dataclasses import dataclass, field
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,58 +19,94 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import (DatasetSplits, ResizedImageCache, load_csv, load_folder, load_isic, load_medfmc, load_medmnist)
+from .backbones import check_backbone
+from .data import ResizedImageCache, Samples, get_dataset, load_dataset
 from .errors import UserError
-from .methods import get_method
+from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
-from .train import RunResult, TrainConfig, fit, seed_everything
+from .record import RunRecord, RunSpec
+from .evaluate import FeatureCache, predict
+from .train import fit
 
-MEDFMC_TASKS = ("chest", "colon", "endo")
-DATASETS = MEDFMC_TASKS + ("isic", "medmnist", "csv", "folder")
-
-
-@dataclass
-class RunSpec:
-    """What to train, on what, and how. ``options`` are the method's; ``train`` the :class:`TrainConfig` fields."""
-
-    method: str
-    task: str
-    data_root: str
-    shots: int
-    exp: int = 1
-    options: dict[str, Any] = field(default_factory=dict)
-    backbone: str = "vit_base_patch16_224.orig_in21k"
-    pretrained: bool = True
-    weights: str | None = None
-    img_size: int | None = None
-    test_list: str | None = None
-    train: dict[str, Any] = field(default_factory=dict)
-
-    def train_config(self) -> TrainConfig:
-        try:
-            return TrainConfig(**self.train)
-        except TypeError:
-            valid = [f.name for f in dataclasses.fields(TrainConfig)]
-            raise UserError(f"unknown training option(s) {sorted(set(self.train) - set(valid))}; valid: {valid}") from None
+RUN_FILE = "run.json"
 
 
-def load_data(task: str, data_root: str, shots: int, exp: int = 1, seed: int = 0,
-              test_list: str | None = None) -> DatasetSplits:
-    """The K-shot splits of experiment ``exp`` for a MedFMC task, ISIC 2018, a MedMNIST npz, a CSV or a class folder."""
-    if task in MEDFMC_TASKS:
-        return load_medfmc(data_root, task, shots, exp, test_list=test_list)
-    if task == "isic":
-        return load_isic(data_root, shots, exp, seed=seed)
-    if task == "medmnist":
-        return load_medmnist(data_root, shots, exp, seed=seed)
-    if task == "csv":
-        return load_csv(data_root, shots=shots, exp=exp, seed=seed)
-    if task == "folder":
-        return load_folder(data_root, shots=shots, exp=exp, seed=seed)
-    raise UserError(f"unknown task {task!r}: choose from {', '.join(DATASETS)}")
+def check_spec(spec: RunSpec) -> None:
+    """Everything about ``spec`` that can fail before any data is read: method and options (checked when the spec
+    was made), the backbone name, image size and weights file."""
+    check_backbone(spec.backbone, img_size=spec.img_size, weights=spec.weights)
 
 
-def submission_name(task: str, shots: int) -> str:
+def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache | None = None,
+                   features: FeatureCache | None = None, progress: bool = True, overwrite: bool = False,
+                   worker: dict[str, Any] | None = None) -> RunRecord:
+    """Train ``spec`` and write its run directory ``out``; returns its record.
+
+    ``cache`` decodes evaluation images once, ``features`` keeps the frozen prefix's output for them (see
+    :func:`medpeft.train.fit`). An existing run in ``out`` is an error unless ``overwrite``; then it is replaced only
+    once the new run has finished. ``worker`` adds to the record's description of where the run ran.
+    """
+    out = Path(out)
+    if (out / RUN_FILE).is_file() and not overwrite:
+        raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
+    check_spec(spec)
+    data = load_dataset(spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list)
+    data.check_images()
+    if spec.refit:
+        data = data.with_val_in_train()
+    model = build_model(spec.method, spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
+                        weights=spec.weights, img_size=spec.img_size, seed=spec.seed, **spec.options)
+    with staged_dir(out, replace=overwrite) as stage:
+        with open(stage / "log.txt", "w") as log:
+            result = fit(model, data, spec.train, cache=cache, features=features, progress=progress,
+                         log=lambda line: (log.write(line + "\n"), log.flush()))
+        save_trainable(model, stage / "trainable.safetensors")
+        if result.test_scores is not None:
+            write_submission(stage / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)
+        record = RunRecord(spec, data.task, model.config, result, versions(),
+                           {**where(result.device), **(worker or {})})
+        write_json(stage / RUN_FILE, record.to_dict())
+    return record
+
+
+def read_record(run_dir: str | Path) -> RunRecord:
+    """The record of a finished run directory (UserError if it is not one)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a finished medpeft run directory (no {RUN_FILE})")
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not readable JSON ({err})") from None
+    try:
+        return RunRecord.from_dict(values)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a medpeft run record ({err})") from None
+
+
+def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifier, RunRecord]:
+    """The trained model of a run directory (frozen backbone as the run got it) and its record."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    spec = record.spec
+    model = load_trainable(run_dir / "trainable.safetensors", pretrained=spec.pretrained, weights=spec.weights,
+                           backbone=spec.backbone, seed=spec.seed)
+    return model.to(device).eval(), record
+
+
+def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 32,
+                 progress: bool = True) -> tuple[list[str], np.ndarray]:
+    """``(names, probabilities)`` of a trained run for every image of ``list_file`` (names only or labelled),
+    found where the run's dataset keeps them (``data_root`` overrides the run's)."""
+    model, record = load_run(run_dir, device=str(device))
+    samples: Samples = get_dataset(record.spec.task).image_list(data_root or record.spec.data_root, str(list_file))
+    scores = predict(model, samples, record.task, img_size=model.config["img_size"], batch_size=batch_size,
+                     device=device, progress=progress)
+    return samples.names, scores
+
+
+def submission_name(task: str, shots: int | str) -> str:
     return f"{task}_{shots}-shot_submission.csv"
 
 
@@ -82,85 +117,16 @@ def write_submission(path: str | Path, names: list[str], scores: np.ndarray) -> 
             f.write(name + "," + ",".join(f"{p:.8f}" for p in row) + "\n")
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename): a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for people to read
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
-
-
-def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Train ``spec`` and write its run directory ``out``; returns the contents of ``metrics.json``."""
-    config = spec.train_config()
-    get_method(spec.method, **spec.options)  # a mistyped method, option or weights path fails before data is read
-    if spec.weights is not None and not Path(spec.weights).is_file():
-        raise UserError(f"weights file {spec.weights} not found")
-    data = load_data(spec.task, spec.data_root, spec.shots, spec.exp, config.seed, spec.test_list)
-    data.check_images()
-    seed_everything(config.seed)  # a randomly initialised backbone is then reproducible (see load_run)
-    model = build_model(spec.method, spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
-                        weights=spec.weights, img_size=spec.img_size, **spec.options)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
-    write_json(out / "config.json", {**dataclasses.asdict(spec), "train": dataclasses.asdict(config),
-                                     "model": model.config, "classes": list(data.task.classes),
-                                     "multilabel": data.task.multilabel,
-                                     "versions": versions()})
-    with open(out / "log.txt", "w") as log:
-        result = fit(model, data, config, cache=cache, progress=progress,
-                     log=lambda line: (log.write(line + "\n"), log.flush()))
-    save_trainable(model, out / "trainable.safetensors")
-    if result.test_scores is not None:
-        write_submission(out / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)
-    record = summarize(result)
-    write_json(out / "metrics.json", record)
-    return record
-
-
-def summarize(result: RunResult) -> dict[str, Any]:
-    """The JSON-ready part of a :class:`RunResult` (everything but the raw test scores)."""
-    record = dataclasses.asdict(result)
-    record.pop("test_scores")
-    record["val_best"] = result.history[result.selected_epoch - 1][f"val_{result.selection_metric}"]
-    return record
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """A run directory's ``config.json`` (UserError if it has none or it is unreadable)."""
-    try:
-        return json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"{run_dir} is not a medpeft run directory (config.json: {err})") from None
-
-
-def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifier, dict[str, Any]]:
-    """The trained model of a run directory (backbone weights as the run got them) and its config."""
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    if not (run_dir / "trainable.safetensors").is_file():
-        raise UserError(f"{run_dir} has no trainable.safetensors: the run did not finish")
-    seed_everything(config["train"]["seed"])  # the same random init where the backbone was not pretrained
-    model = load_trainable(run_dir / "trainable.safetensors", pretrained=config["pretrained"],
-                           weights=config["weights"], backbone=config["backbone"])
-    return model.to(device).eval(), config
-
-
 def versions() -> dict[str, str]:
     import timm
 
     return {"medpeft": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version()}
+
+
+def where(device: str) -> dict[str, Any]:
+    """Where this process runs: host, pid and device (with the GPU's name)."""
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device}
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return info

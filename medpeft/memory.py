@@ -31,29 +31,35 @@ def reset_resident_high_water() -> bool:
 
 
 class PeakMemory:
-    """Context manager: ``peak_mb`` is the peak during the block (CUDA allocated bytes, or process RSS on CPU).
+    """Context manager: ``peak_mb`` is the peak during the block (CUDA allocated bytes, or process RSS on CPU),
+    ``base_mb`` the level at its start and ``added_mb`` the growth, ``peak_mb - base_mb``.
 
-    On CPU the value is the whole process's peak resident memory while the block ran, model and data included;
-    it is None where the peak cannot be reset (then it would describe earlier work too).
+    On CPU the values are the whole process's resident memory, model and data included; they are None where the
+    high-water mark cannot be reset (then it would describe earlier work too).
     """
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
+        self.base_mb: float | None = None
         self.peak_mb: float | None = None
-        self._resettable = False
+
+    @property
+    def added_mb(self) -> float | None:
+        return None if self.base_mb is None or self.peak_mb is None else self.peak_mb - self.base_mb
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._resettable = reset_resident_high_water()
+            self.base_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        elif reset_resident_high_water():
+            self.base_mb = resident_high_water_mb()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self._resettable:
+        elif self.base_mb is not None:
             self.peak_mb = resident_high_water_mb()
         return False

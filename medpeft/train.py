@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import metrics
-from .data import DatasetSplits, ResizedImageCache, Samples, TaskSpec, eval_dataset, train_dataset
+from .data import DatasetSplits, ResizedImageCache, TaskSpec, train_dataset
 from .errors import UserError
+from .evaluate import FeatureCache, autocast, evaluate, predict
 from .memory import PeakMemory
 from .model import PeftClassifier, count_parameters, trainable_state
 
@@ -28,22 +29,25 @@ class TrainConfig:
 
     ``select``: ``best`` takes the epoch with the best validation metric (the task's selection metric; the
     earliest on ties), ``last`` the final epoch. The test set is evaluated once, on the selected weights.
+    Each field's ``help`` is the command line's (``medpeft train --lr ...``).
     """
 
-    epochs: int = 20
-    batch_size: int = 4
-    lr: float = 6e-4
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adamw")})
-    schedule: str = field(default="cosine", metadata={"choices": ("cosine", "constant")})
-    warmup_epochs: int = 0
-    select: str = field(default="best", metadata={"choices": ("best", "last")})
-    seed: int = 0
-    eval_batch_size: int = 32
-    num_workers: int = 0
-    device: str = "auto"
-    bf16: bool = True
+    epochs: int = field(default=20, metadata={"help": "Training epochs."})
+    batch_size: int = field(default=4, metadata={"help": "Training batch size."})
+    lr: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay."})
+    optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adamw"), "help": "Optimiser."})
+    schedule: str = field(default="cosine", metadata={"choices": ("cosine", "constant"),
+                                                      "help": "Per-epoch learning-rate schedule."})
+    warmup_epochs: int = field(default=0, metadata={"help": "Linear warm-up epochs before the schedule."})
+    select: str = field(default="best", metadata={"choices": ("best", "last"),
+                                                  "help": "Checkpoint selection on validation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the model's initial values and the data order."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast on GPU."})
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -55,6 +59,17 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0:
             raise UserError(f"--lr {self.lr} must be positive")
+        if self.warmup_epochs < 0 or self.num_workers < 0 or self.weight_decay < 0:
+            raise UserError("--warmup-epochs, --num-workers and --weight-decay must not be negative")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """From a mapping of field values, naming unknown fields in a one-line error."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise UserError(f"unknown training option(s) {unknown}; valid: {valid}")
+        return cls(**values)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of ``epoch`` (0-based): linear warm-up, then cosine to 0 over the remaining epochs."""
@@ -68,16 +83,18 @@ class TrainConfig:
 
 @dataclass
 class RunResult:
-    """What one training run produced."""
+    """What one training run produced: the validation curve, the selected epoch and its validation score, the test
+    metrics and scores of the selected weights, and the run's cost: ``time_s`` splits its wall time into
+    ``train`` (the training steps), ``val`` (validation every epoch) and ``test``."""
 
     history: list[dict[str, Any]]
     selected_epoch: int
-    selection_metric: str
+    val_best: float | None
     test_metrics: dict[str, float] | None
     test_scores: np.ndarray | None
     trainable_params: int
     total_params: int
-    train_time_s: float
+    time_s: dict[str, float]
     peak_memory_mb: float | None
     device: str
 
@@ -104,98 +121,125 @@ def loss_fn(task: TaskSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
     return F.cross_entropy
 
 
-def probabilities(logits: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """Sigmoid for multi-label tasks, softmax otherwise (what the submission files hold)."""
-    return logits.sigmoid() if task.multilabel else logits.softmax(dim=-1)
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser over ``params`` (the learning rate is set per epoch by :meth:`TrainConfig.lr_at`)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
-@torch.no_grad()
-def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size: int, batch_size: int = 32,
-            cache: ResizedImageCache | None = None, device: torch.device | str = "cpu", bf16: bool = True,
-            num_workers: int = 0, progress: bool = False, desc: str = "eval") -> np.ndarray:
-    """Probabilities (n, C) for ``samples``, square-resized as at test time."""
-    device = torch.device(device)
-    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task), batch_size=batch_size,
-                        num_workers=num_workers)
-    model.eval()
-    out = []
-    for images, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress or None):
-        with _autocast(device, bf16):
-            logits = model(images.to(device, non_blocking=True))
-        out.append(probabilities(logits.float(), task).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, task.num_classes), dtype=np.float32)
-
-
-def evaluate(scores: np.ndarray, samples: Samples, task: TaskSpec) -> dict[str, float]:
-    return metrics.task_metrics(scores, samples.labels, task.multilabel)
-
-
-def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig = TrainConfig(), *,
-        cache: ResizedImageCache | None = None, progress: bool = True,
+def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None = None, *,
+        cache: ResizedImageCache | None = None, features: FeatureCache | None = None, progress: bool = True,
         log: Callable[[str], None] = lambda line: None) -> RunResult:
     """Train ``model`` on ``data.train``, select on ``data.val``, then score ``data.test`` once.
 
-    Deterministic on CPU for a given ``config.seed``. Only tensors with ``requires_grad`` are optimised.
+    Deterministic on CPU for a given ``config.seed`` (default: :class:`TrainConfig`). Only tensors with
+    ``requires_grad`` are optimised; before the first step the method may initialise from the first batch
+    (:meth:`~medpeft.methods.Method.init_from_data`). Without a val split (``data.val`` None) nothing is
+    validated and ``select`` must be ``last``. ``cache`` decodes evaluation images once; ``features`` keeps the
+    output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`).
     """
+    config = config or TrainConfig()
     task = data.task
-    if len(data.train) == 0 or len(data.val) == 0:
+    if len(data.train) == 0 or (data.val is not None and len(data.val) == 0):
         raise UserError(f"task {task.name!r}: the train and val splits must not be empty")
+    if data.val is None and config.select != "last":
+        raise UserError(f"task {task.name!r}: without a val split the checkpoint must be the last one (select=last)")
     if model.config["num_classes"] != task.num_classes:
         raise UserError(f"the model has {model.config['num_classes']} outputs, task {task.name!r} {task.num_classes} classes")
     device = resolve_device(config.device)
     img_size = model.config["img_size"]
-    selection = metrics.selection_metric(task.name, task.multilabel)
     seed_everything(config.seed)
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = (torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-                 if config.optimizer == "sgd" else
-                 torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay))
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     loader = DataLoader(train_dataset(data.train, img_size, task=task), batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
                         pin_memory=device.type == "cuda")
-    criterion = loss_fn(task)
-    evaluation = dict(img_size=img_size, batch_size=config.eval_batch_size, cache=cache, device=device,
-                      bf16=config.bf16, num_workers=config.num_workers)
-    history, best, best_state = [], -math.inf, None
-    memory = PeakMemory(device)
-    start = time.perf_counter()
-    with memory:
+    evaluation = dict(img_size=img_size, batch_size=config.eval_batch_size, cache=cache, features=features,
+                      device=device, bf16=config.bf16, num_workers=config.num_workers)
+    step = _Step(model, optimizer, loss_fn(task), device, config.bf16 and device.type == "cuda")
+    history, best, clock = [], _Best(task.selection_metric, config.select), _Clock()
+    with PeakMemory(device) as memory:
         for epoch in tqdm(range(config.epochs), desc=f"{model.config['method']} {task.name}", leave=False,
                           disable=not progress or None):
             lr = config.lr_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            total, seen = 0.0, 0
-            for images, targets, _ in loader:
-                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                with _autocast(device, config.bf16):
-                    loss = criterion(model(images).float(), targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, seen = total + loss.item() * len(images), seen + len(images)
-            if not math.isfinite(total):
-                raise UserError(f"training diverged at epoch {epoch + 1} (loss {total}): lower --lr")
-            val = evaluate(predict(model, data.val, task, **evaluation), data.val, task)
-            history.append({"epoch": epoch + 1, "lr": lr, "train_loss": total / seen, **{f"val_{k}": v for k, v in val.items()}})
+            with clock("train"):
+                train_loss = step.epoch(loader, lr)
+            if not math.isfinite(train_loss):
+                raise UserError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower --lr")
+            with clock("val"):
+                val = {} if data.val is None else evaluate(predict(model, data.val, task, **evaluation), data.val,
+                                                           task)
+            history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
+                            **{f"val_{k}": v for k, v in val.items()}})
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
-            score = val[selection]
-            if config.select == "last" or (score > best or best_state is None):
-                best, best_state = score, {k: v.clone() for k, v in trainable_state(model).items()}
-                selected = epoch + 1
-    train_time = time.perf_counter() - start
-    model.load_state_dict(best_state, strict=False)
+            best.update(epoch + 1, val, model)
+    model.load_state_dict(best.state, strict=False)
     test_scores = test_metrics = None
     if data.test is not None:
-        test_scores = predict(model, data.test, task, **evaluation)
+        with clock("test"):
+            test_scores = predict(model, data.test, task, **evaluation)
         if data.test.labels is not None:
             test_metrics = evaluate(test_scores, data.test, task)
     trainable, total_params = count_parameters(model)
-    return RunResult(history, selected, selection, test_metrics, test_scores, trainable, total_params, train_time,
-                     memory.peak_mb, str(device))
+    return RunResult(history, best.epoch, best.score if data.val is not None else None, test_metrics, test_scores,
+                     trainable, total_params, clock.seconds, memory.peak_mb, str(device))
+
+
+class _Clock:
+    """Wall time per phase: ``with clock("val"): ...`` adds to ``seconds["val"]``."""
+
+    def __init__(self):
+        self.seconds = {"train": 0.0, "val": 0.0, "test": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
+class _Step:
+    """Training steps of one model: ``epoch(loader, lr)`` runs one epoch and returns its mean loss.
+
+    The first batch ever seen goes to the method first (:meth:`~medpeft.methods.Method.init_from_data`).
+    """
+
+    def __init__(self, model: PeftClassifier, optimizer, criterion, device: torch.device, bf16: bool):
+        self.model, self.optimizer, self.criterion, self.device, self.bf16 = model, optimizer, criterion, device, bf16
+        self.started = False
+
+    def epoch(self, loader: DataLoader, lr: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total, seen = 0.0, 0
+        for images, targets, _ in loader:
+            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            if not self.started:
+                self.model.method.init_from_data(self.model, images)
+                self.started = True
+            with autocast(self.device, self.bf16):
+                loss = self.criterion(self.model(images).float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total, seen = total + loss.item() * len(images), seen + len(images)
+        return total / seen
+
+
+class _Best:
+    """Checkpoint selection on validation: the trainable tensors of the best epoch (the earliest on ties), or of the
+    last epoch with ``select="last"``."""
+
+    def __init__(self, metric: str, select: str):
+        self.metric, self.select = metric, select
+        self.epoch, self.score, self.state = 0, -math.inf, None
+
+    def update(self, epoch: int, val: dict[str, float], model: PeftClassifier) -> None:
+        score = val.get(self.metric)
+        if self.select == "last" or score > self.score or self.state is None:
+            self.epoch, self.score = epoch, score
+            self.state = {k: v.clone() for k, v in trainable_state(model).items()}

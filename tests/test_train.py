@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from medpeft import metrics
-from medpeft.data import get_task, make_demo_data
-from medpeft.experiment import RunSpec, load_data, load_run, run_experiment
-from medpeft.train import TrainConfig, loss_fn, predict
+from medpeft import UserError, metrics
+from medpeft.data import get_task, load_dataset, make_demo_data
+from medpeft.experiment import load_run, read_record, run_experiment
+from medpeft.record import RunRecord, RunSpec
+from medpeft.evaluate import predict
+from medpeft.train import TrainConfig, loss_fn
 
 
 def test_cosine_schedule_matches_the_paper():
@@ -51,32 +53,71 @@ def spec(root, method="ept", task="endo", **train):
 def test_selection_uses_validation_only_and_test_scores_the_selected_weights(demo_root, tmp_path, task):
     out = tmp_path / "run"
     record = run_experiment(spec(demo_root, task=task), out, progress=False)
-    history = record["history"]
-    key = f"val_{record['selection_metric']}"
-    assert record["selection_metric"] == {"endo": "AUC", "colon": "accuracy"}[task]
-    values = [h[key] for h in history]
-    assert record["selected_epoch"] == int(np.argmax(values)) + 1  # the earliest best epoch
-    assert record["val_best"] == max(values)
+    history = record.result.history
+    metric = record.task.selection_metric
+    assert metric == {"endo": "AUC", "colon": "accuracy"}[task]
+    values = [h[f"val_{metric}"] for h in history]
+    assert record.result.selected_epoch == int(np.argmax(values)) + 1  # the earliest best epoch
+    assert record.result.val_best == max(values)
     # the saved weights are the selected ones: re-scoring val and test from disk gives the same numbers
-    model, config = load_run(out)
-    data = load_data(task, str(demo_root), 5, 1)
+    model, loaded = load_run(out)
+    data = load_dataset(task, str(demo_root), 5, 1)
     val = metrics.task_metrics(predict(model, data.val, data.task, img_size=32), data.val.labels, data.task.multilabel)
-    assert val[record["selection_metric"]] == pytest.approx(record["val_best"], abs=1e-9)
+    assert val[metric] == pytest.approx(record.result.val_best, abs=1e-9)
     test_scores = predict(model, data.test, data.task, img_size=32)
     expected = metrics.task_metrics(test_scores, data.test.labels, data.task.multilabel)
-    assert record["test_metrics"] == pytest.approx(expected, abs=1e-9)
+    assert record.test == pytest.approx(expected, abs=1e-9)
     rows = (out / f"{task}_5-shot_submission.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == data.test.names
     submitted = np.array([[float(v) for v in r.split(",")[1:]] for r in rows])
     np.testing.assert_allclose(submitted, test_scores, atol=5e-9)
-    assert json.loads((out / "metrics.json").read_text())["selected_epoch"] == record["selected_epoch"]
+    assert loaded.to_dict() == record.to_dict() == json.loads((out / "run.json").read_text())
     assert len((out / "log.txt").read_text().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left beside it
 
 
 def test_last_selection_and_determinism(demo_root, tmp_path):
     a = run_experiment(spec(demo_root, method="lora", select="last"), tmp_path / "a", progress=False)
     b = run_experiment(spec(demo_root, method="lora", select="last"), tmp_path / "b", progress=False)
-    assert a["selected_epoch"] == 3
-    assert a["history"] == b["history"] and a["test_metrics"] == b["test_metrics"]
+    assert a.result.selected_epoch == 3
+    assert a.result.history == b.result.history and a.test == b.test
     c = run_experiment(spec(demo_root, method="lora", select="last", seed=1), tmp_path / "c", progress=False)
-    assert c["history"] != a["history"]
+    assert c.result.history != a.result.history
+
+
+def test_record_round_trips_and_derives_key_and_directory(demo_root):
+    s = spec(demo_root, method="ept")
+    assert s.key == "ept(prompt_length=5)/endo/5-shot/exp1/seed0"
+    assert s.run_dir == "runs/ept(prompt_length=5)/endo_5-shot_exp1_seed0"
+    searched = RunSpec(**{**s.to_dict(), "candidate": {"prompt_length": 5, "lr": 0.05}, "label": "ept"})
+    assert searched.key == "ept/endo/5-shot/exp1/seed0/lr=0.05,prompt_length=5"
+    assert RunSpec.from_dict(json.loads(json.dumps(searched.to_dict()))) == searched
+    with pytest.raises(UserError, match="version 99"):
+        RunRecord.from_dict({"version": 99})
+    with pytest.raises(UserError, match="method 'ept': option prompt_length=0"):
+        RunSpec(method="ept", task="endo", data_root="x", shots=1, options={"prompt_length": 0})
+    with pytest.raises(UserError, match="unknown training option"):
+        RunSpec(method="ept", task="endo", data_root="x", shots=1, train={"epoch": 3})
+
+
+def test_a_random_backbone_is_rebuilt_whatever_ran_before(demo_root, tmp_path):
+    """The run's random-init backbone comes from its own generator: global RNG use in between changes nothing."""
+    record = run_experiment(spec(demo_root, method="linear"), tmp_path / "r", progress=False)
+    torch.manual_seed(1234)
+    torch.rand(1000)
+    model, _ = load_run(tmp_path / "r")
+    data = load_dataset("endo", str(demo_root), 5, 1)
+    test = metrics.task_metrics(predict(model, data.test, data.task, img_size=32), data.test.labels, True)
+    assert test == pytest.approx(record.test, abs=1e-9)
+    assert read_record(tmp_path / "r").test == record.test
+
+
+def test_refit_trains_on_train_and_val_without_validation(demo_root, tmp_path):
+    s = RunSpec(**{**spec(demo_root, method="linear").to_dict(), "refit": True, "train": {"epochs": 2, "lr": 0.05,
+                                                                                          "select": "last"}})
+    record = run_experiment(s, tmp_path / "refit", progress=False)
+    assert record.result.val_best is None and record.result.selected_epoch == 2
+    assert all(set(h) == {"epoch", "lr", "train_loss"} for h in record.result.history)
+    data = load_dataset("endo", str(demo_root), 5, 1)
+    merged = data.with_val_in_train()
+    assert merged.val is None and len(merged.train) == len(data.train) + len(set(data.val.names) - set(data.train.names))

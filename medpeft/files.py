@@ -1,0 +1,121 @@
+"""Writing results so that nothing is ever half-written: atomic files, atomic JSON lines, staged directories."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import UserError
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename): a reader never sees half a file."""
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for people to read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def json_line(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=_json_default) + "\n"
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line with a single ``write`` on an append-only descriptor, then flush it to disk.
+
+    A line a crash cut short (no final newline) is ended first, so it stays one unreadable line of its own.
+    """
+    data = line.encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json_lines(path: str | Path) -> list[Any]:
+    """Every readable JSON line of ``path`` (a line cut short by a crash is skipped); [] when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a directory that can be created and written, else a one-line error naming it."""
+    path = Path(path).expanduser()
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise UserError(f"{what} {path}: {parent} is not a directory; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: no permission to write in {parent}; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot write there ({err.strerror or err}); choose another path") from None
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | Path, *, replace: bool = False) -> Iterator[Path]:
+    """Build a directory in a hidden sibling and move it to ``final`` only when the block succeeds.
+
+    ``final`` either does not exist or is complete: an interrupted block leaves nothing (its staging folder is
+    removed). With ``replace`` an existing ``final`` is swapped out at the very end and deleted; without it, an
+    existing ``final`` is an error.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        yield stage
+        if final.exists():
+            if not replace:
+                raise UserError(f"{final} appeared while the run was being written; it was left as it is")
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+            os.replace(final, old / final.name)
+            os.replace(stage, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, final)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)

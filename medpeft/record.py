@@ -1,0 +1,162 @@
+"""What a run is (:class:`RunSpec`) and what it left (:class:`RunRecord`): one versioned record per run.
+
+A run's record is the single source of everything written about it: the run directory's ``run.json``, its line in
+a bench's ``runs.jsonl`` and what ships between machines are all :meth:`RunRecord.to_dict`. The run's key and its
+directory under a bench are derived from the spec (:attr:`RunSpec.key`, :attr:`RunSpec.run_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from .backbones import DEFAULT_BACKBONE
+from .data import TaskSpec, parse_shots
+from .errors import UserError
+from .methods import get_method
+from .train import RunResult, TrainConfig
+
+RECORD_VERSION = 1
+
+
+def method_label(method: str, options: dict[str, Any]) -> str:
+    """The default label of a method with options: ``ept``, ``vp(prompt_size=4)``."""
+    extra = ",".join(f"{k}={_compact(v)}" for k, v in (options or {}).items())
+    return f"{method}({extra})" if extra else method
+
+
+def candidate_tag(values: dict[str, Any]) -> str:
+    """A searched candidate's values as a key part: ``lr=0.001,prompt_length=50`` (sorted by name)."""
+    return ",".join(f"{k}={_compact(values[k])}" for k in sorted(values))
+
+
+def shots_order(shots) -> tuple:
+    """Sort key of a shots value: the K-shot ones by K, then the fractions (``20%``)."""
+    return (1, float(str(shots).rstrip("%"))) if isinstance(shots, str) else (0, shots)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_compact, value)) + "]"
+    return str(value)
+
+
+@dataclass
+class RunSpec:
+    """One run: a method with options on one few-shot split of a task, a backbone and a training recipe.
+
+    ``shots``: K of K-shot. ``label`` names the method in tables (default :func:`method_label`). ``candidate``
+    holds the values a validation search set for this run (options and ``train`` fields, already applied);
+    ``refit`` marks a rerun of a selected candidate on train + val. The method, its options and the recipe are
+    checked on construction.
+    """
+
+    method: str
+    task: str
+    data_root: str
+    shots: int
+    exp: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    backbone: str = DEFAULT_BACKBONE
+    pretrained: bool = True
+    weights: str | None = None
+    img_size: int | None = None
+    test_list: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    candidate: dict[str, Any] = field(default_factory=dict)
+    refit: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
+        self.options = dict(self.options or {})
+        get_method(self.method, **self.options)
+        if not self.label:
+            self.label = method_label(self.method, self.options)
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    @property
+    def cell(self) -> tuple:
+        """What a validation search chooses within: (label, task, shots, exp, seed)."""
+        return self.label, self.task, self.shots, self.exp, self.seed
+
+    @property
+    def key(self) -> str:
+        """``label/task/K-shot/expN/seedS``, then the candidate's values and ``refit`` where present."""
+        parts = [self.label, self.task, f"{self.shots}-shot", f"exp{self.exp}", f"seed{self.seed}"]
+        return "/".join(parts + self._extras())
+
+    @property
+    def run_dir(self) -> str:
+        """The run's directory under a bench: ``runs/<label>/<task>_<K>-shot_exp<N>_seed<S>[/<candidate>]``."""
+        name = f"{self.task}_{self.shots}-shot_exp{self.exp}_seed{self.seed}"
+        path = PurePosixPath("runs", _path_safe(self.label), name, *map(_path_safe, self._extras()))
+        return str(path)
+
+    def _extras(self) -> list[str]:
+        return ([candidate_tag(self.candidate)] if self.candidate else []) + (["refit"] if self.refit else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunSpec:
+        return cls(**values)
+
+
+def _path_safe(part: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=,()[]:+%" else "_" for c in part)
+
+
+@dataclass
+class RunRecord:
+    """A finished run: its spec, the task and model it built, the result, and where and with what it ran.
+
+    ``selected`` is set by a bench: whether the run counts in its tables (the validation-selected candidate of its
+    cell, or the only one); None outside a bench. ``worker`` says where it ran (host, pid, device, and a node or
+    job id on a cluster).
+    """
+
+    spec: RunSpec
+    task: TaskSpec
+    model: dict[str, Any]
+    result: RunResult
+    versions: dict[str, str]
+    worker: dict[str, Any] = field(default_factory=dict)
+    selected: bool | None = None
+    version: int = RECORD_VERSION
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def test(self) -> dict[str, float] | None:
+        return self.result.test_metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; the raw test scores are left out (they are in the run's submission file)."""
+        result = dataclasses.asdict(dataclasses.replace(self.result, test_scores=None))
+        result.pop("test_scores")
+        return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
+                "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)}, "model": self.model, "result": result,
+                "versions": self.versions, "worker": self.worker, "selected": self.selected}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunRecord:
+        version = values.get("version")
+        if version != RECORD_VERSION:
+            raise UserError(f"run record of version {version!r}: this medpeft reads version {RECORD_VERSION} "
+                            "(rerun it, or use the medpeft release that wrote it)")
+        task = values["task"]
+        return cls(spec=RunSpec.from_dict(values["spec"]),
+                   task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
+                   model=values["model"], result=RunResult(**values["result"], test_scores=None),
+                   versions=values["versions"], worker=values.get("worker") or {}, selected=values.get("selected"))
