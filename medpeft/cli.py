@@ -1,26 +1,36 @@
-"""The ``medpeft`` command: train, predict, bench, demo, splits, speed, analyze."""
+"""The ``medpeft`` command: train, predict, bench, demo, splits, methods; speed, analyze and weights come from their
+own packages."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
+import typing
 from pathlib import Path
 
 import click
 import yaml
 
+from .backbones import DEFAULT_BACKBONE
+from .data import DATASETS, MEDFMC_TASKS
 from .errors import UserError
-from .experiment import DATASETS, MEDFMC_TASKS
+from .train import TrainConfig
 
-_BACKBONE = "vit_base_patch16_224.orig_in21k"
+_INT_RANGES = re.compile(r"\s*-?\d+(\s*-\s*-?\d+)?(\s*,\s*-?\d+(\s*-\s*-?\d+)?)*\s*")
 
 
 def parse_options(pairs: tuple[str, ...], flag: str = "--opt") -> dict:
-    """``key=value`` pairs; values are read as YAML scalars or lists (``8``, ``0.1``, ``true``, ``[0, 1]``)."""
+    """``key=value`` pairs; values are YAML scalars or lists (``8``, ``0.1``, ``true``, ``[0, 1]``), and integer
+    ranges and lists read as lists: ``0-5`` is [0, 1, 2, 3, 4, 5], ``11-9`` [11, 10, 9], ``0,3-4`` [0, 3, 4]."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"{flag} {pair!r}: expected key=value, e.g. {flag} prompt_length=50")
+        if _INT_RANGES.fullmatch(value) and ("," in value or re.search(r"\d\s*-", value)):
+            options[key.strip()] = int_list(value, ordered=True)
+            continue
         try:
             options[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -28,16 +38,25 @@ def parse_options(pairs: tuple[str, ...], flag: str = "--opt") -> dict:
     return options
 
 
-def int_list(text: str) -> list[int]:
-    """``1,5,10`` or ``1-5`` (or a mix) as a list of ints."""
+def int_list(text: str, ordered: bool = False) -> list[int]:
+    """``1,5,10`` or ``1-5`` (or a mix) as a list of ints; with ``ordered`` a descending range counts down."""
     out = []
     for part in str(text).split(","):
-        lo, dash, hi = part.strip().partition("-")
-        try:
-            out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-        except ValueError:
-            raise UserError(f"{text!r}: expected numbers like 1,5,10 or 1-5") from None
+        match = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+))?\s*", part)
+        if not match:
+            raise UserError(f"{text!r}: expected numbers like 1,5,10 or 1-5")
+        lo, hi = int(match[1]), int(match[2] if match[2] is not None else match[1])
+        out += list(range(lo, hi + 1)) if lo <= hi or not ordered else list(range(lo, hi - 1, -1))
     return out
+
+
+def shots_list(text: str) -> list[int | str]:
+    """``1,5,10`` and fractions of the training set such as ``20%``."""
+    return [part.strip() if part.strip().endswith("%") else int_list(part)[0] for part in str(text).split(",")]
+
+
+def _shots(value: str) -> int | str:
+    return value if value.strip().endswith("%") else int_list(value)[0]
 
 
 def _absolute(path: str | None) -> str | None:
@@ -48,8 +67,9 @@ def model_options(f):
     """The options that say which model to build."""
     for decorator in reversed([
         click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
-        click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="A method option (repeatable)."),
-        click.option("--backbone", default=_BACKBONE, show_default=True, help="A timm ViT name."),
+        click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+                     help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
+        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="A timm ViT name."),
         click.option("--pretrained/--no-pretrained", default=True, show_default=True,
                      help="Start from the hub's pretrained weights."),
         click.option("--weights", type=click.Path(dir_okay=False), help="Local backbone checkpoint (.npz/.pth/.safetensors)."),
@@ -59,29 +79,26 @@ def model_options(f):
     return f
 
 
-def train_options(f):
-    """The recipe (defaults: the paper's)."""
-    for decorator in reversed([
-        click.option("--epochs", type=int, default=20, show_default=True),
-        click.option("--batch-size", type=int, default=4, show_default=True),
-        click.option("--lr", type=float, default=6e-4, show_default=True),
-        click.option("--weight-decay", type=float, default=1e-4, show_default=True),
-        click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True),
-        click.option("--select", type=click.Choice(["best", "last"]), default="best", show_default=True,
-                     help="Checkpoint selection on validation."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-        click.option("--num-workers", type=int, default=0, show_default=True, help="DataLoader workers."),
-        click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE",
-                     help="Any other TrainConfig field, e.g. momentum=0.0, warmup_epochs=2 (repeatable)."),
-    ]):
-        f = decorator(f)
-    return f
+def train_config_options(defaults: bool = True):
+    """One option per :class:`~medpeft.train.TrainConfig` field (``--batch-size`` …), typed, with its help; with
+    ``defaults`` False they default to None (then only what is given overrides)."""
+    hints = typing.get_type_hints(TrainConfig)
 
+    def decorate(f):
+        for field in reversed(dataclasses.fields(TrainConfig)):
+            flag = "--" + field.name.replace("_", "-")
+            kind = hints[field.name]
+            extra = {"default": field.default if defaults else None, "show_default": defaults,
+                     "help": field.metadata.get("help")}
+            if kind is bool:
+                decl = f"{flag}/--no-{field.name.replace('_', '-')}"
+                f = click.option(decl, field.name, **extra)(f)
+            else:
+                choices = field.metadata.get("choices")
+                f = click.option(flag, field.name, type=click.Choice(choices) if choices else kind, **extra)(f)
+        return f
 
-def _train_dict(epochs, batch_size, lr, weight_decay, optimizer, select, device, num_workers, train_opts, **extra):
-    return {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "optimizer": optimizer, "select": select, "device": device, "num_workers": num_workers,
-            **parse_options(train_opts, "--train-opt"), **extra}
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -99,28 +116,37 @@ def methods():
 
 
 @cli.command()
-@click.option("--task", required=True, type=click.Choice(DATASETS), help="MedFMC task or dataset kind.")
+@click.option("--task", required=True, type=click.Choice(list(DATASETS)), help="MedFMC task or dataset kind.")
 @click.option("--data-root", required=True, type=click.Path(exists=True),
               help="MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder.")
-@click.option("--shots", type=int, required=True, help="K of K-shot.")
+@click.option("--shots", required=True, help="K of K-shot, or a fraction of the training set such as 20%.")
 @click.option("--exp", type=int, default=1, show_default=True, help="Experiment (sampling) number.")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--test-list", help="Test list (default test_WithLabel.txt for MedFMC).")
 @model_options
-@train_options
+@train_config_options()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
-def train(task, data_root, shots, exp, seed, test_list, method, opts, backbone, pretrained, weights, img_size,
-          out, **recipe):
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
+@click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
+              help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers).")
+def train(task, data_root, shots, exp, test_list, method, opts, backbone, pretrained, weights, img_size, out,
+          overwrite, feature_cache, **recipe):
     """Train one method on one K-shot split; write a run directory."""
-    from .experiment import RunSpec, run_experiment
+    from .evaluate import FeatureCache
+    from .experiment import run_experiment
+    from .files import check_writable_dir
+    from .record import RunSpec
 
-    spec = RunSpec(method=method, task=task, data_root=_absolute(data_root), shots=shots, exp=exp,
+    spec = RunSpec(method=method, task=task, data_root=_absolute(data_root), shots=_shots(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=_absolute(weights),
-                   img_size=img_size, test_list=test_list, train=_train_dict(**recipe, seed=seed))
-    record = run_experiment(spec, out)
-    test = record["test_metrics"] or {}
-    click.echo(f"selected epoch {record['selected_epoch']} (val {record['selection_metric']} "
-               f"{100 * record['val_best']:.2f}); test " + ", ".join(f"{k} {100 * v:.2f}" for k, v in test.items()))
+                   img_size=img_size, test_list=test_list, train=TrainConfig(**recipe))
+    if (Path(out) / "run.json").is_file() and not overwrite:
+        raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
+    check_writable_dir(Path(out).parent, "--out")
+    record = run_experiment(spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None)
+    test = record.test or {}
+    val = "" if record.result.val_best is None else f" (val {record.task.selection_metric} {100 * record.result.val_best:.2f})"
+    click.echo(f"selected epoch {record.result.selected_epoch}{val}; test "
+               + ", ".join(f"{k} {100 * v:.2f}" for k, v in test.items()))
     click.echo(f"wrote {out}")
 
 
@@ -130,76 +156,25 @@ def train(task, data_root, shots, exp, seed, test_list, method, opts, backbone, 
               help="Image list: names only or labelled (e.g. test_WithoutLabel.txt).")
 @click.option("--data-root", help="Where the images are, if not where the run found them.")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV to write [RUN_DIR/<list>/<task>_<K>-shot_submission.csv].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def predict(run_dir, list_file, data_root, out, device, batch_size):
+def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size):
     """Write a MedFMC submission CSV for any image list with a trained run."""
-    from .data import Samples, get_task, read_names
-    from .experiment import load_run, submission_name, write_submission
-    from .train import predict as predict_scores, resolve_device
+    from .experiment import predict_list, read_record, submission_name, write_submission
+    from .files import check_writable_dir
+    from .train import resolve_device
 
-    device = resolve_device(device)
-    model, config = load_run(run_dir, device=str(device))
-    task_name = config["task"]
-    root = Path(data_root or config["data_root"])
-    if task_name in MEDFMC_TASKS:
-        names = read_names(list_file, task_name)
-        sources = [str(root / task_name / "images" / n) for n in names]
-        task = get_task(task_name)
-    else:
-        names = read_names(list_file)
-        sources = [n if Path(n).is_absolute() else str(Path(list_file).parent / n) for n in names]
-        task = _run_task(config)
-    scores = predict_scores(model, Samples(names, sources), task, img_size=model.config["img_size"],
-                            batch_size=batch_size, device=device, progress=True)
-    out = Path(out) if out else Path(run_dir) / Path(list_file).stem / submission_name(task_name, config["shots"])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    record = read_record(run_dir)
+    out = Path(out) if out else Path(run_dir) / Path(list_file).stem / submission_name(record.spec.task,
+                                                                                      record.spec.shots)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    check_writable_dir(out.parent, "--out")
+    names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
+                                 batch_size=batch_size)
     write_submission(out, names, scores)
     click.echo(f"wrote {out} ({len(names)} rows × {scores.shape[1]} classes)")
-
-
-def _run_task(config):
-    from .data import TaskSpec
-
-    return TaskSpec(config["task"], tuple(config["classes"]), config["multilabel"])
-
-
-@cli.command()
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML bench config.")
-@click.option("--methods", "method_names", help="Comma-separated methods (instead of or over the config's).")
-@click.option("--tasks", help="Comma-separated tasks.")
-@click.option("--data-root", type=click.Path(exists=True))
-@click.option("--shots", help="e.g. 1,5,10")
-@click.option("--exps", help="e.g. 1-5")
-@click.option("--seeds", help="e.g. 0 or 0-3")
-@click.option("--backbone")
-@click.option("--pretrained/--no-pretrained", default=None)
-@click.option("--weights", type=click.Path(dir_okay=False))
-@click.option("--img-size", type=int)
-@click.option("--epochs", type=int)
-@click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE", help="TrainConfig field (repeatable).")
-@click.option("--decode-once/--no-decode-once", default=True, show_default=True,
-              help="Decode and resize each evaluation image once (memory + OUT/.cache), or at every evaluation.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-def bench(config_file, method_names, tasks, data_root, shots, exps, seeds, backbone, pretrained, weights, img_size,
-          epochs, train_opts, decode_once, out):
-    """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
-    from .bench import BenchConfig, read_config, run_bench
-
-    raw = read_config(config_file) if config_file else {}
-    overrides = {
-        "methods": method_names and method_names.split(","), "tasks": tasks and tasks.split(","),
-        "data_root": data_root, "shots": shots and int_list(shots), "exps": exps and int_list(exps),
-        "seeds": seeds and int_list(seeds), "backbone": backbone, "pretrained": pretrained,
-        "weights": weights, "img_size": img_size,
-    }
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    raw["train"] = {**(raw.get("train") or {}), **parse_options(train_opts, "--train-opt"),
-                    **({"epochs": epochs} if epochs is not None else {})}
-    for key in ("data_root", "weights"):
-        raw[key] = _absolute(raw.get(key))
-    runs = run_bench(BenchConfig.from_dict(raw, config_file or "bench flags"), out, decode_once=decode_once)
-    click.echo(f"{len(runs)} runs in {out}/runs.jsonl; summary in {out}/summary.md")
 
 
 @cli.command()
@@ -233,9 +208,11 @@ def splits(task, data_root, shots, exps, seed, overwrite):
 
 def _register_commands() -> None:
     from .analysis import command as analyze_command
+    from .bench.command import command as bench_command
     from .speed import command as speed_command
 
     cli.add_command(analyze_command)
+    cli.add_command(bench_command)
     cli.add_command(speed_command)
 
 
@@ -252,6 +229,10 @@ def main(argv=None) -> None:
     except click.exceptions.Abort:
         click.echo("medpeft: interrupted (finished runs are kept)", err=True)
         sys.exit(130)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx else "medpeft"
+        click.echo(f"{where}: error: {err.format_message()} (see {where} --help)".replace("\n", " "), err=True)
+        sys.exit(2)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)

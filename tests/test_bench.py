@@ -6,36 +6,48 @@ import json
 import numpy as np
 import pytest
 
-import medpeft.bench as bench
+import medpeft.bench.runner as runner
+import medpeft.bench.worker as worker
 from medpeft import UserError
-from medpeft.bench import BenchConfig, read_runs, run_bench
+from medpeft.bench import BenchConfig, read_index, run_bench
+from medpeft.bench.config import read_config
+from medpeft.data import get_task
+from medpeft.files import write_json
+from medpeft.record import RunRecord
+from medpeft.train import RunResult
 
 
-def fake_metrics(spec):
-    """Deterministic fake test metrics, different per (method, task, shots, exp, seed)."""
-    rng = np.random.default_rng(abs(hash((spec.method, spec.task, spec.shots, spec.exp, spec.train["seed"]))) % 2**32)
+def fake_record(spec, val_best=0.5):
+    """A deterministic fake record, different per (method, task, shots, exp, seed)."""
+    rng = np.random.default_rng(abs(hash((spec.method, spec.task, spec.shots, spec.exp, spec.seed))) % 2**32)
     test = {"mAP": rng.uniform(), "AUC": rng.uniform()} if spec.task != "colon" else {"accuracy": rng.uniform(),
                                                                                         "AUC": rng.uniform()}
-    return {"test_metrics": test, "val_best": 0.5, "selected_epoch": 1, "selection_metric": "AUC",
-            "trainable_params": 100 + len(spec.method), "total_params": 1000, "train_time_s": 2.0,
-            "peak_memory_mb": 10.0 + spec.exp, "device": "cpu"}
+    result = RunResult([{"epoch": 1, "lr": 0.1, "train_loss": 1.0}], 1, val_best, test, None,
+                       100 + len(spec.method), 1000, {"train": 1.0, "val": 0.5, "test": 0.5}, 10.0 + spec.exp, "cpu")
+    return RunRecord(spec, get_task(spec.task), {"img_size": 32}, result, {"medpeft": "test"})
 
 
 caches = []  # the cache each fake run received
+
+
+def fake_experiment(calls, val_best=lambda spec: 0.5):
+    def run(spec, run_dir, cache=None, features=None, progress=True, worker=None):
+        calls.append((spec.method, spec.task, spec.shots, spec.exp, spec.seed))
+        caches.append(cache)
+        record = fake_record(spec, val_best(spec))
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "run.json", record.to_dict())
+        return record
+    return run
 
 
 @pytest.fixture
 def fake_runs(monkeypatch):
     calls = []
     caches.clear()
-
-    def fake_run_experiment(spec, run_dir, cache=None, progress=True):
-        calls.append((spec.method, spec.task, spec.shots, spec.exp, spec.train["seed"]))
-        caches.append(cache)
-        return fake_metrics(spec)
-
-    monkeypatch.setattr(bench, "run_experiment", fake_run_experiment)
-    monkeypatch.setattr(bench, "load_data", lambda *a, **k: type("D", (), {"check_images": lambda self: None})())
+    worker._CACHES.clear()
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment(calls))
+    monkeypatch.setattr(runner, "preflight", lambda specs: None)
     return calls
 
 
@@ -53,7 +65,7 @@ def test_resume_skips_finished_runs(tmp_path, fake_runs):
     assert fake_runs == []
     run_bench(config(exps=[1, 2, 3]), tmp_path, progress=False)  # a grown grid runs only what is new
     assert len(fake_runs) == 2 * 3 * 3 and {c[3] for c in fake_runs} == {3}
-    assert len(read_runs(tmp_path)) == 2 * 3 * 3 * 3
+    assert len(read_index(tmp_path)) == 2 * 3 * 3 * 3
 
 
 @pytest.mark.parametrize("decode_once", [True, False])
@@ -69,23 +81,23 @@ def test_decode_once_shares_one_cache_across_runs(tmp_path, fake_runs, decode_on
 
 def test_interrupted_bench_keeps_finished_runs(tmp_path, monkeypatch, fake_runs):
     done = []
+    run = fake_experiment(done)
 
-    def crash_on_fourth(spec, run_dir, cache=None, progress=True):
+    def crash_on_fourth(spec, run_dir, **kwargs):
         if len(done) == 3:
             raise KeyboardInterrupt
-        done.append(spec)
-        return fake_metrics(spec)
+        return run(spec, run_dir, **kwargs)
 
-    monkeypatch.setattr(bench, "run_experiment", crash_on_fourth)
+    monkeypatch.setattr(worker, "run_experiment", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         run_bench(config(), tmp_path, progress=False)
-    assert len(read_runs(tmp_path)) == 3
+    assert len(read_index(tmp_path)) == 3
     with open(tmp_path / "runs.jsonl", "a") as f:  # a crash in the middle of a write leaves half a line
         f.write('{"key": "half')
-    monkeypatch.setattr(bench, "run_experiment", lambda spec, *a, **k: fake_metrics(spec))
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment([]))
     run_bench(config(), tmp_path, progress=False)
-    runs = read_runs(tmp_path)
-    assert len(runs) == 2 * 3 * 3 * 3 and len({r["key"] for r in runs}) == len(runs)
+    runs = read_index(tmp_path)
+    assert len(runs) == 2 * 3 * 3 * 3 and len({r.key for r in runs}) == len(runs)
 
 
 def test_other_shared_settings_are_refused(tmp_path, fake_runs):
@@ -96,11 +108,13 @@ def test_other_shared_settings_are_refused(tmp_path, fake_runs):
 
 def test_summary_numbers_are_mean_and_sample_std(tmp_path, fake_runs):
     run_bench(config(), tmp_path, progress=False)
-    runs = read_runs(tmp_path)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert all(r["selected"] for r in runs)
     rows = {(r["label"], r["task"], int(r["shots"])): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     for (label, task, shots), row in rows.items():
         metric = "accuracy" if task == "colon" else "mAP"
-        values = [r["test"][metric] for r in runs if (r["label"], r["task"], r["shots"]) == (label, task, shots)]
+        values = [r["result"]["test_metrics"][metric] for r in runs
+                  if (r["spec"]["label"], r["spec"]["task"], r["spec"]["shots"]) == (label, task, shots)]
         assert len(values) == 3 == int(row["n_runs"])
         assert float(row[f"{metric}_mean"]) == pytest.approx(sum(values) / 3, abs=1e-12)
         mean = sum(values) / 3
@@ -109,8 +123,8 @@ def test_summary_numbers_are_mean_and_sample_std(tmp_path, fake_runs):
     md = (tmp_path / "summary.md").read_text()
     assert "Avg (paper's 9)" in md
     ept = [line for line in md.splitlines() if line.startswith("| ept |")][0]
-    cells = [np.mean([r["test"]["accuracy" if t == "colon" else "mAP"] for r in runs
-                      if r["label"] == "ept" and r["task"] == t and r["shots"] == k])
+    cells = [np.mean([r["result"]["test_metrics"]["accuracy" if t == "colon" else "mAP"] for r in runs
+                      if r["spec"]["label"] == "ept" and r["spec"]["task"] == t and r["spec"]["shots"] == k])
              for t in ("chest", "colon", "endo") for k in (1, 5, 10)]
     assert f"| {100 * np.mean(cells):.2f} |" in ept
 
@@ -125,19 +139,19 @@ def test_bench_config_errors_name_the_culprit(tmp_path):
     bad = tmp_path / "bench.yaml"
     bad.write_text("methods: [ept\ntasks: chest\n")
     with pytest.raises(UserError, match="bench.yaml, line 2: not valid YAML"):
-        bench.read_config(bad)
+        read_config(bad)
 
 
 def test_demo_runs_every_method(tmp_path):
     from medpeft.demo import DEMO_METHODS, run_demo
 
     summary = run_demo(tmp_path, epochs=1, progress=False)
-    runs = read_runs(tmp_path)
-    assert {r["method"] for r in runs} == set(DEMO_METHODS)
-    assert {(r["task"]) for r in runs} == {"endo", "colon"} and len(runs) == 2 * len(DEMO_METHODS)
+    runs = read_index(tmp_path)
+    assert {r.spec.method for r in runs} == set(DEMO_METHODS)
+    assert {r.spec.task for r in runs} == {"endo", "colon"} and len(runs) == 2 * len(DEMO_METHODS)
     for method in DEMO_METHODS:
         assert f"| {method}" in summary
-    assert all(r["test"] and 0 <= r["test"]["AUC"] <= 1 for r in runs)
+    assert all(r.test and 0 <= r.test["AUC"] <= 1 for r in runs)
     again = run_demo(tmp_path, epochs=1, progress=False)  # the data is regenerated; no run is repeated
-    assert len(read_runs(tmp_path)) == len(runs) and again == summary
+    assert len(read_index(tmp_path)) == len(runs) and again == summary
     assert json.loads((tmp_path / "bench.json").read_text())["backbone"] == "vit_tiny_patch16_224"

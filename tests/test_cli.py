@@ -50,10 +50,10 @@ def test_train_on_official_held_out_splits(tmp_path, capsys, task, method, class
                                     "--method", method, *TINY, "--out", str(out)], capsys)
     assert code == 0, stderr
     assert "selected epoch 1" in stdout
-    record = json.loads((out / "metrics.json").read_text())
+    record = json.loads((out / "run.json").read_text())
     test_names = read_names(root / task / "test_WithLabel.txt", task)
-    assert set(record["test_metrics"]) == ({"accuracy", "AUC", "ECE", "Brier"} if task == "colon"
-                                           else {"mAP", "AUC", "ECE", "Brier"})
+    assert set(record["result"]["test_metrics"]) == ({"accuracy", "AUC", "ECE", "Brier"} if task == "colon"
+                                                     else {"mAP", "AUC", "ECE", "Brier"})
     rows = (out / f"{task}_1-shot_submission.csv").read_text().splitlines()
     assert len(rows) == len(test_names) and [r.rsplit(",", classes)[0] for r in rows] == test_names
     probs = np.array([[float(v) for v in r.rsplit(",", classes)[1:]] for r in rows])
@@ -61,8 +61,8 @@ def test_train_on_official_held_out_splits(tmp_path, capsys, task, method, class
     assert all(len(v.split(".")[1]) == 8 for v in rows[0].rsplit(",", classes)[1:])
     if task == "colon":
         np.testing.assert_allclose(probs.sum(1), 1, atol=3e-8)
-    config = json.loads((out / "config.json").read_text())
-    assert config["method"] == method and config["train"]["lr"] == 0.01 and config["model"]["num_classes"] == classes
+    assert record["spec"]["method"] == method and record["spec"]["train"]["lr"] == 0.01
+    assert record["model"]["num_classes"] == classes
 
     code, stdout, stderr = run_cli(["predict", str(out), "--list", str(root / task / "test_WithoutLabel.txt")], capsys)
     assert code == 0, stderr
@@ -96,7 +96,11 @@ def test_user_mistakes_print_one_line(tmp_path, capsys):
         (["--method", "ept", "--opt", "prompt_length"], "expected key=value"),
         (["--method", "ept", "--shots", "7"], "7-shot_train_exp1.txt not found; available"),
         (["--method", "ept", "--weights", str(tmp_path / "w.pth")], "w.pth not found"),
-        (["--method", "ept", "--train-opt", "momentun=0"], "unknown training option(s) ['momentun']"),
+        (["--method", "ept", "--momentun", "0"], "No such option '--momentun'"),
+        (["--method", "ept", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--method", "lora", "--opt", "r=0"], "method 'lora': option r=0 must be at least 1"),
+        (["--method", "ept", "--img-size", "30"], "--img-size 30 is not a multiple of the model's patch size 16: use "
+                                                  "16 or 32"),
     ]:
         code, _, err = run_cli([*base, *args], capsys)
         assert code != 0 and err.count("\n") == 1 and expected in err, (args, err)

@@ -1,0 +1,165 @@
+"""A bench's grid: method entries (with optional validation searches) × tasks × shots × experiments × seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from ..errors import UserError
+from ..methods import get_method
+from ..record import RunSpec, method_label
+from ..train import TrainConfig
+
+GRID_KEYS = ("methods", "tasks", "shots", "exps", "seeds")
+#: The RunSpec fields every run of a bench shares (the rest come from the grid and the method entry).
+SHARED_KEYS = tuple(f.name for f in dataclasses.fields(RunSpec)
+                    if f.name not in ("method", "task", "shots", "exp", "options", "label", "candidate", "refit"))
+TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+#: The hyper-parameter grids of the paper's appendix A.1 (Zu et al. 2024), searched on validation.
+PAPER_GRIDS: dict[str, dict[str, list]] = {
+    "ept": {"prompt_length": [5, 10, 20, 50, 100, 200, 400, 600]},
+    "vpt": {"prompt_length": [1, 5, 10, 50, 100, 150]},
+    "vp": {"prompt_size": [1, 5, 10, 50, 100, 150]},
+    "lora": {"r": [1, 4, 8, 32, 64]},
+    "adapter": {"reduction": [1, 4, 8, 32, 64]},
+}
+
+
+@dataclass
+class MethodEntry:
+    """A method with options under a label, and optionally a grid searched on validation.
+
+    ``search`` maps option names and/or training fields to the values to try (several keys: their product, in
+    order); ``"paper"`` takes :data:`PAPER_GRIDS` (no search for a method without one). Every candidate is checked
+    on construction.
+    """
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    search: dict[str, list] | str | None = None
+
+    def __post_init__(self):
+        get_method(self.method, **self.options)  # unknown methods and options fail before any run starts
+        if not self.label:
+            self.label = method_label(self.method, self.options)
+        if self.search == "paper":
+            self.search = dict(PAPER_GRIDS.get(self.method, {}))
+        if self.search is not None and not isinstance(self.search, dict):
+            raise UserError(f"method {self.label!r}: search must be a mapping of option -> values, or 'paper'")
+        self.search = {k: _as_list(v) for k, v in (self.search or {}).items()}
+        for key, values in self.search.items():
+            if not values:
+                raise UserError(f"method {self.label!r}: search {key} has no values")
+        for candidate in self.candidates():
+            self.split(candidate)
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """The searched values of every candidate, in grid order ([{}] without a search)."""
+        keys = list(self.search)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.search.values())]
+
+    def split(self, candidate: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(method options, training fields) of a candidate, checked."""
+        train = {k: v for k, v in candidate.items() if k in TRAIN_KEYS}
+        options = {**self.options, **{k: v for k, v in candidate.items() if k not in TRAIN_KEYS}}
+        try:
+            get_method(self.method, **options)
+            TrainConfig(**train)
+        except UserError as err:
+            raise UserError(f"search of {self.label!r}, candidate {candidate}: {err}") from None
+        return options, train
+
+
+@dataclass
+class BenchConfig:
+    """The grid and what every run shares (``shared``: :data:`SHARED_KEYS`, ``train`` a mapping of
+    :class:`~medpeft.train.TrainConfig` fields). ``refit``: after a search, rerun the chosen candidate on
+    train + val and report that run (VPT's protocol)."""
+
+    methods: list[MethodEntry]
+    tasks: list[str]
+    shots: list[int | str] = field(default_factory=lambda: [1, 5, 10])
+    exps: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    refit: bool = False
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "bench config") -> BenchConfig:
+        """From a parsed YAML mapping: the grid keys, ``search`` (a default for every method entry, e.g.
+        ``paper``), ``refit``, and the shared run settings (``data_root``, ``backbone``, ``train`` …)."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: expected a mapping of bench settings")
+        valid = set(GRID_KEYS) | set(SHARED_KEYS) | {"search", "refit"}
+        unknown = sorted(set(raw) - valid)
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+        missing = sorted(k for k in ("methods", "tasks", "data_root") if not raw.get(k))
+        if missing:
+            raise UserError(f"{source}: missing {missing}")
+        default_search = raw.get("search")
+        methods = [_method_entry(m, source, default_search) for m in _as_list(raw["methods"])]
+        shared = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None}
+        shared["train"] = dict(raw.get("train") or {})
+        TrainConfig.from_dict(shared["train"])
+        grid = {k: _as_list(raw[k]) for k in ("tasks", "shots", "exps", "seeds") if k in raw}
+        config = cls(methods, refit=bool(raw.get("refit", False)), shared=shared, **grid)
+        next(config.specs(), None)  # the first spec checks the shared settings
+        return config
+
+    def setup(self) -> dict[str, Any]:
+        """What every run shares and reruns into the same OUT must agree on (``bench.json``)."""
+        return {**self.shared, "refit": self.refit}
+
+    def specs(self) -> Iterator[RunSpec]:
+        """Every candidate run of the grid, cell by cell, candidates in grid order."""
+        for entry, task, shots, exp, seed in itertools.product(self.methods, self.tasks, self.shots, self.exps,
+                                                               self.seeds):
+            for candidate in entry.candidates():
+                yield self.spec(entry, candidate, task, shots, exp, seed)
+
+    def spec(self, entry: MethodEntry, candidate: dict[str, Any], task: str, shots, exp: int, seed: int, *,
+             refit: bool = False) -> RunSpec:
+        options, train = entry.split(candidate)
+        train = {**self.shared.get("train", {}), **train, "seed": seed, **({"select": "last"} if refit else {})}
+        return RunSpec(method=entry.method, task=task, shots=shots, exp=exp, options=options, label=entry.label,
+                       candidate=candidate, refit=refit, **{**self.shared, "train": train})
+
+    def entry(self, label: str) -> MethodEntry | None:
+        return next((e for e in self.methods if e.label == label), None)
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _method_entry(item, source: str, default_search) -> MethodEntry:
+    if isinstance(item, str):
+        return MethodEntry(item, search=default_search)
+    keys = {"method", "options", "label", "search"}
+    if isinstance(item, dict) and "method" in item and set(item) <= keys:
+        return MethodEntry(item["method"], dict(item.get("options") or {}), item.get("label") or "",
+                           item.get("search", default_search))
+    raise UserError(f"{source}: a method is a name or a mapping with keys {sorted(keys)}; got {item!r}")
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML bench config (see :meth:`BenchConfig.from_dict`)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UserError(f"bench config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UserError(f"bench config {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"bench config {path}: expected a mapping of bench settings")
+    return raw

@@ -1,0 +1,88 @@
+"""Where a bench's runs execute. The unit of work is one run (its :class:`~medpeft.record.RunSpec`), idempotent by
+key; an executor takes specs and hands back outcomes as runs finish. ``local`` runs them one after the other in
+this process (the default); ``ray`` and ``slurm`` spread them over a cluster (:mod:`.ray_executor`,
+:mod:`.slurm_executor`)."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..record import RunRecord, RunSpec
+from .worker import RunJob, execute
+
+
+@dataclass
+class Outcome:
+    """A run that ended: its record, or the one-line error that stopped it."""
+
+    spec: RunSpec
+    record: RunRecord | None = None
+    error: str | None = None
+
+
+class Executor:
+    """Base class: ``start(job)``, then ``submit(spec)`` any number of times and ``next()`` for each outcome while
+    ``pending()``; ``close()`` cancels what is left. ``waits`` is False for an executor that returns after
+    submitting (a later ``medpeft bench`` collects the runs)."""
+
+    name = ""
+    waits = True
+
+    def start(self, job: RunJob) -> None:
+        self.job = job
+
+    def submit(self, spec: RunSpec) -> None:
+        raise NotImplementedError
+
+    def pending(self) -> int:
+        raise NotImplementedError
+
+    def next(self) -> Outcome:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Cancel outstanding runs (finished ones are kept)."""
+
+
+class LocalExecutor(Executor):
+    """Runs in this process, one after the other, in submission order."""
+
+    name = "local"
+
+    def __init__(self):
+        self.queue: collections.deque[RunSpec] = collections.deque()
+
+    def submit(self, spec: RunSpec) -> None:
+        self.queue.append(spec)
+
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def next(self) -> Outcome:
+        spec = self.queue.popleft()
+        try:
+            return Outcome(spec, RunRecord.from_dict(execute(spec, self.job)))
+        except UserError as err:
+            return Outcome(spec, error=str(err))
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+def make_executor(name: str, **options) -> Executor:
+    """The executor ``name`` (local, ray, slurm) with its options."""
+    if name == "local":
+        if options:
+            raise UserError(f"--executor local takes no cluster options (got {', '.join(sorted(options))})")
+        return LocalExecutor()
+    if name == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(**options)
+    if name == "slurm":
+        from .slurm_executor import SlurmExecutor
+
+        return SlurmExecutor(**options)
+    raise UserError(f"unknown executor {name!r}: choose from local, ray, slurm")

@@ -1,0 +1,136 @@
+"""A bench folder: finished run directories (the truth), the ``runs.jsonl`` index, the shared setup and a lock.
+
+::
+
+    OUT/bench.json               the settings every run shares; a rerun with others is refused
+    OUT/runs/<label>/<cell>/...  one run directory per finished run (run.json written last, moved in whole)
+    OUT/runs.jsonl               one line per finished run of a complete cell: its record and "selected"
+    OUT/failed.jsonl             one line per failed run attempt (key and error)
+    OUT/.lock                    held by the one bench process that writes OUT
+
+Run directories are written by whoever runs them (this process, a Ray worker, a SLURM job), each atomically,
+so concurrent writers never collide. ``runs.jsonl`` has a single writer, the bench holding the lock: it appends a
+cell's lines once the cell is complete (its selection is then final) and rewrites the file atomically when a
+finished cell changes (a grid grew and another candidate won).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..experiment import RUN_FILE, read_record
+from ..files import append_line, json_line, read_json_lines, write_json, write_text
+from ..record import RunRecord
+from .selection import group_cells, selection
+
+
+class BenchStore:
+    """The bench folder ``out``. Use as a context manager to hold its lock while writing."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.records: dict[str, RunRecord] = {}
+        self._written: dict[str, bool] = {}
+        self._lock = None
+
+    def __enter__(self) -> BenchStore:
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.out} is in use by another medpeft bench ({holder}): wait for it to finish, "
+                            "or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def check_setup(self, setup: dict) -> None:
+        """Write ``bench.json``, or refuse when it holds other shared settings."""
+        path = self.out / "bench.json"
+        current = json.loads(json.dumps(setup))
+        if path.is_file():
+            previous = json.loads(path.read_text())
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            if changed:
+                raise UserError(f"{self.out} holds runs made with other settings ({', '.join(changed)}): "
+                                "use a new --out")
+        else:
+            write_json(path, current)
+
+    def run_dir(self, record_or_spec) -> Path:
+        spec = getattr(record_or_spec, "spec", record_or_spec)
+        return self.out / spec.run_dir
+
+    def load(self) -> dict[str, RunRecord]:
+        """Every finished run under ``OUT/runs`` (each directory's ``run.json``), by key, in ``runs.jsonl`` order
+        (then by directory)."""
+        self._written = {line["key"]: line.get("selected") for line in read_json_lines(self.out / "runs.jsonl")
+                         if "key" in line}
+        position = {key: i for i, key in enumerate(self._written)}
+        found = []
+        for path in sorted((self.out / "runs").glob(f"**/{RUN_FILE}")):
+            if any(part.startswith(".") for part in path.relative_to(self.out).parts):
+                continue  # a run still being written elsewhere, or left by a killed one
+            found.append(read_record(path.parent))
+        for record in sorted(found, key=lambda r: position.get(r.key, len(position))):
+            self.records[record.key] = record
+        return self.records
+
+    def add(self, record: RunRecord) -> None:
+        self.records[record.key] = record
+
+    def fail(self, key: str, error: str) -> None:
+        append_line(self.out / "failed.jsonl", json_line({"key": key, "error": error}))
+
+    def failures(self) -> dict[str, str]:
+        return {line["key"]: line["error"] for line in read_json_lines(self.out / "failed.jsonl")}
+
+    def update_index(self, complete: Callable[[tuple, list[RunRecord]], bool],
+                     order: Callable[[RunRecord], int] | None = None, *, refit: bool = False) -> None:
+        """Bring ``runs.jsonl`` up to date: every record of every complete cell, with its selection."""
+        lines: dict[str, RunRecord] = {}
+        for cell, records in group_cells(self.records.values()).items():
+            if complete(cell, records):
+                for key, selected in selection(records, order, refit=refit).items():
+                    self.records[key].selected = selected
+                    lines[key] = self.records[key]
+        stale = any(key not in lines or lines[key].selected != selected for key, selected in self._written.items())
+        if stale:
+            write_text(self.out / "runs.jsonl", "".join(self._line(r) for r in lines.values()))
+        else:
+            for key, record in lines.items():
+                if key not in self._written:
+                    append_line(self.out / "runs.jsonl", self._line(record))
+        self._written = {key: record.selected for key, record in lines.items()}
+
+    def _line(self, record: RunRecord) -> str:
+        return json_line({**record.to_dict(), "run_dir": record.spec.run_dir})
+
+    def indexed(self) -> list[RunRecord]:
+        """The records ``runs.jsonl`` holds (after :meth:`update_index`)."""
+        return [self.records[key] for key in self._written if key in self.records]
+
+
+def read_index(out: str | Path) -> list[RunRecord]:
+    """The records of a bench's ``runs.jsonl`` (with their ``selected``), e.g. for the analysis."""
+    path = Path(out) / "runs.jsonl"
+    records = []
+    for line in read_json_lines(path):
+        line.pop("run_dir", None)
+        records.append(RunRecord.from_dict(line))
+    return records

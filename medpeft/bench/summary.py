@@ -1,0 +1,150 @@
+"""A bench's tables: ``summary.csv`` (one row per method × task × shot) and ``summary.md`` (what a paper shows).
+
+Only selected runs count (one per cell: the validation-chosen candidate, or the only run): mean and sample std
+(ddof=1) of every test metric over experiments and seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import MEDFMC_TASKS
+from ..files import write_text
+from ..record import RunRecord, candidate_tag, shots_order
+
+PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
+
+
+def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """One row per (label, task, shots) over the selected records with test metrics."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        if r.selected and r.test:
+            groups.setdefault((r.spec.label, r.spec.task, r.spec.shots), []).append(r)
+    rows = []
+    for (label, task, shots), group in groups.items():
+        first = group[0]
+        row = {"label": label, "method": first.spec.method, "options": json.dumps(_base_options(group)),
+               "task": task, "shots": shots, "n_runs": len(group), "report_metric": first.task.report_metric,
+               "chosen": chosen_summary(group), "refit": any(r.spec.refit for r in group)}
+        for name in first.test:
+            values = np.array([g.test[name] for g in group], dtype=float)
+            row[f"{name}_mean"] = float(np.mean(values))
+            row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        params = sorted({g.result.trainable_params for g in group})
+        row["trainable_params"] = params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}"
+        row["time_s"] = float(np.mean([sum(g.result.time_s.values()) for g in group]))
+        peaks = [g.result.peak_memory_mb for g in group if g.result.peak_memory_mb is not None]
+        row["peak_memory_mb"] = max(peaks) if peaks else float("nan")
+        rows.append(row)
+    return rows
+
+
+def _base_options(group: list[RunRecord]) -> dict[str, Any]:
+    """The options the group's runs share (searched values left out)."""
+    first = group[0].spec
+    return {k: v for k, v in first.options.items() if k not in first.candidate}
+
+
+def chosen_summary(group: list[RunRecord]) -> str:
+    """The chosen values over the group's runs with their counts: ``prompt_length=50 ×3; prompt_length=100 ×2``."""
+    counts = Counter(candidate_tag(r.spec.candidate) for r in group if r.spec.candidate)
+    return "; ".join(f"{tag} ×{n}" for tag, n in counts.most_common())
+
+
+def write_summary(out: str | Path, records: list[RunRecord]) -> None:
+    """Write ``summary.csv`` and ``summary.md`` for the selected ``records`` (nothing when there are none)."""
+    rows = aggregate(records)
+    if not rows:
+        return
+    out = Path(out)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "summary.csv", buffer.getvalue())
+    write_text(out / "summary.md", summary_markdown(rows, records))
+
+
+def _pm(mean: float, std: float) -> str:
+    if np.isnan(mean):
+        return "–"
+    return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _params(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else value.replace("-", "–")
+
+
+def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> str:
+    """The method × (task, shots) table of the reported metric with an average, the chosen values, every metric."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    cells = sorted({(r["task"], r["shots"]) for r in rows}, key=lambda c: (c[0], shots_order(c[1])))
+    by = {(r["label"], r["task"], r["shots"]): r for r in rows}
+    metric_of = {r["task"]: r["report_metric"] for r in rows}
+    avg_name = "Avg (paper's 9)" if set(cells) == PAPER_CELLS else f"Avg ({len(cells)})"
+    head = [f"{t} {k}-shot ({metric_of[t]})" for t, k in cells]
+    lines = [
+        "# Benchmark summary",
+        "",
+        "Test metrics ×100, mean ± sample std over experiments and seeds, of the selected run of each cell (the",
+        "candidate with the best validation score where a method searches; the test set never chooses). The",
+        "average is the plain mean of the cell means (the paper's 9-task average when the grid is MedFMC ×",
+        "1/5/10-shot); it is left out for a method missing a cell. Time: mean wall time per run (training, validation",
+        "and test); memory: peak.",
+        "",
+        "| method | " + " | ".join(head) + f" | {avg_name} | trainable | time/run (s) | peak mem (MB) |",
+        "|---|" + "---|" * (len(cells) + 4),
+    ]
+    for label in labels:
+        present = [by.get((label, t, k)) for t, k in cells]
+        values = [_pm(r[f"{metric_of[t]}_mean"], r[f"{metric_of[t]}_std"]) if r else "–"
+                  for r, (t, _) in zip(present, cells)]
+        avg = (f"{100 * np.mean([r[f'{metric_of[t]}_mean'] for r, (t, _) in zip(present, cells)]):.2f}"
+               if all(present) else "–")
+        some = next(r for r in present if r)
+        name = label + (" (refit on train+val)" if some["refit"] else "")
+        lines.append(f"| {name} | " + " | ".join(values) + f" | {avg} | {_params(some['trainable_params'])} | "
+                     f"{np.mean([r['time_s'] for r in present if r]):.1f} | "
+                     f"{np.nanmax([r['peak_memory_mb'] for r in present if r]):.0f} |")
+    lines += chosen_markdown(records, cells)
+    metric_names = list(dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean")))
+    lines += ["", "## Every metric", "", "| method | task | shots | runs | " + " | ".join(metric_names) + " |",
+              "|---|---|---|---|" + "---|" * len(metric_names)]
+    for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
+        values = [_pm(r.get(f"{m}_mean", float("nan")), r.get(f"{m}_std", float("nan"))) for m in metric_names]
+        lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | " + " | ".join(values) + " |")
+    lines += ["", "The calibration analysis of these runs: `medpeft analyze OUT --out OUT/analysis`."]
+    return "\n".join(lines) + "\n"
+
+
+def chosen_markdown(records: list[RunRecord], cells: list[tuple]) -> list[str]:
+    """Per searched method: how often each value was chosen on validation, per task × shot (runs counted)."""
+    searched = [r for r in records if r.selected and r.spec.candidate]
+    if not searched:
+        return []
+    lines = ["", "## Chosen on validation", "",
+             "How often each candidate was selected (by the validation score at its selected epoch), per cell.", ""]
+    for label in dict.fromkeys(r.spec.label for r in searched):
+        mine = [r for r in searched if r.spec.label == label]
+        counts = Counter((candidate_tag(r.spec.candidate), r.spec.task, r.spec.shots) for r in mine)
+        values = sorted({tag for tag, _, _ in counts}, key=lambda tag: _tag_order(tag, mine))
+        lines += [f"**{label}**", "", "| chosen | " + " | ".join(f"{t} {k}-shot" for t, k in cells) + " |",
+                  "|---|" + "---|" * len(cells)]
+        for tag in values:
+            lines.append(f"| {tag} | " + " | ".join(str(counts.get((tag, t, k), 0) or "–") for t, k in cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _tag_order(tag: str, records: list[RunRecord]) -> tuple:
+    values = next(r.spec.candidate for r in records if candidate_tag(r.spec.candidate) == tag)
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in values.values())

@@ -1,0 +1,52 @@
+"""One run of a bench, wherever it runs (this process, a Ray worker, a SLURM job): idempotent by key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import ResizedImageCache
+from ..evaluate import FeatureCache
+from ..experiment import RUN_FILE, read_record, run_experiment
+from ..record import RunSpec
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What a worker needs besides the spec: the bench folder (on a file system every worker sees), the folder of
+    the decode-once cache (None: decode at every evaluation; best on a node-local disk), whether to keep frozen
+    features there too, the torch threads, and whether to show each run's epoch progress."""
+
+    out: str
+    cache_dir: str | None = None
+    feature_cache: bool = True
+    threads: int | None = None
+    progress: bool = False
+
+
+_CACHES: dict[str, tuple[ResizedImageCache, FeatureCache]] = {}  # per folder and process, reused by its runs
+
+
+def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``spec`` into ``job.out`` and return its record (as a dict, ready to ship between processes).
+
+    A run whose directory already holds a finished run is not redone: its record is returned (a retried task
+    whose first attempt finished, or a run another worker completed).
+    """
+    spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
+    run_dir = Path(job.out) / spec.run_dir
+    if (run_dir / RUN_FILE).is_file():
+        return read_record(run_dir).to_dict()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cache = features = None
+    if job.cache_dir is not None:
+        folder = Path(job.cache_dir)
+        cache, features = _CACHES.setdefault(job.cache_dir, (ResizedImageCache(folder),
+                                                             FeatureCache(folder / "features")))
+    features = features if job.feature_cache else None
+    return run_experiment(spec, run_dir, cache=cache, features=features, progress=job.progress,
+                          worker=worker).to_dict()
