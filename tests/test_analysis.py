@@ -11,7 +11,7 @@ from PIL import Image
 
 from medpeft import UserError, build_model
 from medpeft.analysis import (analyze, class_statistics, command, extract_features, inter_class_scatter,
-                              intra_class_scatter, linear_separability, patch_scaling, per_class, scatter_ratio)
+                              intra_class_scatter, linear_separability, per_class, scatter_ratio, token_maps)
 from medpeft.bench import BenchConfig, run_bench
 from medpeft.data import Samples, get_task, make_demo_data
 
@@ -122,7 +122,7 @@ def test_feature_extraction_and_patch_scaling_match_the_model():
     batch = torch.stack([eval_dataset(samples, 32)[i][0] for i in range(3)])
     with torch.no_grad():
         torch.testing.assert_close(torch.as_tensor(features, dtype=torch.float32), model.forward_features(batch))
-    scaling = patch_scaling(model, samples, task, 32)
+    scaling = token_maps(model, samples, task, 32)
     assert sorted(scaling) == list(range(12))
     # block 0's input is norm1 of the embedded tokens: s there, by hand, averaged over images and heads
     backbone = model.backbone
@@ -133,7 +133,7 @@ def test_feature_extraction_and_patch_scaling_match_the_model():
         z = torch.exp(q @ k.transpose(-2, -1) * attn.scale).sum(-1)
         s = z / (z + torch.exp(attn.prompt).sum(-1))
     np.testing.assert_allclose(scaling[0], s.mean(dim=(0, 1)).numpy(), rtol=1e-5)
-    assert patch_scaling(build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32),
+    assert token_maps(build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32),
                          samples, task, 32) == {}
 
 
@@ -172,8 +172,8 @@ def test_analyze_writes_numbers_for_every_run_and_pretrain(bench, analysis):
         run = runs[f"ept(prompt_length=5)/{task}/1-shot/exp1/seed0"]
         assert 0 <= run["ECE"] <= 1 and 0 <= run["linear_separability"] <= 1
         # the runs' own test ECE, recomputed from fresh predictions
-        metrics = json.loads((bench / f"runs/ept(prompt_length=5)/{task}_1-shot_exp1_seed0/metrics.json").read_text())
-        assert run["ECE"] == pytest.approx(metrics["test_metrics"]["ECE"], abs=1e-5)
+        record = json.loads((bench / f"runs/ept(prompt_length=5)/{task}_1-shot_exp1_seed0/run.json").read_text())
+        assert run["ECE"] == pytest.approx(record["result"]["test_metrics"]["ECE"], abs=1e-5)
         assert len(run["patch_scaling"]["blocks"]) == 12
         # linear probing leaves the backbone frozen: its features are pretrain's, so are the numbers
         linear = runs[f"linear/{task}/1-shot/exp1/seed0"]
@@ -212,7 +212,7 @@ def test_bad_paths_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
         analyze([tmp_path / "missing"], tmp_path / "out")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="neither runs.jsonl nor config.json"):
+    with pytest.raises(UserError, match="neither runs.jsonl nor run.json"):
         analyze([tmp_path / "empty"], tmp_path / "out")
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(UserError, match="is a file"):
