@@ -10,9 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from medpeft import UserError, build_model, count_parameters
-from medpeft.speed import (
-    NaiveEmbeddedPromptAttention, _main, build_entry, build_floor, command, markdown, run_speed, to_naive_ept,
-)
+from medpeft.speed import build_entry, build_floor, command, markdown, run_speed
+from medpeft.speed.__main__ import main as _main
 
 TINY = dict(backbone="vit_tiny_patch16_224", img_size=64, batch=2, memory_batch=2, steps=1, warmup=0, max_rounds=1,
             threads=1, progress=False)
@@ -100,24 +99,24 @@ def test_floor_trains_exactly_one_tensor():
 
 
 def test_naive_reference_equals_ept():
+    """The naive entry (the official formulation, logits materialised) computes EPT exactly, values and gradients."""
     torch.manual_seed(0)
-    ept = build_model("ept", timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64), 3,
-                      pretrained=False, img_size=64, prompt_length=7)
+    template = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=64)
+    ept = build_model("ept", copy.deepcopy(template), 3, seed=0)
+    naive = build_entry("naive-ept", copy.deepcopy(template), 3, img_size=64)
+    naive.load_state_dict(ept.state_dict())
     with torch.no_grad():  # prompts large enough that the scaling matters
-        for block in ept.backbone.blocks:
-            block.attn.prompt.normal_(0, 2.0)
-    naive = to_naive_ept(copy.deepcopy(ept))
-    assert all(isinstance(b.attn, NaiveEmbeddedPromptAttention) for b in naive.backbone.blocks)
+        for a, b in zip(ept.backbone.blocks, naive.backbone.blocks):
+            a.attn.prompt.normal_(0, 2.0)
+            b.attn.prompt.copy_(a.attn.prompt)
     assert count_parameters(naive) == count_parameters(ept)
-    stacked = naive.backbone.ept_prompts.prompt  # the official layout: one (layers, N, L) tensor
-    assert stacked.shape == (12, 17, 7) and [n for n, p in naive.named_parameters() if p is stacked]
     x = torch.randn(2, 3, 64, 64)
     y_ept, y_naive = ept(x), naive(x)
     torch.testing.assert_close(y_naive, y_ept, rtol=1e-4, atol=1e-5)
     y_ept.square().sum().backward()
     y_naive.square().sum().backward()
-    for i, block in enumerate(ept.backbone.blocks):
-        torch.testing.assert_close(stacked.grad[i], block.attn.prompt.grad, rtol=1e-3, atol=1e-7)
+    for a, b in zip(ept.backbone.blocks, naive.backbone.blocks):
+        torch.testing.assert_close(b.attn.prompt.grad, a.attn.prompt.grad, rtol=1e-3, atol=1e-7)
     torch.testing.assert_close(naive.head.weight.grad, ept.head.weight.grad, rtol=1e-3, atol=1e-6)
 
 
