@@ -237,6 +237,7 @@ def _register_commands() -> None:
 
     cli.add_command(analyze_command)
     cli.add_command(speed_command)
+    cli.add_command(__import__("medpeft.onnx_import", fromlist=["command"]).command)
 
 
 _register_commands()
