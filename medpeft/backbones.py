@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
+from safetensors import safe_open
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from .errors import UserError
@@ -24,7 +27,9 @@ def create_backbone(
     """A headless timm ViT: by name (hub weights, a local checkpoint or random init) or a built model used in place.
 
     ``weights`` loads a local checkpoint (Google ``.npz``, ``.pth``/``.pt``/``.bin``/``.ckpt``, ``.safetensors``) with
-    no network access, whatever the model tag. ``img_size`` resizes the position embeddings.
+    no network access, whatever the model tag. ``img_size`` resizes the position embeddings; without it a named
+    backbone with ``weights`` is built at the checkpoint's own size (:func:`checkpoint_img_size`), not timm's
+    default (518 px for DINOv2, which would resample a 224 px checkpoint's grid and run ~6× slower).
     """
     if isinstance(backbone, torch.nn.Module):
         if not isinstance(backbone, VisionTransformer):
@@ -48,6 +53,9 @@ def create_backbone(
         if not isinstance(model, VisionTransformer):
             raise UserError(f"backbone {backbone!r} is a {type(model).__name__}, not a timm VisionTransformer")
         if weights is not None:
+            size = None if img_size else checkpoint_img_size(weights, model)
+            if size and (size, size) != tuple(model.patch_embed.img_size):
+                model.set_input_size(img_size=(size, size))
             load_weights(model, weights)
     if model.num_classes:
         model.reset_classifier(0)
@@ -143,6 +151,37 @@ def _sniff(path: Path) -> str:
         return f"{path.stat().st_size:,} bytes of unknown binary data"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"text starting {first[:30]!r}"
+
+
+def checkpoint_img_size(path: str | Path, model: VisionTransformer) -> int | None:
+    """The image size a checkpoint for ``model`` was made at, or None if unknown (unreadable: load_weights says why).
+
+    A safetensors ``img_size`` metadata entry (files written by ``medpeft weights``) wins; otherwise the side of
+    the ``pos_embed`` grid (its rows less the prefix rows it holds) times the model's patch size.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                if "img_size" in (f.metadata() or {}):
+                    return int(f.metadata()["img_size"])
+                key = next((k for k in f.keys() if k.endswith("pos_embed")), None)
+                rows = key and f.get_slice(key).get_shape()[-2]
+        elif path.suffix == ".npz":
+            with np.load(path) as f:
+                rows = f["Transformer/posembed_input/pos_embedding"].shape[-2]
+        else:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            state = state.get("model", state) if isinstance(state, dict) else {}
+            state = state.get("state_dict", state)
+            rows = next((v.shape[-2] for k, v in state.items() if k.endswith("pos_embed")), None)
+    except Exception:  # noqa: BLE001  (load_weights reports unreadable files)
+        return None
+    for prefix in dict.fromkeys((0 if model.no_embed_class else model.num_prefix_tokens, 0, 1)):
+        side = math.isqrt(rows - prefix) if rows and rows > prefix else 0
+        if side and side * side == rows - prefix:
+            return side * model.patch_embed.patch_size[0]
+    return None
 
 
 def num_tokens(model: VisionTransformer) -> int:

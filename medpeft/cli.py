@@ -209,11 +209,13 @@ def splits(task, data_root, shots, exps, seed, overwrite):
 def _register_commands() -> None:
     from .analysis import command as analyze_command
     from .bench.command import command as bench_command
+    from .onnx_import import command as weights_command
     from .speed import command as speed_command
 
     cli.add_command(analyze_command)
     cli.add_command(bench_command)
     cli.add_command(speed_command)
+    cli.add_command(weights_command)
 
 
 _register_commands()

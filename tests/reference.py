@@ -1,15 +1,24 @@
 """Naive reference implementations, written from the papers' equations, used only by the tests.
 
 They run on an untouched timm ViT (a deep copy taken before medpeft injects anything) and materialise every
-logit, exactly as the official EPT code does.
+logit, exactly as the official EPT code does. Blocks may carry LayerScale (DINOv2: ``ls1``/``ls2`` with a
+``gamma``) and any number of prefix tokens (CLS, then registers).
 """
 
 import numpy as np
 import torch
 
 
+def gamma(layer_scale):
+    """A LayerScale's per-channel factor; 1 for a block without one (timm's ``nn.Identity``)."""
+    return getattr(layer_scale, "gamma", 1.0)
+
+
 def naive_ept_features(vit, prompts: dict, way: str, images):
-    """CLS feature of EPT (Zu et al. Eq. 5): softmax over [P | QKᵀ/√d], prompt columns dropped, no renormalising."""
+    """CLS feature of EPT (Zu et al. Eq. 5): softmax over [P | QKᵀ/√d], prompt columns dropped, no renormalising.
+
+    Every token, prefix tokens included, has its own prompt row.
+    """
     x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
     for i, block in enumerate(vit.blocks):
         if i not in prompts:
@@ -29,20 +38,23 @@ def naive_ept_features(vit, prompts: dict, way: str, images):
             A = (S + P).softmax(-1)
         else:
             A = (S * P).softmax(-1)
-        x = x + attn.proj((A @ v).transpose(1, 2).reshape(B, N, -1))
-        x = x + block.mlp(block.norm2(x))
+        x = x + gamma(block.ls1) * attn.proj((A @ v).transpose(1, 2).reshape(B, N, -1))
+        x = x + gamma(block.ls2) * block.mlp(block.norm2(x))
     return vit.norm(x)[:, 0]
 
 
 def naive_vpt_features(vit, prompt, images):
-    """CLS feature of VPT (Jia et al.): tokens [CLS, P_0, patches]; deep: before block i the prompts become P_i."""
+    """CLS feature of VPT (Jia et al.): tokens [prefix, P_0, patches]; deep: before block i the prompts become P_i.
+
+    The prefix is every token before the patches: CLS, then the registers if any (``n`` of them in all).
+    """
     x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
-    B, L = x.shape[0], prompt.shape[1]
+    B, L, n = x.shape[0], prompt.shape[1], x.shape[1] - vit.patch_embed.num_patches
     for i, block in enumerate(vit.blocks):
         if i == 0:
-            x = torch.cat([x[:, :1], prompt[0].expand(B, -1, -1), x[:, 1:]], dim=1)
+            x = torch.cat([x[:, :n], prompt[0].expand(B, -1, -1), x[:, n:]], dim=1)
         elif i < prompt.shape[0]:
-            x = torch.cat([x[:, :1], prompt[i].expand(B, -1, -1), x[:, 1 + L:]], dim=1)
+            x = torch.cat([x[:, :n], prompt[i].expand(B, -1, -1), x[:, n + L:]], dim=1)
         x = block(x)
     return vit.norm(x)[:, 0]
 

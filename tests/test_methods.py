@@ -18,6 +18,11 @@ def block_params(D):
     return 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D)
 
 
+def width(o, D):
+    """The adapter's bottleneck: ``bottleneck``, or D // ``reduction`` (the paper's grid), default 64."""
+    return D // o["reduction"] if "reduction" in o else o.get("bottleneck", 64)
+
+
 def expected_trainable(method, D, depth=12, N=197, S=224, **o):
     """Trainable parameter count from the method's definition (DESIGN §3), head included."""
     head = D * C + C
@@ -27,7 +32,7 @@ def expected_trainable(method, D, depth=12, N=197, S=224, **o):
         "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
         "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
         "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
-        "adapter": lambda: depth * (2 * D * o.get("bottleneck", 64) + o.get("bottleneck", 64) + D),
+        "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
         "vp": lambda: 2 * 3 * o.get("prompt_size", 30) * S + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get("prompt_size", 30),
         "vpt": lambda: (depth if o.get("deep", True) else 1) * o.get("prompt_length", 10) * D,
         "ept": lambda: len(o.get("layers") or range(depth)) * N * o.get("prompt_length", 100),
@@ -39,7 +44,7 @@ def expected_trainable(method, D, depth=12, N=197, S=224, **o):
 
 CASES = [
     ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("mlp", {"k": 2}), ("bitfit", {}),
-    ("lora", {}), ("lora", {"r": 4}), ("adapter", {}), ("adapter", {"bottleneck": 8}), ("vp", {}),
+    ("lora", {}), ("lora", {"r": 4}), ("adapter", {}), ("adapter", {"bottleneck": 8}), ("adapter", {"reduction": 8}), ("vp", {}),
     ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"prompt_length": 50, "deep": False}), ("ept", {}),
     ("ept", {"prompt_length": 20, "layers": [0]}), ("ept", {"layers": [11, 10, 9]}), ("ssf", {}),
     ("peft:lora", {}), ("peft:ia3", {}),

@@ -12,17 +12,21 @@ from .base import Method
 
 
 class ParallelAdapter(nn.Module):
-    """``mlp(norm(x)) + scale · up(relu(down(x)))``: the adapter reads the block's post-attention stream ``x``.
+    """``ls(mlp(norm(x))) + scale · up(relu(down(x)))``: the adapter reads the block's post-attention stream ``x``.
 
-    It replaces the block's ``mlp`` and takes over its ``norm2`` (the block's own ``norm2`` becomes an
-    identity), so the adapter sees the un-normalised residual stream as in AdaptFormer. ``up`` starts at
-    zero, so before training the block's output is the frozen one.
+    It replaces the block's ``mlp`` and takes over its ``norm2`` and ``ls2`` (both become identities in the
+    block), so the adapter sees the un-normalised residual stream as in AdaptFormer and runs parallel to the
+    whole MLP branch. On LayerScale blocks (DINOv2) its output is therefore *not* multiplied by the frozen
+    γ₂, whose tiny values (~1e-5 at init, often < 0.1 trained) would crush it; on plain ViT blocks ``ls`` is
+    an identity and nothing changes. ``up`` starts at zero, so before training the block's output is the frozen one.
     """
 
-    def __init__(self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float):
+    def __init__(self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float,
+                 ls: nn.Module | None = None):
         super().__init__()
         self.norm = norm
         self.mlp = mlp
+        self.ls = ls if ls is not None else nn.Identity()
         self.scale = scale
         self.adapter_down = nn.Linear(dim, bottleneck)
         self.adapter_up = nn.Linear(bottleneck, dim)
@@ -32,19 +36,35 @@ class ParallelAdapter(nn.Module):
         nn.init.zeros_(self.adapter_up.bias)
 
     def forward(self, x):
-        return self.mlp(self.norm(x)) + self.scale * self.adapter_up(self.adapter_down(x).relu())
+        return self.ls(self.mlp(self.norm(x))) + self.scale * self.adapter_up(self.adapter_down(x).relu())
 
 
 @register
 @dataclass
 class Adapter(Method):
-    """A down-ReLU-up bottleneck of width ``bottleneck`` in parallel with each block's MLP, output × ``scale``."""
+    """A down-ReLU-up bottleneck beside each block's MLP branch, output × ``scale``.
+
+    Its width is ``bottleneck`` (default 64), or the feature width D divided by ``reduction`` (the paper's grid
+    {1, 4, 8, 32, 64} is of reductions: 768 / 8 = 96 on ViT-B); give one of the two.
+    """
 
     name = "adapter"
-    bottleneck: int = field(default=64, metadata={"min": 1})
+    bottleneck: int | None = field(default=None, metadata={"min": 1})
+    reduction: int | None = field(default=None, metadata={"min": 1})
     scale: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.bottleneck is not None and self.reduction is not None:
+            raise self.option_error("reduction", f"and bottleneck={self.bottleneck} both set the width: give one")
+
+    def width(self, dim: int) -> int:
+        if self.reduction is not None:
+            return max(dim // self.reduction, 1)
+        return self.bottleneck or 64
 
     def inject(self, backbone):
         for block in backbone.blocks:
-            block.mlp = ParallelAdapter(block.norm2, block.mlp, backbone.embed_dim, self.bottleneck, self.scale)
-            block.norm2 = nn.Identity()
+            block.mlp = ParallelAdapter(block.norm2, block.mlp, backbone.embed_dim, self.width(backbone.embed_dim),
+                                        self.scale, getattr(block, "ls2", None))
+            block.norm2 = block.ls2 = nn.Identity()
