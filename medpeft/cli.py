@@ -32,10 +32,20 @@ def parse_options(pairs: tuple[str, ...], flag: str = "--opt") -> dict:
             options[key.strip()] = int_list(value, ordered=True)
             continue
         try:
-            options[key.strip()] = yaml.safe_load(value)
+            options[key.strip()] = _number_or(yaml.safe_load(value))
         except yaml.YAMLError:
             raise UserError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
     return options
+
+
+def _number_or(value):
+    """YAML 1.1 reads ``1e-3`` as a string: a string that is a number becomes that number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def int_list(text: str, ordered: bool = False) -> list[int]:
@@ -122,13 +132,14 @@ def methods():
 @click.option("--shots", required=True, help="K of K-shot, or a fraction of the training set such as 20%.")
 @click.option("--exp", type=int, default=1, show_default=True, help="Experiment (sampling) number.")
 @click.option("--test-list", help="Test list (default test_WithLabel.txt for MedFMC).")
+@click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, seeded).")
 @model_options
 @train_config_options()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers).")
-def train(task, data_root, shots, exp, test_list, method, opts, backbone, pretrained, weights, img_size, out,
+def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size, out,
           overwrite, feature_cache, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from .evaluate import FeatureCache
@@ -138,7 +149,7 @@ def train(task, data_root, shots, exp, test_list, method, opts, backbone, pretra
 
     spec = RunSpec(method=method, task=task, data_root=_absolute(data_root), shots=_shots(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=_absolute(weights),
-                   img_size=img_size, test_list=test_list, train=TrainConfig(**recipe))
+                   img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe))
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(Path(out).parent, "--out")

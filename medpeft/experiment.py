@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .backbones import check_backbone
-from .data import ResizedImageCache, Samples, get_dataset, load_dataset
+from .data import DatasetSplits, ResizedImageCache, Samples, get_dataset, load_dataset
 from .errors import UserError
 from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
@@ -50,10 +50,8 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     if (out / RUN_FILE).is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_spec(spec)
-    data = load_dataset(spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list)
+    data = load_splits(spec)
     data.check_images()
-    if spec.refit:
-        data = data.with_val_in_train()
     model = build_model(spec.method, spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
                         weights=spec.weights, img_size=spec.img_size, seed=spec.seed, **spec.options)
     with staged_dir(out, replace=overwrite) as stage:
@@ -67,6 +65,14 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
                            {**where(result.device), **(worker or {})})
         write_json(stage / RUN_FILE, record.to_dict())
     return record
+
+
+def load_splits(spec: RunSpec) -> DatasetSplits:
+    """The run's data: its split, validation capped at ``val_per_class``, and for a refit val merged into train."""
+    data = load_dataset(spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list)
+    if spec.val_per_class is not None:
+        data = data.with_val_per_class(spec.val_per_class, seed=(spec.seed, spec.exp))
+    return data.with_val_in_train() if spec.refit else data
 
 
 def read_record(run_dir: str | Path) -> RunRecord:

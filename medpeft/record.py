@@ -47,7 +47,9 @@ def _compact(value: Any) -> str:
 class RunSpec:
     """One run: a method with options on one few-shot split of a task, a backbone and a training recipe.
 
-    ``shots``: K of K-shot. ``label`` names the method in tables (default :func:`method_label`). ``candidate``
+    ``shots``: K of K-shot, or a percentage of the training set (``"20%"``). ``val_per_class`` caps validation at
+    that many images per class (drawn seeded by seed and exp from the split's val; None: all of it).
+    ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
     ``refit`` marks a rerun of a selected candidate on train + val. The method, its options and the recipe are
     checked on construction.
@@ -65,6 +67,7 @@ class RunSpec:
     weights: str | None = None
     img_size: int | None = None
     test_list: str | None = None
+    val_per_class: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     candidate: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
@@ -73,6 +76,8 @@ class RunSpec:
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
+        if self.val_per_class is not None and self.val_per_class < 1:
+            raise UserError(f"--val-per-class {self.val_per_class} must be at least 1")
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
         if not self.label:

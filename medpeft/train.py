@@ -7,6 +7,7 @@ import dataclasses
 import math
 import random
 import time
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,7 +51,12 @@ class TrainConfig:
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast on GPU."})
 
     def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), hints[f.name]
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            if not ok and not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise UserError(f"--{f.name.replace('_', '-')} {value!r} should be {kind.__name__}")
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r}: choose from {list(choices)}")

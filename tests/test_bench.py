@@ -155,3 +155,134 @@ def test_demo_runs_every_method(tmp_path):
     again = run_demo(tmp_path, epochs=1, progress=False)  # the data is regenerated; no run is repeated
     assert len(read_index(tmp_path)) == len(runs) and again == summary
     assert json.loads((tmp_path / "bench.json").read_text())["backbone"] == "vit_tiny_patch16_224"
+
+
+# --- validation search --------------------------------------------------------------------------------------------
+
+def val_by_lr(spec):
+    """Validation score of a fake run: best at lr 0.01, ties between 0.001 and 0.1 (for the tie rule)."""
+    return {0.001: 0.6, 0.01: 0.8, 0.1: 0.6, 1.0: 0.9}.get(spec.train.lr, 0.5)
+
+
+def searched(**kw):
+    return config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}, "linear"],
+                  tasks=["chest"], shots=[1], exps=[1, 2], **kw)
+
+
+def test_search_selects_the_best_validation_candidate_per_cell(tmp_path, monkeypatch, fake_runs):
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    run_bench(searched(), tmp_path, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 3 + 2  # every candidate is an ordinary run in runs.jsonl
+    chosen = {(r["spec"]["label"], r["spec"]["exp"]): r["spec"]["train"]["lr"] for r in lines if r["selected"]}
+    assert chosen == {("ept", 1): 0.01, ("ept", 2): 0.01, ("linear", 1): 6e-4, ("linear", 2): 6e-4}
+    rows = {r["label"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert rows["ept"]["chosen"] == "lr=0.01 ×2" and rows["ept"]["n_runs"] == "2"
+    selected = [r for r in lines if r["selected"] and r["spec"]["label"] == "ept"]
+    assert float(rows["ept"]["mAP_mean"]) == pytest.approx(np.mean([r["result"]["test_metrics"]["mAP"]
+                                                                    for r in selected]))
+    md = (tmp_path / "summary.md").read_text()
+    assert "## Chosen on validation" in md and "| lr=0.01 | 2 |" in md
+
+
+def test_ties_go_to_the_first_candidate_in_grid_order(tmp_path, monkeypatch, fake_runs):
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    grid = config(methods=[{"method": "ept", "search": {"lr": [0.1, 0.001]}}], tasks=["chest"], shots=[1], exps=[1])
+    run_bench(grid, tmp_path, progress=False)
+    (selected,) = [r for r in read_index(tmp_path) if r.selected]
+    assert selected.spec.train.lr == 0.1
+
+
+def test_a_grown_grid_trains_only_new_candidates_and_reselects(tmp_path, monkeypatch, fake_runs):
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    run_bench(searched(), tmp_path, progress=False)
+    fake_runs.clear()
+    grown = config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1, 1.0]}}, "linear"],
+                   tasks=["chest"], shots=[1], exps=[1, 2])
+    run_bench(grown, tmp_path, progress=False)
+    assert len(fake_runs) == 2  # lr 1.0 for exps 1 and 2, nothing else
+    chosen = {r.spec.exp: r.spec.train.lr for r in read_index(tmp_path) if r.selected and r.spec.label == "ept"}
+    assert chosen == {1: 1.0, 2: 1.0}
+    assert len(read_index(tmp_path)) == 2 * 4 + 2
+
+
+def test_an_interrupted_search_loses_no_candidate(tmp_path, monkeypatch, fake_runs):
+    done = []
+    run = fake_experiment(done, val_by_lr)
+
+    def crash_on_third(spec, run_dir, **kwargs):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        return run(spec, run_dir, **kwargs)
+
+    monkeypatch.setattr(worker, "run_experiment", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(searched(), tmp_path, progress=False)
+    assert read_index(tmp_path) == []  # no cell is complete yet: nothing is reported
+    assert len(list((tmp_path / "runs").glob("**/run.json"))) == 2
+    fake_runs.clear()
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    run_bench(searched(), tmp_path, progress=False)
+    assert len(fake_runs) == 8 - 2 and len(read_index(tmp_path)) == 8
+
+
+def test_refit_reruns_the_chosen_candidate_on_train_and_val(tmp_path, monkeypatch, fake_runs):
+    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    run_bench(searched(refit=True), tmp_path, progress=False)
+    records = read_index(tmp_path)
+    refits = [r for r in records if r.spec.refit]
+    assert len(refits) == 4 and all(r.selected for r in refits)
+    assert all(not r.selected for r in records if not r.spec.refit)
+    assert {r.spec.train.lr for r in refits if r.spec.label == "ept"} == {0.01}
+    assert all(r.spec.train.select == "last" for r in refits)
+    assert "(refit on train+val)" in (tmp_path / "summary.md").read_text()
+
+
+def test_failed_candidates_are_reported_and_the_rest_goes_on(tmp_path, monkeypatch, fake_runs):
+    run = fake_experiment(fake_runs, val_by_lr)
+
+    def diverge_at_high_lr(spec, run_dir, **kwargs):
+        if spec.train.lr == 0.1:
+            raise UserError("training diverged at epoch 1 (loss nan): lower --lr")
+        return run(spec, run_dir, **kwargs)
+
+    monkeypatch.setattr(worker, "run_experiment", diverge_at_high_lr)
+    with pytest.raises(UserError, match="2 run\\(s\\) failed.*diverged"):
+        run_bench(searched(), tmp_path, progress=False)
+    chosen = [r for r in read_index(tmp_path) if r.selected and r.spec.label == "ept"]
+    assert len(chosen) == 2 and all(r.spec.train.lr == 0.01 for r in chosen)
+    assert len((tmp_path / "failed.jsonl").read_text().splitlines()) == 2
+
+
+def test_paper_grids_and_search_errors(tmp_path):
+    from medpeft.bench import PAPER_GRIDS
+
+    grid = config(methods=["ept", "linear", "adapter"], search="paper")
+    assert [len(e.candidates()) for e in grid.methods] == [8, 1, 5]
+    assert grid.methods[2].candidates()[2] == {"reduction": 8}
+    assert PAPER_GRIDS["ept"]["prompt_length"] == [5, 10, 20, 50, 100, 200, 400, 600]
+    with pytest.raises(UserError, match="search of 'lora', candidate \\{'r': 0\\}"):
+        config(methods=[{"method": "lora", "search": {"r": [4, 0]}}])
+    with pytest.raises(UserError, match="unknown option"):
+        config(methods=[{"method": "lora", "search": {"rank": [4]}}])
+
+
+def test_bench_yaml_with_a_bad_option_exits_2_before_any_run(tmp_path, capsys):
+    from medpeft.cli import main
+
+    path = tmp_path / "bench.yaml"
+    path.write_text("methods: [linear, {method: lora, options: {r: 0}}]\ntasks: [chest]\ndata_root: /data\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--config", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "method 'lora': option r=0" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_two_benches_on_one_out_do_not_run_together(tmp_path, fake_runs):
+    from medpeft.bench import BenchStore
+
+    with BenchStore(tmp_path):
+        with pytest.raises(UserError, match="in use by another medpeft bench \\(pid"):
+            run_bench(config(exps=[1]), tmp_path, progress=False)
+    assert not fake_runs

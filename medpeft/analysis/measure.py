@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import ResizedImageCache, load_dataset
+from ..data import ResizedImageCache
 from ..errors import UserError
-from ..experiment import load_run
+from ..experiment import load_run, load_splits
 from ..metrics import expected_calibration_error, task_metrics
 from ..model import build_model
 from ..record import RunRecord
@@ -72,7 +72,7 @@ def measure(refs: list[RunRef], *, n_splits: int, device, batch_size: int, progr
         bar.set_postfix_str(ref.name)
         model, record = load_run(ref.run_dir, device=str(device))
         spec = record.spec
-        data = load_dataset(spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list)
+        data = load_splits(spec)
         test = data.test
         if test is None or test.labels is None or len(test) < 2:
             raise UserError(f"{ref.run_dir}: its test list has no labelled images; the analysis needs them")

@@ -21,6 +21,7 @@ import click
 @click.option("--pretrained/--no-pretrained", default=None)
 @click.option("--weights", type=click.Path(dir_okay=False))
 @click.option("--img-size", type=int)
+@click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, seeded).")
 @click.option("--epochs", type=int)
 @click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE", help="TrainConfig field (repeatable).")
 @click.option("--decode-once/--no-decode-once", default=True, show_default=True,
@@ -29,7 +30,7 @@ import click
               help="Keep the frozen prefix's outputs for the evaluation lists (linear, mlp, partial) in OUT/.cache.")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def command(config_file, method_names, tasks, data_root, shots, exps, seeds, search, refit, backbone, pretrained,
-            weights, img_size, epochs, train_opts, decode_once, feature_cache, out):
+            weights, img_size, val_per_class, epochs, train_opts, decode_once, feature_cache, out):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
     from ..cli import _absolute, int_list, parse_options, shots_list
     from ..files import check_writable_dir
@@ -40,7 +41,7 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
         "methods": method_names and method_names.split(","), "tasks": tasks and tasks.split(","),
         "data_root": data_root, "shots": shots and shots_list(shots), "exps": exps and int_list(exps),
         "seeds": seeds and int_list(seeds), "search": search, "refit": refit, "backbone": backbone,
-        "pretrained": pretrained, "weights": weights, "img_size": img_size,
+        "pretrained": pretrained, "weights": weights, "img_size": img_size, "val_per_class": val_per_class,
     }
     raw.update({k: v for k, v in overrides.items() if v is not None})
     raw["train"] = {**(raw.get("train") or {}), **parse_options(train_opts, "--train-opt"),

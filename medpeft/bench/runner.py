@@ -6,9 +6,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..data import load_dataset
 from ..errors import UserError
-from ..experiment import check_spec
+from ..experiment import check_spec, load_splits
 from ..record import RunRecord, RunSpec
 from .config import BenchConfig
 from .executors import Executor, LocalExecutor
@@ -60,7 +59,7 @@ def preflight(specs: list[RunSpec]) -> None:
     for spec in {(s.backbone, s.img_size, s.weights): s for s in specs}.values():
         check_spec(spec)
     for s in {(s.task, s.data_root, s.shots, s.exp, s.seed, s.test_list): s for s in specs}.values():
-        load_dataset(s.task, s.data_root, s.shots, s.exp, seed=s.seed, test_list=s.test_list).check_images()
+        load_splits(s).check_images()
 
 
 def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None = None, progress: bool = True,

@@ -60,6 +60,15 @@ class DatasetSplits:
         """See :func:`check_images`."""
         check_images(self, show)
 
+    def with_val_per_class(self, count: int, seed) -> DatasetSplits:
+        """Validation capped at ``count`` images per class (multi-label: positives per class), drawn at random."""
+        from .splits import per_class_few_shot
+
+        if self.val is None or self.val.labels is None:
+            return self
+        keep, _ = per_class_few_shot(self.val.labels, count, seed)
+        return DatasetSplits(self.task, self.train, self.val.subset(np.unique(keep)), self.test)
+
     def with_val_in_train(self) -> DatasetSplits:
         """Train on train + the val images not already in train (by name); no val split (for a refit)."""
         names = set(self.train.names)
