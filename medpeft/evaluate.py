@@ -154,7 +154,7 @@ def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size
         return np.zeros((0, task.num_classes), dtype=np.float32)
     low = bf16 and device.type == "cuda"
     loader = DataLoader(eval_dataset(samples, img_size, cache, task=task), batch_size=batch_size,
-                        num_workers=num_workers)
+                        num_workers=num_workers, generator=torch.Generator())  # never draws from training's stream
     stages = model.method.frozen_stages(model.backbone) if features is not None else 0
     bar = dict(desc=desc, leave=False, disable=not progress or None)
     out = []

@@ -219,3 +219,23 @@ def test_bad_paths_are_user_errors(tmp_path):
         analyze([tmp_path / "file.txt"], tmp_path / "out")
     result = CliRunner().invoke(command, [str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     assert isinstance(result.exception, UserError) and "missing" in str(result.exception)
+
+
+def test_search_curves_from_a_searched_bench(tmp_path):
+    """A bench with a search: the analysis draws the test and validation metric against the searched value."""
+    make_demo_data(tmp_path / "data")
+    config = BenchConfig.from_dict({
+        "methods": [{"method": "ept", "search": {"prompt_length": [2, 8]}}], "tasks": ["colon"],
+        "data_root": str(tmp_path / "data"), "shots": [1], "exps": [1, 2], "backbone": "vit_tiny_patch16_224",
+        "pretrained": False, "img_size": 32, "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}})
+    records = run_bench(config, tmp_path / "bench", progress=False)
+    result = analyze([tmp_path / "bench"], tmp_path / "analysis", max_points=20, progress=False)
+    (curve,) = result["search"]
+    assert curve["key"] == "prompt_length" and curve["values"] == [2, 8] and curve["n_runs"] == 2
+    for i, value in enumerate((2, 8)):
+        tests = [r.test["accuracy"] for r in records if r.spec.candidate == {"prompt_length": value}]
+        assert curve["test"][i][0] == pytest.approx(np.mean(tests))
+    assert len([n for n in result["runs"] if n.startswith("ept")]) == 2  # only the selected runs are re-measured
+    assert any(f["kind"] == "search" for f in result["figures"])
+    with Image.open(tmp_path / "analysis" / "search_prompt_length.png") as image:
+        assert min(image.size) >= 200

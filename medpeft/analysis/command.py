@@ -11,14 +11,16 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..bench import read_index
 from ..errors import UserError
 from ..files import write_json, write_text
 from ..train import resolve_device
 from . import figures
 from .measure import measure
-from .plots import draw
+from .plots import Gallery, draw
 from .report import DEFINITIONS, groups, report_markdown
 from .runs import collect_runs
+from .search import draw_search, search_curves
 
 
 def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 30.0, max_points: int = 200,
@@ -54,8 +56,11 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
     measured = time.perf_counter() - start
     colors = figures.method_colors([r.label for r in results.values()],
                                    {r.label: r.record.spec.method for r in results.values() if r.record is not None})
-    listed = draw(results, numbers, out, colors, class_index=class_index, perplexity=perplexity,
-                  max_points=max_points)
+    gallery = Gallery(out, colors)
+    draw(results, numbers, gallery, class_index=class_index, perplexity=perplexity, max_points=max_points)
+    curves = search_curves([r for p in sources if (p / "runs.jsonl").is_file() for r in read_index(p)])
+    if curves:
+        draw_search(gallery, curves)
     analysis = {
         "medpeft_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -66,7 +71,8 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
         "definitions": DEFINITIONS,
         "runs": numbers,
         "groups": groups(numbers),
-        "figures": listed,
+        "search": curves,
+        "figures": gallery.listed,
         "timing_s": {"features_and_numbers": round(measured, 2), "total": round(time.perf_counter() - start, 2)},
     }
     write_json(out / "analysis.json", analysis)

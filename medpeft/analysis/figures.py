@@ -357,3 +357,35 @@ def reliability_diagrams(path: Path, panels: list[tuple[str, np.ndarray, np.ndar
     handles, names = first.get_legend_handles_labels()
     _title_and_legend(fig, title, handles, names, 3)
     _save(fig, path)
+
+
+def search_curves(path: Path, panels: list[dict], colors: dict[str, str], *, title: str) -> None:
+    """Metric against a searched value, one panel per ``{"title", "xlabel", "ylabel", "x": [values],
+    "lines": {label: {"test": [(mean, std)], "val": [(mean, std)]}}}``: test solid with a ±std band, validation
+    dashed. Numeric values spanning a factor > 20 get a log axis; others are categories."""
+    ncols = min(len(panels), 3)
+    fig = _figure(4.2 * ncols + 1.8, 3.3 * math.ceil(len(panels) / ncols) + 0.6)
+    for ax, panel in zip(_grid(fig, len(panels), ncols), panels):
+        values = panel["x"]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+        xs = np.array(values, dtype=float) if numeric else np.arange(len(values))
+        for label, line in panel["lines"].items():
+            for key, style in (("test", "-o"), ("val", "--s")):
+                points = np.array(line[key], dtype=float)
+                if np.isnan(points[:, 0]).all():
+                    continue
+                ax.plot(xs, points[:, 0], style, color=colors[label], markersize=3.5, linewidth=1.4,
+                        alpha=1.0 if key == "test" else 0.6, label=f"{label} ({key})")
+                if key == "test" and not np.isnan(points[:, 1]).all():
+                    ax.fill_between(xs, points[:, 0] - points[:, 1], points[:, 0] + points[:, 1], color=colors[label],
+                                    alpha=0.15, linewidth=0)
+        if numeric and xs.max() / xs.min() > 20:
+            ax.set_xscale("log")
+        ax.set_xticks(xs, [str(v) for v in values], fontsize=7)
+        ax.minorticks_off()
+        ax.set(title=panel["title"], xlabel=panel["xlabel"], ylabel=panel["ylabel"])
+        ax.grid(alpha=0.3)
+    handles, names = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right center", fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path)

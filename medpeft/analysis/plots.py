@@ -76,10 +76,9 @@ def cells_of(results: dict[str, Measured]) -> list[Cell]:
     return cells
 
 
-def draw(results: dict[str, Measured], numbers: dict[str, dict], out: Path, colors: dict[str, str], *,
-         class_index: int | None, perplexity: float, max_points: int) -> list[dict[str, str]]:
-    """Draw every figure into ``out``; returns the list of figures with captions, in report order."""
-    gallery = Gallery(out, colors)
+def draw(results: dict[str, Measured], numbers: dict[str, dict], gallery: Gallery, *,
+         class_index: int | None, perplexity: float, max_points: int) -> None:
+    """Draw every figure of the measured models into the gallery's folder."""
     with small_blas():
         for cell in cells_of(results):
             c = class_index if class_index is not None else default_class(cell.ref)
@@ -93,7 +92,6 @@ def draw(results: dict[str, Measured], numbers: dict[str, dict], out: Path, colo
             reliability_figure(gallery, cell)
             map_figures(gallery, cell)
         results_figure(gallery, results, numbers)
-    return gallery.listed
 
 
 def default_class(res: Measured) -> int:
