@@ -83,7 +83,7 @@ def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
     parent = next((p for p in [path, *path.parents] if p.exists()), None)
     if parent is None or not parent.is_dir():
         raise UserError(f"{what} {path}: {parent} is not a directory; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _writable(parent):
         raise UserError(f"{what} {path}: no permission to write in {parent}; choose another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,10 @@ def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
     except OSError as err:
         raise UserError(f"{what} {path}: cannot write there ({err.strerror or err}); choose another path") from None
     return path
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 @contextlib.contextmanager

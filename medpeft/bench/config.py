@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import yaml
 
 from ..errors import UserError
+from ..experiment import check_spec
 from ..methods import get_method
 from ..record import RunSpec, method_label
 from ..train import TrainConfig
@@ -111,7 +112,9 @@ class BenchConfig:
         TrainConfig.from_dict(shared["train"])
         grid = {k: _as_list(raw[k]) for k in ("tasks", "shots", "exps", "seeds") if k in raw}
         config = cls(methods, refit=bool(raw.get("refit", False)), shared=shared, **grid)
-        next(config.specs(), None)  # the first spec checks the shared settings
+        first = next(config.specs(), None)  # the first spec checks the shared settings
+        if first is not None:
+            check_spec(first)  # the backbone, image size and weights file, before anything is run or written
         return config
 
     def setup(self) -> dict[str, Any]:

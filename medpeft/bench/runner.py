@@ -81,6 +81,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         finished = store.load()
         pending = [s for s in config.specs() if s.key not in finished]
         preflight(pending)
+        store.write_setup(config.setup())
         cache = None if not decode_once else str(cache_dir or out / ".cache")
         executor.start(RunJob(str(out.resolve()), cache, feature_cache and cache is not None,
                               progress=progress and isinstance(executor, LocalExecutor)))

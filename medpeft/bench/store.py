@@ -60,17 +60,19 @@ class BenchStore:
             self._lock = None
 
     def check_setup(self, setup: dict) -> None:
-        """Write ``bench.json``, or refuse when it holds other shared settings."""
+        """Refuse when ``bench.json`` holds other shared settings than ``setup``."""
         path = self.out / "bench.json"
-        current = json.loads(json.dumps(setup))
         if path.is_file():
-            previous = json.loads(path.read_text())
+            current, previous = json.loads(json.dumps(setup)), json.loads(path.read_text())
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             if changed:
                 raise UserError(f"{self.out} holds runs made with other settings ({', '.join(changed)}): "
                                 "use a new --out")
-        else:
-            write_json(path, current)
+
+    def write_setup(self, setup: dict) -> None:
+        """Record the shared settings in ``bench.json`` (once the grid has passed its checks)."""
+        if not (self.out / "bench.json").is_file():
+            write_json(self.out / "bench.json", json.loads(json.dumps(setup)))
 
     def run_dir(self, record_or_spec) -> Path:
         spec = getattr(record_or_spec, "spec", record_or_spec)
