@@ -152,7 +152,7 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
                    img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe))
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
-    check_writable_dir(Path(out).parent, "--out")
+    check_writable_dir(Path(out).parent, "--out", shown=out)
     record = run_experiment(spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None)
     test = record.test or {}
     val = "" if record.result.val_best is None else f" (val {record.task.selection_metric} {100 * record.result.val_best:.2f})"
@@ -181,7 +181,7 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size):
                                                                                       record.spec.shots)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    check_writable_dir(out.parent, "--out")
+    check_writable_dir(out.parent, "--out", shown=out)
     names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
                                  batch_size=batch_size)
     write_submission(out, names, scores)

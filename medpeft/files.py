@@ -77,20 +77,22 @@ def read_json_lines(path: str | Path) -> list[Any]:
     return out
 
 
-def check_writable_dir(path: str | Path, what: str = "--out") -> Path:
-    """``path`` as a directory that can be created and written, else a one-line error naming it."""
+def check_writable_dir(path: str | Path, what: str = "--out", *, shown: str | Path | None = None) -> Path:
+    """``path`` as a directory that can be created and written, else a one-line error naming ``what`` and
+    ``shown`` (default ``path``), e.g. the run directory that was to go inside it."""
     path = Path(path).expanduser()
+    name = f"{what} {shown or path}"
     parent = next((p for p in [path, *path.parents] if p.exists()), None)
     if parent is None or not parent.is_dir():
-        raise UserError(f"{what} {path}: {parent} is not a directory; choose another path")
+        raise UserError(f"{name}: {parent} is not a directory; choose another path")
     if not _writable(parent):
-        raise UserError(f"{what} {path}: no permission to write in {parent}; choose another path")
+        raise UserError(f"{name}: no permission to write in {parent}; choose another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise UserError(f"{what} {path}: cannot write there ({err.strerror or err}); choose another path") from None
+        raise UserError(f"{name}: cannot write in {path} ({err.strerror or err}); choose another path") from None
     return path
 
 
