@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import medpeft
 from medpeft import build_model, count_parameters
 from reference import naive_ept_features, naive_vpt_features
+from test_methods import expected_trainable
 
 C = 3
 DINOV2 = {"vit_small_patch14_dinov2": 0, "vit_small_patch14_reg4_dinov2": 4}  # name: register tokens
@@ -31,35 +32,6 @@ def dinov2(name: str, img_size: int = 56, depth: int = 2, dtype=torch.float32, *
     return vit
 
 
-def block_params(D):
-    """norm1, qkv, proj, norm2, fc1 (4D), fc2, and the two LayerScale γ of one DINOv2 block."""
-    return 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D) + 2 * D
-
-
-def expected_trainable(method, D, depth, N, S, **o):
-    """Trainable count from each method's definition, head included; N tokens (CLS + registers + patches), S px.
-
-    LayerScale γ are no biases (BitFit leaves them), no operation outputs (SSF adds nothing for them), and part
-    of a block (partial-k trains them).
-    """
-    head = D * C + C
-    return head + {
-        "linear": lambda: 0,
-        "partial": lambda: o.get("k", 1) * block_params(D) + 2 * D,
-        "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
-        "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
-        "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
-        "adapter": lambda: depth * (2 * D * o.get("bottleneck", 64) + o.get("bottleneck", 64) + D),
-        "vp": lambda: 2 * 3 * o.get("prompt_size", 30) * S + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get(
-            "prompt_size", 30),
-        "vpt": lambda: (depth if o.get("deep", True) else 1) * o.get("prompt_length", 10) * D,
-        "ept": lambda: len(o.get("layers") or range(depth)) * N * o.get("prompt_length", 100),
-        "ssf": lambda: depth * 2 * (D + D + 3 * D + D + 4 * D + D) + 2 * D + 2 * D,
-        "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)),
-        "peft:ia3": lambda: depth * (3 * D + D + 4 * D + 4 * D),
-    }[method]()
-
-
 CASES = [
     ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("bitfit", {}), ("lora", {}),
     ("adapter", {}), ("adapter", {"bottleneck": 8}), ("vp", {}), ("vpt", {}), ("vpt", {"deep": False}),
@@ -77,7 +49,7 @@ def test_trainable_counts_match_definitions(name):
     for method, options in CASES:
         model = build_model(method, copy.deepcopy(template), C, **options)
         trainable, total = count_parameters(model)
-        assert trainable == expected_trainable(method, D, depth, N, S, **options), (name, method, options)
+        assert trainable == expected_trainable(method, D, depth, N, S, True, C, **options), (name, method, options)
         added = D * C + C if method in ("partial", "bitfit") else trainable  # these only unfreeze
         assert total == frozen + added, (name, method, options)
     full = build_model("full", template, C)

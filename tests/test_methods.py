@@ -13,9 +13,9 @@ from medpeft.methods.lora import LoraQKV
 C = 5
 
 
-def block_params(D):
-    """norm1, qkv, proj, norm2, fc1 (4D), fc2 of one pre-norm ViT block."""
-    return 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D)
+def block_params(D, layer_scale=False):
+    """norm1, qkv, proj, norm2, fc1 (4D), fc2 of one pre-norm ViT block, and its two LayerScale γ (DINOv2)."""
+    return 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D) + 2 * D * layer_scale
 
 
 def width(o, D):
@@ -23,12 +23,14 @@ def width(o, D):
     return D // o["reduction"] if "reduction" in o else o.get("bottleneck", 64)
 
 
-def expected_trainable(method, D, depth=12, N=197, S=224, **o):
-    """Trainable parameter count from the method's definition (DESIGN §3), head included."""
-    head = D * C + C
+def expected_trainable(method, D, depth=12, N=197, S=224, layer_scale=False, classes=C, **o):
+    """Trainable parameter count from the method's definition (DESIGN §3), head included; N tokens (CLS, registers,
+    patches) at S px. LayerScale γ are no biases (BitFit leaves them), no operation outputs (SSF adds nothing for
+    them), and part of a block (partial-k trains them)."""
+    head = D * classes + classes
     return head + {
         "linear": lambda: 0,
-        "partial": lambda: o.get("k", 1) * block_params(D) + 2 * D,
+        "partial": lambda: o.get("k", 1) * block_params(D, layer_scale) + 2 * D,
         "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
         "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
         "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
