@@ -5,12 +5,13 @@ executor, resumable, summarised as mean ± std of the selected runs.
 - :mod:`.selection`: which candidate of a cell counts (validation only);
 - :mod:`.store`: the bench folder (run directories, ``runs.jsonl``, lock);
 - :mod:`.summary`: ``summary.md`` / ``summary.csv``;
-- :mod:`.executors`, :mod:`.worker`, :mod:`.runner`: running the runs.
+- :mod:`.executors`, :mod:`.worker`, :mod:`.runner`: running the runs; :mod:`.ray_executor` and
+  :mod:`.slurm_executor` spread them over a Ray cluster or SLURM jobs (imported when chosen).
 """
 
 from .config import PAPER_GRIDS, BenchConfig, MethodEntry, read_config
 from .executors import Executor, LocalExecutor, Outcome, make_executor
-from .runner import run_bench
+from .runner import collect, run_bench
 from .selection import choose, selection
 from .store import BenchStore, read_index
 from .summary import aggregate, summary_markdown, write_summary
@@ -18,6 +19,6 @@ from .worker import RunJob, execute
 
 __all__ = [
     "PAPER_GRIDS", "BenchConfig", "BenchStore", "Executor", "LocalExecutor", "MethodEntry", "Outcome", "RunJob",
-    "aggregate", "choose", "execute", "make_executor", "read_config", "read_index", "run_bench", "selection",
+    "aggregate", "choose", "collect", "execute", "make_executor", "read_config", "read_index", "run_bench", "selection",
     "summary_markdown", "write_summary",
 ]

@@ -6,6 +6,15 @@ from pathlib import Path
 
 import click
 
+#: The executor options, by parameter: the executors each applies to, and its keyword for the executor.
+EXECUTOR_OPTIONS = {
+    "address": ({"ray"}, "address"), "cpus_per_run": ({"local", "ray", "slurm"}, None),
+    "gpus_per_run": ({"ray"}, "gpus_per_run"), "max_retries": ({"ray"}, "max_retries"),
+    "slurm_partition": ({"slurm"}, "partition"), "slurm_gpus_per_job": ({"slurm"}, "gpus_per_job"),
+    "slurm_runs_per_job": ({"slurm"}, "runs_per_job"), "slurm_time": ({"slurm"}, "time_min"),
+    "slurm_cluster": ({"slurm"}, "cluster"), "wait": ({"slurm"}, "wait"),
+}
+
 
 @click.command("bench")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML bench config.")
@@ -28,14 +37,45 @@ import click
               help="Decode and resize each evaluation image once (memory + OUT/.cache), or at every evaluation.")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Keep the frozen prefix's outputs for the evaluation lists (linear, mlp, partial) in OUT/.cache.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False))
+@click.option("--executor", "executor_name", type=click.Choice(["local", "ray", "slurm"]), default="local",
+              show_default=True, help="Where the runs execute: this process, a Ray cluster, or SLURM jobs.")
+@click.option("--address", help="Ray: join the cluster at this address (or 'auto'); none starts a local Ray.")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True),
+              help="Cores per run; also each run's torch threads (default 1 on Ray and SLURM).")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0),
+              help="Ray: GPUs per run; 0.25 packs four runs on one GPU.")
+@click.option("--max-retries", type=click.IntRange(min=0), help="Ray: retries of a run whose worker or node died.")
+@click.option("--slurm-partition", help="SLURM: the partition.")
+@click.option("--slurm-gpus-per-job", type=click.IntRange(min=0), help="SLURM: GPUs per job.")
+@click.option("--slurm-runs-per-job", type=click.IntRange(min=1), help="SLURM: runs packed into one job.")
+@click.option("--slurm-time", type=click.IntRange(min=1), help="SLURM: a job's time limit in minutes.")
+@click.option("--slurm-cluster", type=click.Choice(["slurm", "local"]),
+              help="SLURM: 'local' runs the jobs as local processes through submitit (to try it without SLURM).")
+@click.option("--wait/--no-wait", default=None,
+              help="SLURM: collect the runs as their jobs end, or return after submitting (default).")
+@click.option("--summarize", type=click.Path(exists=True, file_okay=False),
+              help="Collect the finished runs of the bench in this folder into runs.jsonl and its summary; run "
+                   "nothing.")
 def command(config_file, method_names, tasks, data_root, shots, exps, seeds, search, refit, backbone, pretrained,
-            weights, img_size, val_per_class, epochs, train_opts, decode_once, feature_cache, out):
+            weights, img_size, val_per_class, epochs, train_opts, decode_once, feature_cache, out, executor_name,
+            summarize, **executor_options):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
     from ..cli import _absolute, int_list, parse_options, shots_list
     from ..files import check_writable_dir
-    from . import BenchConfig, read_config, run_bench
+    from . import BenchConfig, make_executor, read_config, run_bench
 
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) is not click.core.ParameterSource.DEFAULT]
+    if summarize:
+        others = [opt for opt in given if opt != "--summarize"]
+        if others:
+            raise click.UsageError(f"--summarize takes no other option (got {', '.join(others)})")
+        return _summarize(summarize)
+    if not out:
+        raise click.UsageError("Missing option '--out' (or --summarize OUT to collect an existing bench)")
+    executor = make_executor(executor_name, **_executor_options(executor_name, executor_options))
     raw = read_config(config_file) if config_file else {}
     overrides = {
         "methods": method_names and method_names.split(","), "tasks": tasks and tasks.split(","),
@@ -50,6 +90,35 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
         raw[key] = _absolute(raw.get(key))
     config = BenchConfig.from_dict(raw, config_file or "bench flags")
     check_writable_dir(out, "--out")
-    runs = run_bench(config, out, decode_once=decode_once, feature_cache=feature_cache)
+    runs = run_bench(config, out, executor=executor, decode_once=decode_once, feature_cache=feature_cache)
+    if not executor.waits:
+        click.echo(executor.summary())
     click.echo(f"{len(runs)} runs in {Path(out) / 'runs.jsonl'}; summary in {Path(out) / 'summary.md'}")
+
+
+def _executor_options(name: str, given: dict) -> dict:
+    """The executor's keyword arguments from the options given; an option of another executor is a usage error."""
+    options = {}
+    for param, value in given.items():
+        if value is None:
+            continue
+        executors, keyword = EXECUTOR_OPTIONS[param]
+        if name not in executors:
+            raise click.UsageError(f"--{param.replace('_', '-')} does not apply to --executor {name} "
+                                   f"(only to {', '.join(sorted(executors))})")
+        if param == "cpus_per_run":
+            keyword = "cpus_per_job" if name == "slurm" else "cpus_per_run"
+        options[keyword] = value
+    return options
+
+
+def _summarize(out: str) -> None:
+    from .runner import collect
+    from .slurm_executor import in_flight
+
+    runs, missing = collect(out)
+    running = len(in_flight(Path(out) / "slurm"))
+    queued = f" ({running} in SLURM jobs still queued or running)" if running else ""
+    left = f"; {missing} run(s) of the grid not finished yet{queued}" if missing else ""
+    click.echo(f"{len(runs)} runs in {Path(out) / 'runs.jsonl'}; summary in {Path(out) / 'summary.md'}{left}")
 

@@ -6,6 +6,7 @@ this process (the default); ``ray`` and ``slurm`` spread them over a cluster (:m
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -23,18 +24,23 @@ class Outcome:
 
 
 class Executor:
-    """Base class: ``start(job)``, then ``submit(spec)`` any number of times and ``next()`` for each outcome while
-    ``pending()``; ``close()`` cancels what is left. ``waits`` is False for an executor that returns after
-    submitting (a later ``medpeft bench`` collects the runs)."""
+    """Base class: ``start(job)``, then ``submit(spec)`` any number of times, ``flush()`` after each round of
+    submissions, and ``next()`` for each outcome while ``pending()``; ``close()`` cancels what is left. ``waits``
+    is False for an executor that returns after submitting (a later ``medpeft bench`` collects the runs);
+    ``node_cache``: runs keep their caches per node (a cluster)."""
 
     name = ""
     waits = True
+    node_cache = False
 
     def start(self, job: RunJob) -> None:
         self.job = job
 
     def submit(self, spec: RunSpec) -> None:
         raise NotImplementedError
+
+    def flush(self) -> None:
+        """Send what ``submit`` has gathered (an executor that submits in batches)."""
 
     def pending(self) -> int:
         raise NotImplementedError
@@ -47,12 +53,16 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """Runs in this process, one after the other, in submission order."""
+    """Runs in this process, one after the other, in submission order; ``cpus_per_run`` sets torch's threads."""
 
     name = "local"
 
-    def __init__(self):
+    def __init__(self, cpus_per_run: float | None = None):
+        self.threads = cpu_threads(cpus_per_run) if cpus_per_run is not None else None
         self.queue: collections.deque[RunSpec] = collections.deque()
+
+    def start(self, job: RunJob) -> None:
+        self.job = dataclasses.replace(job, threads=self.threads or job.threads)
 
     def submit(self, spec: RunSpec) -> None:
         self.queue.append(spec)
@@ -71,12 +81,20 @@ class LocalExecutor(Executor):
         self.queue.clear()
 
 
+def cpu_threads(cpus: float) -> int:
+    """Torch threads for a run given ``cpus`` cores (at least one): runs sharing a machine share its cores."""
+    if not cpus > 0:
+        raise UserError(f"cpus per run must be > 0 (got {cpus})")
+    return max(1, int(cpus))
+
+
 def make_executor(name: str, **options) -> Executor:
     """The executor ``name`` (local, ray, slurm) with its options."""
     if name == "local":
-        if options:
-            raise UserError(f"--executor local takes no cluster options (got {', '.join(sorted(options))})")
-        return LocalExecutor()
+        unknown = sorted(set(options) - {"cpus_per_run"})
+        if unknown:
+            raise UserError(f"--executor local takes no cluster options (got {', '.join(unknown)})")
+        return LocalExecutor(**options)
     if name == "ray":
         from .ray_executor import RayExecutor
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..experiment import check_spec, load_splits
+from ..files import write_json
 from ..record import RunRecord, RunSpec
 from .config import BenchConfig
 from .executors import Executor, LocalExecutor
+from .selection import choose, group_cells
 from .store import BenchStore
 from .summary import write_summary
 from .worker import RunJob
+
+GRID_FILE = "grid.json"  #: the grid as a mapping, for --summarize
 
 
 class _Grid:
@@ -24,6 +29,7 @@ class _Grid:
         self.candidates: dict[tuple, list[RunSpec]] = {}
         for spec in config.specs():
             self.candidates.setdefault(spec.cell, []).append(spec)
+        self.keys = {s.key for specs in self.candidates.values() for s in specs}
         self.failed: set[str] = set()
 
     def order(self, record: RunRecord) -> int:
@@ -42,15 +48,13 @@ class _Grid:
 
     def refit_spec(self, cell: tuple, records: list[RunRecord]) -> RunSpec | None:
         """The rerun of the cell's chosen candidate on train + val, when the config refits and a candidate won."""
-        from .selection import choose
-
         if not self.config.refit or cell not in self.candidates:
             return None
         chosen = choose([r for r in records if not r.spec.refit], self.order)
         if chosen is None:
             return None
         entry = self.config.entry(chosen.spec.label)
-        label, task, shots, exp, seed = cell
+        _, task, shots, exp, seed = cell
         return self.config.spec(entry, chosen.spec.candidate, task, shots, exp, seed, refit=True)
 
 
@@ -69,9 +73,10 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
 
     A run whose directory already holds a finished run is skipped, so an interrupted bench loses nothing.
     ``decode_once``: evaluation images are decoded once per (file, size) into ``cache_dir`` (default
-    ``out/.cache``); ``feature_cache``: the frozen prefix's outputs for the evaluation lists are kept there too
-    (:mod:`medpeft.evaluate`). A run that fails is reported and the others go on; the bench then ends with a
-    one-line error.
+    ``out/.cache``; per node on a cluster: ``cache_dir/<host>``); ``feature_cache``: the frozen prefix's outputs
+    for the evaluation lists are kept there too (:mod:`medpeft.evaluate`). A run that fails is reported and the
+    others go on; the bench then ends with a one-line error. An executor that does not wait (SLURM without
+    ``--wait``) returns once the runs are submitted; a rerun (or :func:`collect`) gathers them.
     """
     executor = executor or LocalExecutor()
     out = Path(out)
@@ -82,28 +87,60 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         pending = [s for s in config.specs() if s.key not in finished]
         preflight(pending)
         store.write_setup(config.setup())
+        write_json(out / GRID_FILE, grid_dict(config))
         cache = None if not decode_once else str(cache_dir or out / ".cache")
         executor.start(RunJob(str(out.resolve()), cache, feature_cache and cache is not None,
+                              node_cache=executor.node_cache,
                               progress=progress and isinstance(executor, LocalExecutor)))
+        done = sum(1 for r in finished.values()
+                   if r.key in grid.keys or (r.spec.refit and r.spec.cell in grid.candidates))
+        bar = tqdm(total=done + len(pending), initial=done, desc="bench",
+                   disable=not progress or not executor.waits or None)
         try:
             for spec in pending:
                 executor.submit(spec)
             refits: set[str] = set()
-            _submit_refits(grid, store, executor, refits)
-            _collect(grid, store, executor, refits, progress)
+            bar.total += _submit_refits(grid, store, executor, refits)
+            executor.flush()
+            _collect(grid, store, executor, refits, bar)
         finally:
+            bar.close()
             executor.close()
         _update(grid, store)
         if executor.waits and grid.failed:
             failures = store.failures()
-            first = sorted(grid.failed)[0]
+            first = min(grid.failed)
             raise UserError(f"{len(grid.failed)} run(s) failed, e.g. {first}: {failures.get(first, '?')} "
                             f"(all in {out / 'failed.jsonl'}); the others are kept")
         return store.indexed()
 
 
-def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str], progress: bool) -> None:
-    bar = tqdm(total=executor.pending(), desc="bench", disable=not progress or not executor.waits or None)
+def collect(out: str | Path) -> tuple[list[RunRecord], int]:
+    """Gather the finished run directories of the bench in ``out`` into ``runs.jsonl`` and its summaries, running
+    nothing (``medpeft bench --summarize``); returns the indexed runs and how many runs of the grid are missing."""
+    out = Path(out)
+    path = out / GRID_FILE
+    if not path.is_file():
+        raise UserError(f"{out} holds no bench ({GRID_FILE} is missing): run medpeft bench --out {out} first")
+    grid = _Grid(BenchConfig.from_dict(json.loads(path.read_text()), str(path)))
+    with BenchStore(out) as store:
+        finished = store.load()
+        grid.failed = set(store.failures()) - set(finished)
+        _update(grid, store)
+        missing = [key for key in grid.keys if key not in finished]
+        missing += [spec.key for spec in _due_refits(grid, store) if spec.key not in finished]
+        return store.indexed(), len(missing)
+
+
+def grid_dict(config: BenchConfig) -> dict:
+    """``config`` as the mapping :meth:`BenchConfig.from_dict` reads (``OUT/grid.json``, for ``--summarize``)."""
+    methods = [{"method": e.method, "options": e.options, "label": e.label, "search": e.search}
+               for e in config.methods]
+    return {"methods": methods, "tasks": config.tasks, "shots": config.shots, "exps": config.exps,
+            "seeds": config.seeds, "refit": config.refit, **config.shared}
+
+
+def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str], bar: tqdm) -> None:
     while executor.waits and executor.pending():
         outcome = executor.next()
         bar.update(1)
@@ -115,27 +152,30 @@ def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str
             store.fail(outcome.spec.key, outcome.error)
             bar.write(f"failed: {outcome.spec.key}: {outcome.error}")
         bar.total += _submit_refits(grid, store, executor, refits)
+        executor.flush()
         _update(grid, store)
-    bar.close()
 
 
 def _submit_refits(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str]) -> int:
     """Submit the refit runs that became due (a cell's candidates all ended); returns how many."""
-    count = 0
-    cells: dict[tuple, list[RunRecord]] = {}
-    for record in store.records.values():
-        cells.setdefault(record.spec.cell, []).append(record)
-    for cell, records in cells.items():
+    due = [s for s in _due_refits(grid, store) if s.key not in store.records and s.key not in grid.failed
+           and s.key not in submitted]
+    for spec in due:
+        executor.submit(spec)
+        submitted.add(spec.key)
+    return len(due)
+
+
+def _due_refits(grid: _Grid, store: BenchStore) -> list[RunSpec]:
+    """The refit runs of the cells whose candidates all ended."""
+    due = []
+    for cell, records in group_cells(store.records.values()).items():
         candidates = grid.candidates.get(cell, [])
         done = {r.key for r in records} | grid.failed
-        if not candidates or not all(s.key in done for s in candidates):
-            continue
-        refit = grid.refit_spec(cell, records)
-        if refit is not None and refit.key not in done and refit.key not in submitted:
-            executor.submit(refit)
-            submitted.add(refit.key)
-            count += 1
-    return count
+        if candidates and all(s.key in done for s in candidates):
+            refit = grid.refit_spec(cell, records)
+            due += [refit] if refit is not None else []
+    return due
 
 
 def _update(grid: _Grid, store: BenchStore) -> None:

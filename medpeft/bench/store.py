@@ -3,10 +3,13 @@
 ::
 
     OUT/bench.json               the settings every run shares; a rerun with others is refused
+    OUT/grid.json                the grid itself, for ``medpeft bench --summarize OUT``
     OUT/runs/<label>/<cell>/...  one run directory per finished run (run.json written last, moved in whole)
     OUT/runs.jsonl               one line per finished run of a complete cell: its record and "selected"
     OUT/failed.jsonl             one line per failed run attempt (key and error)
     OUT/.lock                    held by the one bench process that writes OUT
+    OUT/.cache/[<host>/]         decoded images and frozen features (one folder per host on a cluster)
+    OUT/slurm/                   submitit's job files, and jobs.jsonl: the jobs submitted and their runs
 
 Run directories are written by whoever runs them (this process, a Ray worker, a SLURM job), each atomically,
 so concurrent writers never collide. ``runs.jsonl`` has a single writer, the bench holding the lock: it appends a
@@ -20,8 +23,8 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 from ..experiment import RUN_FILE, read_record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from ..record import RunSpec
 @dataclass(frozen=True)
 class RunJob:
     """What a worker needs besides the spec: the bench folder (on a file system every worker sees), the folder of
-    the decode-once cache (None: decode at every evaluation; best on a node-local disk), whether to keep frozen
-    features there too, the torch threads, and whether to show each run's epoch progress."""
+    the decode-once cache (None: decode at every evaluation), whether to keep frozen features there too, whether
+    each node keeps its own cache (``cache_dir/<host>``: a cluster's nodes never share cache files), the torch
+    threads (the run's CPU share), and whether to show each run's epoch progress."""
 
     out: str
     cache_dir: str | None = None
     feature_cache: bool = True
+    node_cache: bool = False
     threads: int | None = None
     progress: bool = False
 
@@ -44,9 +47,9 @@ def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] 
         torch.set_num_threads(job.threads)
     cache = features = None
     if job.cache_dir is not None:
-        folder = Path(job.cache_dir)
-        cache, features = _CACHES.setdefault(job.cache_dir, (ResizedImageCache(folder),
-                                                             FeatureCache(folder / "features")))
+        folder = Path(job.cache_dir) / socket.gethostname() if job.node_cache else Path(job.cache_dir)
+        cache, features = _CACHES.setdefault(str(folder), (ResizedImageCache(folder),
+                                                           FeatureCache(folder / "features")))
     features = features if job.feature_cache else None
     return run_experiment(spec, run_dir, cache=cache, features=features, progress=job.progress,
                           worker=worker).to_dict()
