@@ -6,8 +6,9 @@ shared by 1, 2, 4 and 8 runs at once (``gpus_per_run`` = 1/n), to choose ``--gpu
 grid into a fresh folder (nothing is reused from another point).
 
 Run from the repository root: ``python benchmarks/scaling.py --out benchmarks/scaling`` (about 5 minutes on 2
-free CPU cores); on a CUDA machine ``python benchmarks/scaling.py --gpu --runs 48 --img-size 224 --out benchmarks/scaling``.
-``--runs``/``--epochs``/``--img-size`` change the grid.
+free CPU cores); on a CUDA machine
+``python benchmarks/scaling.py --gpu --runs 48 --img-size 224 --out benchmarks/scaling``. ``--runs``/``--epochs``/
+``--img-size`` change the grid.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import time
 import psutil
 import pytest
 
-from medpeft.bench import BenchConfig, LocalExecutor, read_index, run_bench
+from medpeft import UserError
+from medpeft.bench import BenchConfig, LocalExecutor, RunJob, read_index, run_bench
 from medpeft.bench.ray_executor import RayExecutor
 from medpeft.bench.slurm_executor import SlurmExecutor, in_flight
 from medpeft.cli import main
@@ -79,8 +80,11 @@ def same_numbers(runs, reference):
         assert run.result.history == ref.result.history
 
 
-def test_ray_on_two_nodes_matches_local(cluster, demo_root, local_runs, tmp_path):
-    runs = run_bench(config(demo_root), tmp_path, executor=RayExecutor(address=cluster.address), progress=False)
+def test_ray_on_two_nodes_matches_local(cluster, demo_root, local_runs, tmp_path, capsys):
+    main(["bench", *FLAGS, "--data-root", str(demo_root), "--out", str(tmp_path), "--executor", "ray", "--address",
+          cluster.address, "--cpus-per-run", "1", "--max-retries", "1"])
+    assert "4 runs in" in capsys.readouterr().out
+    runs = read_index(tmp_path)
     same_numbers(runs, local_runs)
     assert len({r.worker["node_id"] for r in runs}) == 2  # both nodes ran runs
     assert all({"host", "pid", "device", "node_id"} <= set(r.worker) for r in runs)
@@ -155,6 +159,13 @@ def test_ctrl_c_cancels_and_a_rerun_resumes(cluster, demo_root, local_runs, tmp_
     same_numbers(runs, local_runs)
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in finished.items())  # nothing finished was redone
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(local_runs)
+
+
+def test_a_run_larger_than_the_local_ray_is_refused(cluster, tmp_path):
+    executor = RayExecutor(gpus_per_run=1)
+    with pytest.raises(UserError, match="asks 1 GPU\\(s\\) but this machine's Ray has 0: lower --gpus-per-run"):
+        executor.start(RunJob(str(tmp_path)))
+    assert not ray.is_initialized()
 
 
 def test_a_second_bench_process_on_the_same_out_refuses(demo_root, tmp_path, capsys):

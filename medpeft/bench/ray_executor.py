@@ -27,9 +27,10 @@ def _run(spec: dict[str, Any], job: RunJob) -> dict[str, Any]:
 
 
 class RayExecutor(Executor):
-    """Runs as Ray tasks. ``address``: None starts a local Ray (unless this process already joined one), an
-    address or ``auto`` joins a running cluster (``RAY_ADDRESS`` too). ``gpus_per_run`` below 1 packs several runs
-    on one GPU (0.25: four); ``cpus_per_run`` also sets each run's torch threads."""
+    """Runs as Ray tasks. ``address``: None is Ray's default (the Ray this process already joined, else one
+    running on this machine, else a new local one), an address or ``auto`` joins a running cluster (``RAY_ADDRESS``
+    too). ``gpus_per_run`` below 1 packs several runs on one GPU (0.25: four); ``cpus_per_run`` also sets each
+    run's torch threads."""
 
     name = "ray"
     node_cache = True
@@ -57,7 +58,18 @@ class RayExecutor(Executor):
             except ConnectionError as err:
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {err}") from None
             self.owns_ray = True
+            if self.address is None:
+                self._check_fits(ray.cluster_resources())
         self.task = ray.remote(_run).options(**self.resources, max_retries=self.max_retries, retry_exceptions=False)
+
+    def _check_fits(self, total: dict[str, float]) -> None:
+        """A run that asks more than the local Ray has would wait forever: refuse it (a cluster joined by address
+        may grow, so it is not checked)."""
+        for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+            if self.resources[key] > total.get(name, 0):
+                self.close()
+                raise UserError(f"a run asks {self.resources[key]:g} {name}(s) but this machine's Ray has "
+                                f"{total.get(name, 0):g}: lower --{name.lower()}s-per-run")
 
     def submit(self, spec: RunSpec) -> None:
         self.running[self.task.remote(spec.to_dict(), self.job)] = spec
