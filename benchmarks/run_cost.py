@@ -81,7 +81,7 @@ def main(backbone, img_size, source_size, epochs, out):
               "identical_linear_records": identical}
     (out / "run_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"ChestDR 1-shot exp1 shape (19 train, 960 val, 1,161 test placeholder images), `{backbone}` at "
-             f"{img_size} px, random init, {epochs} epochs, batch 4, {torch.get_num_threads()} threads, torch "
+             f"{img_size} px, random init, {epochs} epochs, batch 4, {torch.get_num_threads()} thread(s), torch "
              f"{torch.__version__}. Wall time per run (s):", "",
              "| run | train | val | test | end to end | × ept |", "|---|---:|---:|---:|---:|---:|"]
     for label, row in rows.items():
