@@ -2,6 +2,7 @@
 and `analyze` end to end on a tiny bench."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -239,3 +240,16 @@ def test_search_curves_from_a_searched_bench(tmp_path):
     assert any(f["kind"] == "search" for f in result["figures"])
     with Image.open(tmp_path / "analysis" / "search_prompt_length.png") as image:
         assert min(image.size) >= 200
+
+
+def test_runs_of_different_backbones_are_not_pooled(bench, tmp_path):
+    """A frozen-backbone row must describe one backbone: runs from another are refused before any model is built."""
+    run = bench / "runs" / "linear" / "colon_1-shot_exp1_seed0"
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    record = json.loads((other / "run.json").read_text())
+    record["spec"]["weights"] = str(tmp_path / "other_weights.safetensors")
+    (other / "run.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="use different backbones") as err:
+        analyze([run, other], tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()

@@ -8,4 +8,5 @@ cd "$(dirname "$0")/../.."
 medpeft bench --config benchmarks/real/study.yaml --out benchmarks/real/bench
 medpeft bench --config benchmarks/real/control.yaml --out benchmarks/real/control
 python benchmarks/real/pixel_floor.py --out benchmarks/real/floor --weights benchmarks/real/dinov2_s.safetensors
-medpeft analyze benchmarks/real/bench benchmarks/real/control --out benchmarks/real/analysis
+medpeft analyze benchmarks/real/bench --out benchmarks/real/bench/analysis      # one backbone per analysis
+medpeft analyze benchmarks/real/control --out benchmarks/real/control/analysis

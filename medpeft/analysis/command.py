@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..files import write_json, write_text
 from ..train import resolve_device
 from . import figures
-from .measure import measure
+from .measure import check_one_backbone, measure
 from .plots import Gallery, draw
 from .report import DEFINITIONS, groups, report_markdown
 from .runs import collect_runs
@@ -44,6 +44,7 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
     start = time.perf_counter()
     sources = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     refs = collect_runs(sources, candidates=candidates)
+    check_one_backbone(refs)
     for ref in refs:
         classes = ref.record.task.classes
         if class_index is not None and not 0 <= class_index < len(classes):

@@ -56,13 +56,35 @@ def small_blas():
 def _pretrain_key(record: RunRecord) -> tuple:
     spec = record.spec
     random_init = not spec.pretrained and not spec.weights
-    return (spec.task, spec.data_root, spec.test_list, spec.backbone, spec.pretrained, spec.weights,
-            record.model["img_size"], spec.seed if random_init else None)
+    return (spec.task, spec.data_root, spec.test_list, *_backbone_setup(record), spec.seed if random_init else None)
+
+
+def _backbone_setup(record: RunRecord) -> tuple:
+    """What a run's frozen backbone is (a random init of any seed counts as one setup)."""
+    spec = record.spec
+    return spec.backbone, spec.pretrained, spec.weights, record.model["img_size"]
+
+
+def check_one_backbone(refs: list[RunRef]) -> None:
+    """Refuse runs of different backbones in one analysis: their rows and ``pretrain`` would be pooled."""
+    setups: dict[tuple, RunRef] = {}
+    for ref in refs:
+        setups.setdefault(_backbone_setup(ref.record), ref)
+    if len(setups) > 1:
+        (a, first), (b, second) = list(setups.items())[:2]
+        raise UserError(f"{first.run_dir} ({_setup_name(a)}) and {second.run_dir} ({_setup_name(b)}) use different "
+                        "backbones: analyse each backbone's runs with its own medpeft analyze --out")
+
+
+def _setup_name(setup: tuple) -> str:
+    backbone, pretrained, weights, img_size = setup
+    return f"{backbone} at {img_size} px, {weights or ('pretrained' if pretrained else 'random init')}"
 
 
 def measure(refs: list[RunRef], *, n_splits: int, device, batch_size: int, progress: bool
             ) -> tuple[dict[str, Measured], dict[str, dict[str, Any]]]:
-    """(models in memory, JSON numbers) for every run of ``refs`` and every distinct frozen backbone."""
+    """(models in memory, JSON numbers) for every run of ``refs`` and every distinct frozen backbone (the runs share
+    one backbone setup: :func:`check_one_backbone`)."""
     cache = ResizedImageCache()
     results: dict[str, Measured] = {}
     numbers: dict[str, dict[str, Any]] = {}
