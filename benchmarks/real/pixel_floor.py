@@ -39,11 +39,8 @@ class Features:
     """The frozen backbone's features of a sample set (``forward_features``: the final-norm CLS token), by name."""
 
     def __init__(self, weights: str, backbone: str, img_size: int):
-        import torch
-
         from medpeft import build_model
 
-        torch.manual_seed(0)
         self.model = build_model("linear", backbone, 2, pretrained=False, weights=weights, img_size=img_size).eval()
         self.img_size = img_size
         self.known: dict[str, np.ndarray] = {}

@@ -8,7 +8,7 @@ import click
 
 #: The executor options, by parameter: the executors each applies to, and its keyword for the executor.
 EXECUTOR_OPTIONS = {
-    "address": ({"ray"}, "address"), "cpus_per_run": ({"local", "ray", "slurm"}, None),
+    "address": ({"ray"}, "address"), "cpus_per_run": ({"local", "ray", "slurm"}, "cpus_per_run"),
     "gpus_per_run": ({"ray"}, "gpus_per_run"), "max_retries": ({"ray"}, "max_retries"),
     "slurm_partition": ({"slurm"}, "partition"), "slurm_gpus_per_job": ({"slurm"}, "gpus_per_job"),
     "slurm_runs_per_job": ({"slurm"}, "runs_per_job"), "slurm_time": ({"slurm"}, "time_min"),
@@ -106,8 +106,6 @@ def _executor_options(name: str, given: dict) -> dict:
         if name not in executors:
             raise click.UsageError(f"--{param.replace('_', '-')} does not apply to --executor {name} "
                                    f"(only to {', '.join(sorted(executors))})")
-        if param == "cpus_per_run":
-            keyword = "cpus_per_job" if name == "slurm" else "cpus_per_run"
         options[keyword] = value
     return options
 

@@ -40,11 +40,15 @@ class _Grid:
         """All of the cell's candidates ended (finished or failed), and its refit run too when the config refits."""
         if cell not in self.candidates:
             return True  # a cell of an earlier grid: what is there is all there will be
-        done = {r.key for r in records} | self.failed
-        if not all(s.key in done for s in self.candidates[cell]):
+        if not self.candidates_ended(cell, records):
             return False
         refit = self.refit_spec(cell, records)
-        return refit is None or refit.key in done
+        return refit is None or refit.key in {r.key for r in records} | self.failed
+
+    def candidates_ended(self, cell: tuple, records: list[RunRecord]) -> bool:
+        """Every candidate of the cell finished (one of ``records``) or failed."""
+        done = {r.key for r in records} | self.failed
+        return all(s.key in done for s in self.candidates.get(cell, []))
 
     def refit_spec(self, cell: tuple, records: list[RunRecord]) -> RunSpec | None:
         """The rerun of the cell's chosen candidate on train + val, when the config refits and a candidate won."""
@@ -170,9 +174,7 @@ def _due_refits(grid: _Grid, store: BenchStore) -> list[RunSpec]:
     """The refit runs of the cells whose candidates all ended."""
     due = []
     for cell, records in group_cells(store.records.values()).items():
-        candidates = grid.candidates.get(cell, [])
-        done = {r.key for r in records} | grid.failed
-        if candidates and all(s.key in done for s in candidates):
+        if cell in grid.candidates and grid.candidates_ended(cell, records):
             refit = grid.refit_spec(cell, records)
             due += [refit] if refit is not None else []
     return due

@@ -66,8 +66,8 @@ def in_flight(folder: str | Path) -> set[str]:
 
 class SlurmExecutor(Executor):
     """Runs as a SLURM job array (``cluster="local"``: as local processes through submitit, to try a setup without
-    SLURM). ``runs_per_job`` runs share one job (few-shot runs are short; a job per run would spend its time
-    queueing); ``time_min`` is a job's limit. ``wait``: collect the runs as their jobs end; otherwise return once
+    SLURM). ``runs_per_job`` runs share one job, one after the other (few-shot runs are short; a job per run would
+    spend its time queueing), each with the job's ``cpus_per_run`` cores; ``time_min`` is a job's limit. ``wait``: collect the runs as their jobs end; otherwise return once
     they are submitted."""
 
     name = "slurm"
@@ -75,9 +75,9 @@ class SlurmExecutor(Executor):
     poll_s = 2.0
 
     def __init__(self, folder: str | Path | None = None, partition: str | None = None, gpus_per_job: int = 0,
-                 cpus_per_job: float = 1, runs_per_job: int = 1, time_min: int = 60, wait: bool = False,
+                 cpus_per_run: float = 1, runs_per_job: int = 1, time_min: int = 60, wait: bool = False,
                  cluster: str = "slurm"):
-        self.threads = cpu_threads(cpus_per_job)
+        self.threads = cpu_threads(cpus_per_run)
         if cluster not in ("slurm", "local"):
             raise UserError(f"unknown SLURM cluster {cluster!r}: choose slurm or local")
         if cluster == "slurm" and shutil.which("sbatch") is None:
@@ -88,7 +88,7 @@ class SlurmExecutor(Executor):
             if value < least:
                 raise UserError(f"{name} must be >= {least} (got {value})")
         self.folder = Path(folder) if folder else None
-        self.parameters = {"timeout_min": int(time_min), "cpus_per_task": math.ceil(cpus_per_job),
+        self.parameters = {"timeout_min": int(time_min), "cpus_per_task": math.ceil(cpus_per_run),
                            "gpus_per_node": int(gpus_per_job), "name": "medpeft", "slurm_partition": partition}
         self.runs_per_job, self.waits, self.cluster = runs_per_job, wait, cluster
         self.queued: list[RunSpec] = []
@@ -104,11 +104,11 @@ class SlurmExecutor(Executor):
         self.folder = self.folder or Path(job.out) / "slurm"
         self.executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         self.executor.update_parameters(**self.parameters)
-        self.earlier_jobs = {line["job_id"]: line for line in read_json_lines(self.folder / JOBS_FILE)
-                             if job_active(self.folder, line["cluster"], line["job_id"])}
+        self.earlier_jobs = {key: line["job_id"] for line in read_json_lines(self.folder / JOBS_FILE)
+                             if job_active(self.folder, line["cluster"], line["job_id"]) for key in line["keys"]}
 
     def submit(self, spec: RunSpec) -> None:
-        earlier = next((i for i, line in self.earlier_jobs.items() if spec.key in line["keys"]), None)
+        earlier = self.earlier_jobs.get(spec.key)  # the job of an earlier bench that still holds this run
         if earlier is None:
             self.queued.append(spec)
         else:
