@@ -197,7 +197,7 @@ def cli(args, capsys):
 def test_slurm_job_array_packs_collects_and_resumes(demo_root, local_runs, tmp_path, capsys):
     out = tmp_path / "out"
     submit = [*FLAGS, "--data-root", str(demo_root), "--out", str(out), "--executor", "slurm", "--slurm-cluster",
-              "local", "--slurm-runs-per-job", "2", "--no-wait"]
+              "local", "--slurm-runs-per-job", "2", "--cpus-per-run", "1", "--no-wait"]
     started = time.time()
     printed = cli(submit, capsys)
     assert "submitted 4 run(s) in 2 SLURM job(s)" in printed
