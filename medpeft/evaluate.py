@@ -138,15 +138,26 @@ def forward_suffix(model: PeftClassifier, x: torch.Tensor, stages: int) -> torch
     return model.head(x)
 
 
+def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, **kwargs) -> np.ndarray:
+    """Probabilities (n, C) float64 for ``samples`` (:func:`scores_of` :func:`predict_logits`; same arguments)."""
+    return scores_of(predict_logits(model, samples, task, **kwargs), task)
+
+
+def scores_of(logits: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """Probabilities of ``logits`` in float64: saturated float32 probabilities (1.0, or 0.5 under a large
+    temperature) would tie distinct scores and change rankings."""
+    return probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64)), task).numpy()
+
+
 @torch.no_grad()
-def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size: int, batch_size: int = 32,
-            cache: ResizedImageCache | None = None, features: FeatureCache | None = None,
-            device: torch.device | str = "cpu", bf16: bool = True, num_workers: int = 0, progress: bool = False,
-            desc: str = "eval") -> np.ndarray:
-    """Probabilities (n, C) for ``samples``, square-resized as at test time (bfloat16 on GPU with ``bf16``).
+def predict_logits(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size: int, batch_size: int = 32,
+                   cache: ResizedImageCache | None = None, features: FeatureCache | None = None,
+                   device: torch.device | str = "cpu", bf16: bool = True, num_workers: int = 0,
+                   progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """Logits (n, C) float32 for ``samples``, square-resized as at test time (bfloat16 on GPU with ``bf16``).
 
     With ``features``, a frozen prefix of the model (:meth:`~medpeft.methods.Method.frozen_stages`) runs once per
-    list and is reused: the same probabilities, bit for bit.
+    list and is reused: the same logits, bit for bit.
     """
     device = torch.device(device)
     model.eval()
@@ -169,10 +180,9 @@ def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size
         for start in range(0, len(prefix), batch_size):
             x = torch.from_numpy(np.array(prefix[start:start + batch_size])).to(device)
             with autocast(device, low):
-                out.append(probabilities(forward_suffix(model, x, stages).float(), task).cpu())
+                out.append(forward_suffix(model, x, stages).float().cpu())
     else:
         for images, _, _ in tqdm(loader, **bar):
             with autocast(device, low):
-                logits = model(images.to(device, non_blocking=True))
-            out.append(probabilities(logits.float(), task).cpu())
+                out.append(model(images.to(device, non_blocking=True)).float().cpu())
     return torch.cat(out).numpy()

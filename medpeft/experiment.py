@@ -56,7 +56,8 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
                         weights=spec.weights, img_size=spec.img_size, seed=spec.seed, **spec.options)
     with staged_dir(out, replace=overwrite) as stage:
         with open(stage / "log.txt", "w") as log:
-            result = fit(model, data, spec.train, cache=cache, features=features, progress=progress,
+            result = fit(model, data, spec.train, cache=cache, features=features, calibrate=spec.calibrate,
+                         progress=progress,
                          log=lambda line: (log.write(line + "\n"), log.flush()))
         save_trainable(model, stage / "trainable.safetensors")
         if result.test_scores is not None:

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from .backbones import DEFAULT_BACKBONE
+from .calibration import METHODS as CALIBRATIONS
 from .data import TaskSpec, parse_shots
 from .errors import UserError
 from .methods import get_method
@@ -51,8 +52,9 @@ class RunSpec:
     that many images per class (drawn seeded by seed and exp from the split's val; None: all of it).
     ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
-    ``refit`` marks a rerun of a selected candidate on train + val. The method, its options and the recipe are
-    checked on construction.
+    ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
+    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`). The method,
+    its options and the recipe are checked on construction.
     """
 
     method: str
@@ -71,6 +73,7 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     candidate: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
+    calibrate: str = "none"
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -78,6 +81,8 @@ class RunSpec:
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
         if self.val_per_class is not None and self.val_per_class < 1:
             raise UserError(f"--val-per-class {self.val_per_class} must be at least 1")
+        if self.calibrate not in CALIBRATIONS:
+            raise UserError(f"--calibrate {self.calibrate!r}: choose from {list(CALIBRATIONS)}")
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
         if not self.label:
