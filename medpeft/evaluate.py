@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics
 from .data import ResizedImageCache, Samples, TaskSpec, eval_dataset
+from .data.cache import remember
 from .model import PeftClassifier
 
 
@@ -47,13 +49,14 @@ class FeatureCache:
 
     The key holds a fingerprint of every tensor of the prefix (so other weights never hit), the number of frozen
     stages, the image size, batch size, device type and autocast, and the list's images (file path, modification
-    time and size, or the bytes of an array source). With ``directory`` each entry is also one ``.npy`` file
-    there, read back memory-mapped (so memory stays bounded) by any process and run.
+    time and size, or the bytes of an array source). In memory at most ``memory_mb`` of entries are kept (least
+    recently used out first); with ``directory`` each entry is also one ``.npy`` file there, read back
+    memory-mapped by any process and run.
     """
 
-    def __init__(self, directory: str | Path | None = None):
+    def __init__(self, directory: str | Path | None = None, memory_mb: float = 1024):
         self.directory = None if directory is None else Path(directory)
-        self._memory: dict[str, np.ndarray] = {}
+        self._memory = LRUCache(maxsize=int(memory_mb * 2**20), getsizeof=lambda entry: entry.nbytes)
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self, key: str, compute) -> np.ndarray:
@@ -63,8 +66,7 @@ class FeatureCache:
         file = None if self.directory is None else self.directory / f"{key}.npy"
         if file is not None and file.is_file():
             try:
-                self._memory[key] = np.load(file, mmap_mode="r")
-                return self._memory[key]
+                return remember(self._memory, key, np.load(file, mmap_mode="r"))
             except (OSError, ValueError):  # damaged: compute again
                 pass
         value = compute()
@@ -75,8 +77,7 @@ class FeatureCache:
                 np.save(f, value)
             os.replace(tmp, file)
             value = np.load(file, mmap_mode="r")
-        self._memory[key] = value
-        return value
+        return remember(self._memory, key, value)
 
     def key(self, model: PeftClassifier, stages: int, samples: Samples, *, img_size: int, batch_size: int,
             device: torch.device, bf16: bool) -> str:

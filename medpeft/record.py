@@ -8,6 +8,7 @@ directory under a bench are derived from the spec (:attr:`RunSpec.key`, :attr:`R
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -121,6 +122,16 @@ class RunSpec:
         return cls(**values)
 
 
+def split_names(data) -> dict[str, Any]:
+    """What a run saw, from its :class:`~medpeft.data.DatasetSplits`: the train and val names (train in draw order,
+    repeats kept), and the test list as its size and the SHA-256 of its sorted names, one per line."""
+    out = {"train": list(data.train.names), "val": None if data.val is None else list(data.val.names)}
+    if data.test is not None:
+        digest = hashlib.sha256("".join(f"{n}\n" for n in sorted(data.test.names)).encode()).hexdigest()
+        out["test"] = {"count": len(data.test), "sha256": digest}
+    return out
+
+
 def _path_safe(part: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=,()[]:+%" else "_" for c in part)
 
@@ -131,7 +142,8 @@ class RunRecord:
 
     ``selected`` is set by a bench: whether the run counts in its tables (the validation-selected candidate of its
     cell, or the only one); None outside a bench. ``worker`` says where it ran (host, pid, device, and a node or
-    job id on a cluster).
+    job id on a cluster). ``split`` names the images it trained and validated on and identifies its test list
+    (:func:`split_names`), so any run can be audited for leakage.
     """
 
     spec: RunSpec
@@ -140,6 +152,7 @@ class RunRecord:
     result: RunResult
     versions: dict[str, str]
     worker: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
     selected: bool | None = None
     version: int = RECORD_VERSION
 
@@ -157,7 +170,7 @@ class RunRecord:
         result.pop("test_scores")
         return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
                 "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)}, "model": self.model, "result": result,
-                "versions": self.versions, "worker": self.worker, "selected": self.selected}
+                "versions": self.versions, "worker": self.worker, "split": self.split, "selected": self.selected}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunRecord:
@@ -169,4 +182,5 @@ class RunRecord:
         return cls(spec=RunSpec.from_dict(values["spec"]),
                    task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
                    model=values["model"], result=RunResult(**values["result"], test_scores=None),
-                   versions=values["versions"], worker=values.get("worker") or {}, selected=values.get("selected"))
+                   versions=values["versions"], worker=values.get("worker") or {}, split=values.get("split") or {},
+                   selected=values.get("selected"))
