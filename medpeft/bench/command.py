@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..options import absolute_path, int_list, parse_options, shots_list
+
 #: The executor options, by parameter: the executors each applies to, and its keyword for the executor.
 EXECUTOR_OPTIONS = {
     "address": ({"ray"}, "address"), "cpus_per_run": ({"local", "ray", "slurm"}, "cpus_per_run"),
@@ -63,7 +65,6 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
             weights, img_size, val_per_class, calibrate, epochs, train_opts, decode_once, feature_cache, out, executor_name,
             summarize, **executor_options):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
-    from ..cli import _absolute, int_list, parse_options, shots_list
     from ..files import check_writable_dir
     from . import BenchConfig, make_executor, read_config, run_bench
 
@@ -90,7 +91,7 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
     raw["train"] = {**(raw.get("train") or {}), **parse_options(train_opts, "--train-opt"),
                     **({"epochs": epochs} if epochs is not None else {})}
     for key in ("data_root", "weights"):
-        raw[key] = _absolute(raw.get(key))
+        raw[key] = absolute_path(raw.get(key))
     config = BenchConfig.from_dict(raw, config_file or "bench flags")
     check_writable_dir(out, "--out")
     runs = run_bench(config, out, executor=executor, decode_once=decode_once, feature_cache=feature_cache)

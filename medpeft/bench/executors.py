@@ -1,7 +1,7 @@
 """Where a bench's runs execute. The unit of work is one run (its :class:`~medpeft.record.RunSpec`), idempotent by
 key; an executor takes specs and hands back outcomes as runs finish. ``local`` runs them one after the other in
 this process (the default); ``ray`` and ``slurm`` spread them over a cluster (:mod:`.ray_executor`,
-:mod:`.slurm_executor`)."""
+:mod:`.slurm_executor`); :func:`~.executor_choice.make_executor` picks one by name."""
 
 from __future__ import annotations
 
@@ -86,21 +86,3 @@ def cpu_threads(cpus: float) -> int:
     if not cpus > 0:
         raise UserError(f"cpus per run must be > 0 (got {cpus})")
     return max(1, int(cpus))
-
-
-def make_executor(name: str, **options) -> Executor:
-    """The executor ``name`` (local, ray, slurm) with its options."""
-    if name == "local":
-        unknown = sorted(set(options) - {"cpus_per_run"})
-        if unknown:
-            raise UserError(f"--executor local takes no cluster options (got {', '.join(unknown)})")
-        return LocalExecutor(**options)
-    if name == "ray":
-        from .ray_executor import RayExecutor
-
-        return RayExecutor(**options)
-    if name == "slurm":
-        from .slurm_executor import SlurmExecutor
-
-        return SlurmExecutor(**options)
-    raise UserError(f"unknown executor {name!r}: choose from local, ray, slurm")

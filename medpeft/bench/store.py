@@ -23,12 +23,13 @@ import fcntl
 import json
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import Notice, UserError
 from ..experiment import RUN_FILE, read_record
-from ..files import append_line, json_line, read_json_lines, write_json, write_text
+from ..files import append_line, dumps, json_line, read_json_lines, write_json, write_text
 from ..record import RunRecord
 from .selection import group_cells, selection
 
@@ -40,6 +41,7 @@ class BenchStore:
         self.out = Path(out)
         self.records: dict[str, RunRecord] = {}
         self._written: dict[str, bool] = {}
+        self._rebuild = False
         self._lock = None
 
     def __enter__(self) -> BenchStore:
@@ -66,7 +68,7 @@ class BenchStore:
         """Refuse when ``bench.json`` holds other shared settings than ``setup``."""
         path = self.out / "bench.json"
         if path.is_file():
-            current, previous = json.loads(json.dumps(setup)), json.loads(path.read_text())
+            current, previous = json.loads(dumps(setup)), json.loads(path.read_text())
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             if changed:
                 raise UserError(f"{self.out} holds runs made with other settings ({', '.join(changed)}): "
@@ -75,7 +77,7 @@ class BenchStore:
     def write_setup(self, setup: dict) -> None:
         """Record the shared settings in ``bench.json`` (once the grid has passed its checks)."""
         if not (self.out / "bench.json").is_file():
-            write_json(self.out / "bench.json", json.loads(json.dumps(setup)))
+            write_json(self.out / "bench.json", setup)
 
     def run_dir(self, record_or_spec) -> Path:
         spec = getattr(record_or_spec, "spec", record_or_spec)
@@ -83,15 +85,31 @@ class BenchStore:
 
     def load(self) -> dict[str, RunRecord]:
         """Every finished run under ``OUT/runs`` (each directory's ``run.json``), by key, in ``runs.jsonl`` order
-        (then by directory)."""
-        self._written = {line["key"]: line.get("selected") for line in read_json_lines(self.out / "runs.jsonl")
-                         if "key" in line}
+        (then by directory).
+
+        The run directories are the truth: a run directory whose ``run.json`` is not a run record (truncated, hand
+        edited) is set aside as a hidden sibling, with a one-line notice, so that its run is redone; a
+        ``runs.jsonl`` with a damaged line is rebuilt from the run directories at the next update.
+        """
+        damaged: list[int] = []
+        index = self.out / "runs.jsonl"
+        self._written = {line["key"]: line.get("selected") for line in read_json_lines(index, damaged=damaged)
+                         if isinstance(line, dict) and "key" in line}
+        if damaged:
+            self._rebuild = True
+            warnings.warn(f"{index}, line {damaged[0]}: damaged ({len(damaged)} line(s)); rebuilt from the run "
+                          "directories", DamagedStore, stacklevel=2)
         position = {key: i for i, key in enumerate(self._written)}
         found = []
         for path in sorted((self.out / "runs").glob(f"**/{RUN_FILE}")):
             if any(part.startswith(".") for part in path.relative_to(self.out).parts):
                 continue  # a run still being written elsewhere, or left by a killed one
-            found.append(read_record(path.parent))
+            try:
+                found.append(read_record(path.parent))
+            except UserError as err:
+                aside = _set_aside(path.parent)
+                warnings.warn(f"{err}; set aside as {aside.relative_to(self.out)}, the run will be redone",
+                              DamagedStore, stacklevel=2)
         for record in sorted(found, key=lambda r: position.get(r.key, len(position))):
             self.records[record.key] = record
         return self.records
@@ -115,13 +133,14 @@ class BenchStore:
                     self.records[key].selected = selected
                     lines[key] = self.records[key]
         stale = any(key not in lines or lines[key].selected != selected for key, selected in self._written.items())
-        if stale:
+        if stale or self._rebuild:
             write_text(self.out / "runs.jsonl", "".join(self._line(r) for r in lines.values()))
         else:
             for key, record in lines.items():
                 if key not in self._written:
                     append_line(self.out / "runs.jsonl", self._line(record))
         self._written = {key: record.selected for key, record in lines.items()}
+        self._rebuild = False
 
     def _line(self, record: RunRecord) -> str:
         return json_line({**record.to_dict(), "run_dir": record.spec.run_dir})
@@ -129,6 +148,19 @@ class BenchStore:
     def indexed(self) -> list[RunRecord]:
         """The records ``runs.jsonl`` holds (after :meth:`update_index`)."""
         return [self.records[key] for key in self._written if key in self.records]
+
+
+class DamagedStore(Notice):
+    """A damaged file in a bench folder: set aside or rebuilt, and said in one line."""
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Move a damaged run directory to a hidden sibling ``.<name>.damaged-N`` (kept for inspection)."""
+    n = 1
+    while (aside := run_dir.with_name(f".{run_dir.name}.damaged-{n}")).exists():
+        n += 1
+    os.replace(run_dir, aside)
+    return aside
 
 
 def read_index(out: str | Path) -> list[RunRecord]:

@@ -6,12 +6,11 @@ from .dataset import ImageDataset, eval_dataset, train_dataset
 from .demo import make_demo_data
 from .generic import load_csv, load_folder
 from .isic import load_isic, read_isic_csv
-from .medfmc import available_splits, load_medfmc, split_path
+from .medfmc import available_splits, load_medfmc, split_path, write_medfmc_splits
 from .medmnist import load_medmnist
 from .registry import DATASETS, Dataset, get_dataset, load_dataset
 from .samples import DatasetSplits, Samples, check_images, load_image
-from .splits import (few_shot_split, fraction_split, medfmc_few_shot, parse_shots, per_class_few_shot,
-                     write_medfmc_splits)
+from .splits import few_shot_split, fraction_split, medfmc_few_shot, parse_shots, per_class_few_shot
 from .tasks import MEDFMC_TASKS, TASKS, TaskSpec, get_task
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 

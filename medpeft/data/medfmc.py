@@ -16,9 +16,10 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from .annotations import read_annotations, read_list
+from .annotations import read_annotations, read_list, write_annotations
 from .samples import DatasetSplits, Samples, stack_labels
 from .shots import parse_shots
+from .splits import medfmc_few_shot
 from .tasks import TaskSpec, get_task
 
 _SPLIT_FILE = re.compile(r"(?P<task>.+)_(?P<shots>\d+)-shot_train_exp(?P<exp>\d+)\.txt")
@@ -79,3 +80,25 @@ def load_medfmc(root, task: str | TaskSpec, shots: int, exp: int, test_list=None
         _samples([n for n, _ in val], [y for _, y in val], images, task),
         _samples(names, labels, images, task),
     )
+
+
+def write_medfmc_splits(root, task: str | TaskSpec, shots_list, exps, seed: int = 0,
+                        overwrite: bool = False) -> list[Path]:
+    """Write ``<task>_<K>-shot_{train,val}_exp<N>.txt`` from ``<root>/<task>/trainval.txt`` for every K and N.
+
+    The split for (K, N) is seeded with ``(seed, K, N)``. Existing files are kept (UserError) unless ``overwrite``.
+    Returns the paths written.
+    """
+    task = get_task(task)
+    items = read_annotations(Path(root) / task.name / "trainval.txt", task)
+    jobs = [(k, n) for k in shots_list for n in exps]
+    paths = [split_path(root, task.name, k, n, part) for k, n in jobs for part in ("train", "val")]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"split file {existing[0]} already exists ({len(existing)} in all); "
+                        "pass overwrite=True (--overwrite) to replace them")
+    for k, n in jobs:
+        train, val = medfmc_few_shot(items, task, k, (seed, k, n))
+        write_annotations(split_path(root, task.name, k, n, "train"), train, task)
+        write_annotations(split_path(root, task.name, k, n, "val"), val, task)
+    return paths

@@ -18,18 +18,29 @@ class Samples:
 
     ``names`` are what a submission CSV writes; each ``sources`` entry is an image file path or an ``HxW`` /
     ``HxWx3`` uint8 array; ``labels`` is ``(n, C)`` uint8 (multi-label), ``(n,)`` int64 (single-label) or None.
+    ``origins``: where array sources were decoded from, the file of each (None when unknown).
     """
 
     names: list[str]
     sources: list
     labels: np.ndarray | None = None
+    origins: list[str] | None = None
 
     def __post_init__(self):
         if len(self.names) != len(self.sources) or (self.labels is not None and len(self.labels) != len(self.names)):
             raise ValueError("Samples: names, sources and labels must have the same length")
+        if self.origins is not None and len(self.origins) != len(self.names):
+            raise ValueError("Samples: origins must have one file per sample")
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def files(self) -> list[str] | None:
+        """The image file of every sample (its source, or the file its array was decoded from); None if unknown."""
+        if self.origins is not None:
+            return self.origins
+        return None if any(isinstance(s, np.ndarray) for s in self.sources) else [str(s) for s in self.sources]
 
     def subset(self, indices) -> Samples:
         """The samples at ``indices`` (in that order; repeats allowed)."""
@@ -37,6 +48,7 @@ class Samples:
             [self.names[i] for i in indices],
             [self.sources[i] for i in indices],
             None if self.labels is None else self.labels[np.asarray(indices, dtype=np.int64)],
+            None if self.origins is None else [self.origins[i] for i in indices],
         )
 
 
@@ -76,7 +88,9 @@ class DatasetSplits:
         merged = Samples(self.train.names + [self.val.names[i] for i in extra],
                          self.train.sources + [self.val.sources[i] for i in extra],
                          None if self.train.labels is None else np.concatenate([self.train.labels,
-                                                                                self.val.labels[extra]]))
+                                                                                self.val.labels[extra]]),
+                         None if self.train.origins is None or self.val.origins is None
+                         else self.train.origins + [self.val.origins[i] for i in extra])
         return DatasetSplits(self.task, merged, None, self.test)
 
 

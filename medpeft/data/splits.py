@@ -6,13 +6,8 @@ The original MedFMC generator let chest/endo val files overlap their train files
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ..errors import UserError
-from .annotations import read_annotations, write_annotations
-from .medfmc import split_path
 from .shots import check_shots, parse_shots
 from .tasks import TaskSpec, get_task
 
@@ -118,25 +113,3 @@ def per_class_few_shot(labels, shots: int, seed, val_per_class: int | None = Non
         return train, np.flatnonzero(rest)
     val = np.concatenate([np.empty(0, np.int64), *(p[rest[p]][:val_per_class] for p in perms)])
     return train, np.unique(val)
-
-
-def write_medfmc_splits(root, task: str | TaskSpec, shots_list, exps, seed: int = 0,
-                        overwrite: bool = False) -> list[Path]:
-    """Write ``<task>_<K>-shot_{train,val}_exp<N>.txt`` from ``<root>/<task>/trainval.txt`` for every K and N.
-
-    The split for (K, N) is seeded with ``(seed, K, N)``. Existing files are kept (UserError) unless ``overwrite``.
-    Returns the paths written.
-    """
-    task = get_task(task)
-    items = read_annotations(Path(root) / task.name / "trainval.txt", task)
-    jobs = [(k, n) for k in shots_list for n in exps]
-    paths = [split_path(root, task.name, k, n, part) for k, n in jobs for part in ("train", "val")]
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise UserError(f"split file {existing[0]} already exists ({len(existing)} in all); "
-                        "pass overwrite=True (--overwrite) to replace them")
-    for k, n in jobs:
-        train, val = medfmc_few_shot(items, task, k, (seed, k, n))
-        write_annotations(split_path(root, task.name, k, n, "train"), train, task)
-        write_annotations(split_path(root, task.name, k, n, "val"), val, task)
-    return paths

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from . import register
+from .registry import register
 from .base import Method, linear_head
 
 

@@ -13,7 +13,7 @@ import torch
 
 from ...backbones import num_tokens
 from ...errors import UserError
-from .. import register
+from ..registry import register
 from ..base import Method, TokenMaps
 from .attention import CONCAT_WAYS, INITS, WAYS, EmbeddedPromptAttention
 
