@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .samples import load_image
+from .images import read_image
 from .transforms import square_resize
 
 
@@ -74,4 +74,4 @@ class ResizedImageCache:
 
 
 def _resized(source, img_size: int) -> np.ndarray:
-    return np.array(square_resize(img_size)(load_image(source)))
+    return np.array(square_resize(img_size)(read_image(source)))
