@@ -253,3 +253,17 @@ def test_bad_files_stop_the_cli_before_training(tmp_path, capsys, monkeypatch, k
     code, out, err = run_cli(["train", "--task", "csv", "--data-root", str(tmp_path / "data.csv"), "--shots", "1",
                               "--method", "linear", *TINY, "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and err.startswith(f"medpeft: error: cannot read image {bad}: ") and err.count("\n") == 1
+
+
+def test_a_bench_stops_on_a_bad_file_before_its_first_run(tmp_path, capsys, monkeypatch):
+    bad = os.path.join(FILES, "SC_rgb_rle_2frame.dcm")
+    rows = [f"{MR},a,train", f"{CT},b,train", f"{MR},a,val", f"{bad},b,val", f"{CT},b,test"]
+    (tmp_path / "data.csv").write_text("image,label,split\n" + "\n".join(rows) + "\n")
+    monkeypatch.setattr("medpeft.experiment.build_model", lambda *a, **k: pytest.fail("got past the image check"))
+    code, out, err = run_cli(["bench", "--methods", "linear,lora", "--tasks", "csv", "--data-root",
+                              str(tmp_path / "data.csv"), "--shots", "1", "--exps", "1-2", "--backbone",
+                              "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
+                              "--out", str(tmp_path / "bench")], capsys)
+    assert code == 2 and err == f"medpeft: error: cannot read image {bad}: a DICOM with 2 frames; medpeft reads " \
+                                "single-frame images (save the frame to classify as its own file)\n"
+    assert not (tmp_path / "bench" / "runs").exists()
