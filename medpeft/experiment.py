@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .backbones import check_backbone
-from .data import DatasetSplits, ResizedImageCache, Samples, get_dataset, load_dataset
+from .data import DatasetSplits, ResizedImageCache, Samples, check_files, get_dataset, load_dataset
 from .errors import UserError
 from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
@@ -107,9 +107,11 @@ def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str |
                  device: str | torch.device = "cpu", batch_size: int = 32,
                  progress: bool = True) -> tuple[list[str], np.ndarray]:
     """``(names, probabilities)`` of a trained run for every image of ``list_file`` (names only or labelled),
-    found where the run's dataset keeps them (``data_root`` overrides the run's)."""
+    found where the run's dataset keeps them (``data_root`` overrides the run's); every image is checked first."""
+    spec = read_record(run_dir).spec
+    samples: Samples = get_dataset(spec.task).image_list(data_root or spec.data_root, str(list_file))
+    check_files(samples.sources, f"images of {list_file}")
     model, record = load_run(run_dir, device=str(device))
-    samples: Samples = get_dataset(record.spec.task).image_list(data_root or record.spec.data_root, str(list_file))
     scores = predict(model, samples, record.task, img_size=model.config["img_size"], batch_size=batch_size,
                      device=device, progress=progress)
     return samples.names, scores

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics
-from .data import DatasetSplits, Samples, eval_dataset, load_image
+from .data import DatasetSplits, Samples, eval_dataset, read_image
 from .errors import UserError
 from .files import json_line, write_text
 
@@ -50,7 +50,7 @@ FLOORS = tuple(TITLES)
 
 def pixels(samples: Samples) -> np.ndarray:
     """(n, 32²) greyscale pixels in [0, 1] of each image square-resized (bicubic)."""
-    rows = [np.asarray(load_image(s).convert("L").resize((PIXEL_SIZE, PIXEL_SIZE), Image.BICUBIC), np.float64)
+    rows = [np.asarray(read_image(s).convert("L").resize((PIXEL_SIZE, PIXEL_SIZE), Image.BICUBIC), np.float64)
             for s in samples.sources]
     return np.stack(rows).reshape(len(rows), -1) / 255
 

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medpeft.data import TASKS, load_image, load_medfmc, make_demo_data, read_annotations, read_names
+from medpeft.data import TASKS, read_image, load_medfmc, make_demo_data, read_annotations, read_names
 from medpeft.errors import UserError
 
 
@@ -76,13 +76,13 @@ def test_load_medfmc_on_demo(demo, task, shots, exp):
     assert not set(splits.train.names) & set(splits.val.names)
     unlabelled = load_medfmc(demo, task, shots, exp, test_list="test_WithoutLabel.txt")
     assert unlabelled.test.labels is None and len(unlabelled.test) == 20
-    image = load_image(splits.train.sources[0])
+    image = read_image(splits.train.sources[0])
     assert image.size == (64, 64) and image.mode == "RGB"
 
 
 def colour_statistics(samples):
     """Per image and channel: mean, 5th and 95th percentile of the raw pixels (position-free features)."""
-    pixels = [np.asarray(load_image(s), float).reshape(-1, 3) for s in samples.sources]
+    pixels = [np.asarray(read_image(s), float).reshape(-1, 3) for s in samples.sources]
     return np.stack([np.concatenate([p.mean(0), *np.percentile(p, [5, 95], axis=0)]) for p in pixels])
 
 

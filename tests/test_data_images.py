@@ -9,7 +9,7 @@ from PIL import Image
 
 import medpeft.data.cache as cache_module
 from medpeft.data import (IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ResizedImageCache, Samples, TASKS,
-                          eval_dataset, eval_transform, load_image, train_dataset, train_transform)
+                          eval_dataset, eval_transform, read_image, train_dataset, train_transform)
 from medpeft.errors import UserError
 
 
@@ -28,38 +28,56 @@ def images(tmp_path):
     return paths
 
 
-def test_load_image_gives_rgb(images, tmp_path):
+def test_read_image_gives_rgb(images):
     for path in images.values():
-        img = load_image(path)
+        img = read_image(path)
         assert img.mode == "RGB" and img.size == (53, 37)
-    gray = np.asarray(load_image(images["L"]))
+    gray = np.asarray(read_image(images["L"]))
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     array = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    assert np.array_equal(np.asarray(load_image(array))[..., 2], array)
-    sixteen = tmp_path / "16bit.png"
-    Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)).save(sixteen)
-    assert np.asarray(load_image(sixteen)).max() == 40000 >> 8  # not saturated at 255
+    assert np.array_equal(np.asarray(read_image(array))[..., 2], array)
 
 
-def test_load_image_errors_name_the_file(tmp_path):
+def test_16_bit_and_float_greyscale_use_their_own_range(tmp_path):
+    ramp = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # a 12-bit X-ray's values in a 16-bit PNG
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    grey = np.asarray(read_image(tmp_path / "ramp.png"))
+    assert Image.open(tmp_path / "ramp.png").mode == "I;16" and (grey == grey[..., :1]).all()
+    assert len(np.unique(grey)) >= 200 and np.array_equal(grey[..., 0], np.rint(ramp / 4095 * 255))
+    rng = np.random.default_rng(0)
+    arrays = {"I;16": ramp[::2] // 3 + 20000,  # 20000..21365, nowhere near 65,535
+              "I": rng.integers(-70000, 90000, (9, 7)).astype(np.int32),
+              "F": np.where(rng.random((9, 7)) < 0.1, np.nan, rng.normal(0, 3, (9, 7))).astype(np.float32)}
+    for mode, values in arrays.items():
+        name = f"{mode.replace(';', '_')}.tif"
+        Image.fromarray(values).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == mode
+        lo, hi = np.nanmin(values), np.nanmax(values)
+        expected = np.nan_to_num(np.rint((values.astype(np.float64) - lo) / (hi - lo) * 255), nan=0)
+        assert np.array_equal(np.asarray(read_image(tmp_path / name))[..., 0], expected), name
+    Image.fromarray(np.full((4, 4), 40000, np.uint16)).save(tmp_path / "flat.png")
+    assert not np.asarray(read_image(tmp_path / "flat.png")).any()  # no range: black
+
+
+def test_read_image_errors_name_the_file(tmp_path):
     with pytest.raises(UserError, match=r"cannot read image .*missing\.png: no such file"):
-        load_image(tmp_path / "missing.png")
+        read_image(tmp_path / "missing.png")
     garbage = tmp_path / "x.png"
     garbage.write_bytes(b"this is not a png at all" * 10)
     with pytest.raises(UserError, match=r"cannot read image .*x\.png") as info:
-        load_image(garbage)
+        read_image(garbage)
     assert "\n" not in str(info.value)
     truncated = tmp_path / "cut.png"
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(truncated)
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(UserError, match="cut.png"):
-        load_image(truncated)
+        read_image(truncated)
     with pytest.raises(UserError, match="uint8"):
-        load_image(np.zeros((4, 4), dtype=np.float32))
+        read_image(np.zeros((4, 4), dtype=np.float32))
 
 
 def test_eval_transform_is_a_square_bicubic_resize(images):
-    img = load_image(images["RGB"])
+    img = read_image(images["RGB"])
     expected = np.asarray(img.resize((24, 24), Image.BICUBIC), dtype=np.float32) / 255
     expected = (expected - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     out = eval_transform(24)(img)
@@ -68,7 +86,7 @@ def test_eval_transform_is_a_square_bicubic_resize(images):
 
 
 def test_train_transform_crops_and_normalises(images):
-    img = load_image(images["RGB"])
+    img = read_image(images["RGB"])
     torch.manual_seed(0)
     outs = [train_transform(16)(img) for _ in range(3)]
     assert all(o.shape == (3, 16, 16) and o.dtype == torch.float32 for o in outs)
@@ -129,7 +147,7 @@ def test_disk_cache_is_reused_by_a_fresh_cache(images, tmp_path, monkeypatch):
     def no_decoding(source):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(cache_module, "load_image", no_decoding)
+    monkeypatch.setattr(cache_module, "read_image", no_decoding)
     assert np.array_equal(ResizedImageCache(directory).get(images["jpeg"], 20), first)
     monkeypatch.undo()
     Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(images["jpeg"])  # new content, size and mtime

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medpeft.data import (check_images, load_csv, load_folder, load_image, load_isic, load_medfmc, load_medmnist,
+from medpeft.data import (check_images, load_csv, load_folder, read_image, load_isic, load_medfmc, load_medmnist,
                           read_isic_csv)
 from medpeft.errors import UserError
 
@@ -36,7 +36,7 @@ def test_load_medfmc_official_lists():
     with pytest.raises(UserError, match="chest/images/"):
         splits.check_images()
     with pytest.raises(UserError, match="cannot read image .*images"):
-        load_image(splits.train.sources[0])
+        read_image(splits.train.sources[0])
     with pytest.raises(UserError, match="nope.txt"):
         load_medfmc(MEDFMC, "chest", 1, 1, test_list="nope.txt")
     with pytest.raises(UserError, match="isic"):
@@ -54,7 +54,7 @@ def test_load_medmnist_real_npz():
         assert np.array_equal(splits.test.labels, data["test_labels"].ravel())
     assert set(load_medmnist(NPZ, 1, 1).train.names) <= set(load_medmnist(NPZ, 5, 1).train.names)
     assert load_medmnist(NPZ, 5, 1).train.names != load_medmnist(NPZ, 5, 2).train.names
-    img = load_image(splits.train.sources[0])
+    img = read_image(splits.train.sources[0])
     assert img.mode == "RGB" and img.size == (28, 28)
     i = int(splits.train.names[0].split("_")[1])
     assert np.array_equal(np.asarray(img)[..., 1], data["train_images"][i])
@@ -117,7 +117,7 @@ def test_load_isic(tmp_path):
     assert len(splits.val) == 7 * 4 and not set(splits.val.names) & set(splits.train.names)
     assert not set(splits.val.names) & set(val_ids)
     splits.check_images()
-    assert load_image(splits.train.sources[0]).size == (12, 10)
+    assert read_image(splits.train.sources[0]).size == (12, 10)
     test_ids = write_isic(root, "Test", 3, 2000)
     splits = load_isic(tmp_path, shots=1, exp=2)
     assert splits.val.names == val_ids and splits.test.names == test_ids and len(splits.train) == 7

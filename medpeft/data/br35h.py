@@ -21,9 +21,8 @@ import importlib.metadata
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from ..errors import UserError
+from .images import read_image
 from .samples import DatasetSplits, Samples
 from .splits import few_shot_split
 from .tasks import TASKS
@@ -66,13 +65,7 @@ def label_of(name: str) -> int:
 
 def read_square(path) -> np.ndarray:
     """The image as the model sees it: greyscale, centre-cropped to a square on its short side (H = W, uint8)."""
-    try:
-        with Image.open(path) as img:
-            grey = np.asarray(img.convert("L"))
-    except FileNotFoundError:
-        raise UserError(f"cannot read image {path}: no such file") from None
-    except OSError as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
+    grey = np.asarray(read_image(path).convert("L"))
     h, w = grey.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2

@@ -18,7 +18,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from ..errors import UserError
-from .samples import load_image
+from .images import read_image
 from .transforms import square_resize
 
 
@@ -89,4 +89,4 @@ def array_digest(array: np.ndarray) -> str:
 
 
 def _resized(source, img_size: int) -> np.ndarray:
-    return np.array(square_resize(img_size)(load_image(source)))
+    return np.array(square_resize(img_size)(read_image(source)))

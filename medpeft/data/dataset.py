@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .cache import ResizedImageCache
-from .samples import Samples, load_image
+from .images import read_image
+from .samples import Samples
 from .tasks import TaskSpec
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, to_normalized_tensor, train_transform
 
@@ -30,7 +31,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         source = self.samples.sources[index]
-        image = load_image(source) if self.cache is None else self.cache.get(source, self.img_size)
+        image = read_image(source) if self.cache is None else self.cache.get(source, self.img_size)
         return self.transform(image), self._target(index), index
 
     def _target(self, index: int) -> torch.Tensor:

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .images import is_image_file
 from .samples import DatasetSplits, Samples
 from .splits import few_shot_split
 from .tasks import TaskSpec
 
 VAL_PER_CLASS = 20
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def _assemble(task: TaskSpec, parts: dict[str, Samples], shots, exp, seed, val_per_class) -> DatasetSplits:
@@ -105,14 +105,15 @@ def load_csv(path, image_root=None, shots: int | None = None, exp: int = 1, seed
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
 
 
 def load_folder(root, shots: int | None = None, exp: int = 1, seed: int = 0,
                 val_per_class: int | None = VAL_PER_CLASS) -> DatasetSplits:
-    """A single-label dataset laid out as ``root/<split>/<class>/*`` or ``root/<class>/*`` (png, jpg, ...).
+    """A single-label dataset laid out as ``root/<split>/<class>/*`` or ``root/<class>/*``.
 
-    Classes are the (sorted) class folders of the training split; names are paths relative to ``root``.
+    Classes are the (sorted) class folders of the training split; images are the files :func:`is_image_file`
+    takes (an image suffix, or DICOM under any name); names are paths relative to ``root``.
     """
     root = Path(root)
     if not root.is_dir():

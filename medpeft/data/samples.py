@@ -1,4 +1,4 @@
-"""The common currency of the data package: :class:`Samples`, :class:`DatasetSplits` and :func:`load_image`."""
+"""The common currency of the data package: :class:`Samples`, :class:`DatasetSplits` and their image check."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ..errors import UserError
+from .images import check_image
 from .tasks import TaskSpec
 
 
@@ -95,36 +95,20 @@ class DatasetSplits:
 
 
 def check_images(splits: DatasetSplits, show: int = 3) -> None:
-    """Raise one :class:`UserError` listing the image files (first ``show`` and a count) that do not exist."""
-    paths = [s for part in (splits.train, splits.val, splits.test) if part is not None
-             for s in part.sources if isinstance(s, (str, os.PathLike))]
-    missing = list(dict.fromkeys(p for p in paths if not os.path.isfile(p)))
+    """:func:`check_files` over every image file of ``splits``."""
+    check_files([s for part in (splits.train, splits.val, splits.test) if part is not None for s in part.sources],
+                f"images of task {splits.task.name!r}", show)
+
+
+def check_files(sources: list, what: str, show: int = 3) -> None:
+    """Fail before any training or prediction: one :class:`UserError` listing the files among ``sources`` (arrays
+    are skipped) that do not exist (first ``show`` and a count), else the first that cannot be read as an image
+    (:func:`~medpeft.data.images.check_image`: headers, no pixel decoding)."""
+    paths = list(dict.fromkeys(s for s in sources if isinstance(s, (str, os.PathLike))))
+    missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         more = f" and {len(missing) - show} more" if len(missing) > show else ""
-        raise UserError(f"{len(missing)} of {len(set(paths))} images of task {splits.task.name!r} are missing: "
+        raise UserError(f"{len(missing)} of {len(paths)} {what} are missing: "
                         f"{', '.join(map(str, missing[:show]))}{more}")
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode.startswith("I"):  # 16/32-bit grayscale: keep the top 8 bits of 16, as OpenCV does
-        img = Image.fromarray((np.asarray(img).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8))
-    elif img.mode == "F":
-        raise ValueError("32-bit float images are not supported; save them as 8-bit")
-    return img.convert("RGB")
-
-
-def load_image(source) -> Image.Image:
-    """An RGB PIL image from a file path or a uint8 array (grayscale, RGBA and palette images become RGB)."""
-    if isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))):
-            raise UserError(f"image arrays must be uint8 HxW or HxWx(1|3|4), got {source.dtype} {source.shape}")
-        return Image.fromarray(source[..., 0] if source.ndim == 3 and source.shape[2] == 1 else source).convert("RGB")
-    try:
-        with Image.open(source) as img:
-            return _to_rgb(img)
-    except FileNotFoundError:
-        raise UserError(f"cannot read image {source}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
-        raise UserError(f"cannot read image {source}: {reason}") from e
-
+    for path in paths:
+        check_image(path)
