@@ -1,5 +1,5 @@
-"""The ``medpeft`` command: train, predict, bench, demo, splits, methods; speed, analyze and weights come from their
-own packages."""
+"""The ``medpeft`` command: train, predict, bench, demo, splits, methods; speed, analyze, export and weights come from
+their own modules."""
 
 from __future__ import annotations
 
@@ -168,22 +168,34 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 @click.option("--data-root", help="Where the images are, if not where the run found them.")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV to write [RUN_DIR/<list>/<task>_<K>-shot_submission.csv].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="The PyTorch engine's device.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size):
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Run the model with PyTorch, or run its `medpeft export` with onnxruntime (same CSV).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="--engine onnx: the exported model [RUN_DIR/model.onnx].")
+def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine, onnx_file):
     """Write a MedFMC submission CSV for any image list with a trained run."""
     from .experiment import predict_list, read_record, submission_name, write_submission
     from .files import check_writable_dir
     from .train import resolve_device
 
+    if onnx_file and engine != "onnx":
+        raise click.UsageError("--onnx applies to --engine onnx")
     record = read_record(run_dir)
     out = Path(out) if out else Path(run_dir) / Path(list_file).stem / submission_name(record.spec.task,
                                                                                       record.spec.shots)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(out.parent, "--out", shown=out)
-    names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
-                                 batch_size=batch_size)
+    if engine == "onnx":
+        from .export import MODEL_FILE, predict_list_onnx
+
+        names, scores = predict_list_onnx(run_dir, list_file, onnx_file or Path(run_dir) / MODEL_FILE,
+                                          data_root=data_root, batch_size=batch_size)
+    else:
+        names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
+                                     batch_size=batch_size)
     write_submission(out, names, scores)
     click.echo(f"wrote {out} ({len(names)} rows × {scores.shape[1]} classes)")
 
@@ -228,11 +240,13 @@ def splits(task, data_root, shots, exps, seed, overwrite):
 def _register_commands() -> None:
     from .analysis import command as analyze_command
     from .bench.command import command as bench_command
+    from .export import command as export_command
     from .onnx_import import command as weights_command
     from .speed import command as speed_command
 
     cli.add_command(analyze_command)
     cli.add_command(bench_command)
+    cli.add_command(export_command)
     cli.add_command(speed_command)
     cli.add_command(weights_command)
 

@@ -106,10 +106,16 @@ def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str |
     """``(names, probabilities)`` of a trained run for every image of ``list_file`` (names only or labelled),
     found where the run's dataset keeps them (``data_root`` overrides the run's)."""
     model, record = load_run(run_dir, device=str(device))
-    samples: Samples = get_dataset(record.spec.task).image_list(data_root or record.spec.data_root, str(list_file))
+    samples = list_samples(record, list_file, data_root)
     scores = predict(model, samples, record.task, img_size=model.config["img_size"], batch_size=batch_size,
                      device=device, progress=progress)
     return samples.names, scores
+
+
+def list_samples(record: RunRecord, list_file: str | Path, data_root: str | None = None) -> Samples:
+    """The images of ``list_file`` (names only or labelled) where the run's dataset keeps them (``data_root``
+    overrides the run's)."""
+    return get_dataset(record.spec.task).image_list(data_root or record.spec.data_root, str(list_file))
 
 
 def submission_name(task: str, shots: int | str) -> str:
