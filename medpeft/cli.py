@@ -139,13 +139,17 @@ def methods():
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers).")
+@click.option("--mlflow", "mlflow_uri", metavar="URI",
+              help="Log the run to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db).")
+@click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name].")
 def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size, out,
-          overwrite, feature_cache, **recipe):
+          overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from .evaluate import FeatureCache
     from .experiment import run_experiment
     from .files import check_writable_dir
     from .record import RunSpec
+    from .tracking import MlflowRun, RunListener, connect, track_run
 
     spec = RunSpec(method=method, task=task, data_root=_absolute(data_root), shots=_shots(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=_absolute(weights),
@@ -153,12 +157,19 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(Path(out).parent, "--out", shown=out)
-    record = run_experiment(spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None)
+    if mlflow_experiment and not mlflow_uri:
+        raise click.UsageError("--mlflow-experiment applies with --mlflow URI")
+    experiment = mlflow_experiment or Path(out).resolve().name
+    tracker = MlflowRun(connect(mlflow_uri, experiment)) if mlflow_uri else None
+    record = track_run(tracker or RunListener(), spec, out, lambda on_epoch: run_experiment(
+        spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None, on_epoch=on_epoch))
     test = record.test or {}
     val = "" if record.result.val_best is None else f" (val {record.task.selection_metric} {100 * record.result.val_best:.2f})"
     click.echo(f"selected epoch {record.result.selected_epoch}{val}; test "
                + ", ".join(f"{k} {100 * v:.2f}" for k, v in test.items()))
     click.echo(f"wrote {out}")
+    if tracker is not None and not tracker.stopped:
+        click.echo(f"logged to MLflow at {mlflow_uri}: experiment {experiment!r}, run {tracker.run_id}")
 
 
 @cli.command()

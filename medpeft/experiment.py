@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,12 +39,14 @@ def check_spec(spec: RunSpec) -> None:
 
 def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache | None = None,
                    features: FeatureCache | None = None, progress: bool = True, overwrite: bool = False,
-                   worker: dict[str, Any] | None = None) -> RunRecord:
+                   worker: dict[str, Any] | None = None,
+                   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> RunRecord:
     """Train ``spec`` and write its run directory ``out``; returns its record.
 
     ``cache`` decodes evaluation images once, ``features`` keeps the frozen prefix's output for them (see
     :func:`medpeft.train.fit`). An existing run in ``out`` is an error unless ``overwrite``; then it is replaced only
     once the new run has finished. ``worker`` adds to the record's description of where the run ran.
+    ``on_epoch`` gets each epoch's history row (a tracker's hook, :mod:`medpeft.tracking`).
     """
     out = Path(out)
     if (out / RUN_FILE).is_file() and not overwrite:
@@ -57,7 +59,7 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     with staged_dir(out, replace=overwrite) as stage:
         with open(stage / "log.txt", "w") as log:
             result = fit(model, data, spec.train, cache=cache, features=features, progress=progress,
-                         log=lambda line: (log.write(line + "\n"), log.flush()))
+                         log=lambda line: (log.write(line + "\n"), log.flush()), on_epoch=on_epoch)
         save_trainable(model, stage / "trainable.safetensors")
         if result.test_scores is not None:
             write_submission(stage / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)

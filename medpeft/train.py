@@ -136,7 +136,8 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None = None, *,
         cache: ResizedImageCache | None = None, features: FeatureCache | None = None, progress: bool = True,
-        log: Callable[[str], None] = lambda line: None) -> RunResult:
+        log: Callable[[str], None] = lambda line: None,
+        on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> RunResult:
     """Train ``model`` on ``data.train``, select on ``data.val``, then score ``data.test`` once.
 
     Deterministic on CPU for a given ``config.seed`` (default: :class:`TrainConfig`). Only tensors with
@@ -144,6 +145,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     (:meth:`~medpeft.methods.Method.init_from_data`). Without a val split (``data.val`` None) nothing is
     validated and ``select`` must be ``last``. ``cache`` decodes evaluation images once; ``features`` keeps the
     output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`).
+    After each epoch ``log`` gets its line and ``on_epoch`` its history row (e.g. for :mod:`medpeft.tracking`).
     """
     config = config or TrainConfig()
     task = data.task
@@ -179,6 +181,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
             history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                             **{f"val_{k}": v for k, v in val.items()}})
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
+            on_epoch(dict(history[-1]))
             best.update(epoch + 1, val, model)
     model.load_state_dict(best.state, strict=False)
     test_scores = test_metrics = None

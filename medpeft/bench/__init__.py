@@ -6,7 +6,8 @@ executor, resumable, summarised as mean ± std of the selected runs.
 - :mod:`.store`: the bench folder (run directories, ``runs.jsonl``, lock);
 - :mod:`.summary`: ``summary.md`` / ``summary.csv``;
 - :mod:`.executors`, :mod:`.worker`, :mod:`.runner`: running the runs; :mod:`.ray_executor` and
-  :mod:`.slurm_executor` spread them over a Ray cluster or SLURM jobs (imported when chosen).
+  :mod:`.slurm_executor` spread them over a Ray cluster or SLURM jobs (imported when chosen);
+- :mod:`.tracking`: the bench as an MLflow parent run, its runs as children.
 """
 
 from .config import PAPER_GRIDS, BenchConfig, MethodEntry, read_config
