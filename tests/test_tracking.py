@@ -199,8 +199,8 @@ def test_an_unreachable_server_is_one_line_before_any_training(demo_root, tmp_pa
 
 
 def test_calibrated_test_metrics_are_logged_beside_the_raw_ones():
-    result = RunResult([], 2, 0.7, {"accuracy": 0.6, "ECE": 0.2}, None, 10, 100, {"train": 1.5, "val": 2.0, "test": 0.5},
-                       None, "cpu")
+    result = RunResult([], 2, 0.7, {"accuracy": 0.6, "ECE": 0.2}, None, 10, 100,
+                       {"train": 1.5, "val": 2.0, "test": 0.5}, None, "cpu")
     record = RunRecord(RunSpec(method="linear", task="colon", data_root="/data", shots=1), get_task("colon"), {},
                        result, {})
     plain = {"test_accuracy": 0.6, "test_ECE": 0.2, "selected_epoch": 2, "val_best": 0.7, "trainable_params": 10,
