@@ -10,6 +10,7 @@ sigmoid (multi-label) of the submission files. What it expects of its input is i
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import warnings
@@ -32,6 +33,8 @@ from .files import check_writable_dir, write_bytes
 MODEL_FILE = "model.onnx"  #: the default export of a run, in its directory
 OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
+#: The tracing exporter, which ``dynamo=True`` replaced as the default in torch 2.9 (older torch has no ``dynamo``).
+_TRACING_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 class _WithProbabilities(nn.Module):
@@ -72,8 +75,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python values, the exporter's deprecation
             torch.onnx.export(_WithProbabilities(model, record.task).eval(), (torch.zeros(2, 3, size, size),), graph,
-                              input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET, dynamo=False,
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+                              input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, **_TRACING_EXPORTER)
     except Exception as err:  # the exporter's errors have no common type
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"method {name!r} of {run_dir} cannot be exported to ONNX: {reason}") from None
