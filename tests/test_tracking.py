@@ -167,6 +167,9 @@ def test_bench_is_a_parent_run_whose_runs_are_logged_once_where_they_ran(server,
     runs = bench([1, 2], lrs, True, "--executor", "slurm", "--slurm-cluster", "local", "--slurm-runs-per-job", "3",
                  "--wait")  # lr 0.1 of exp 1 is logged from its files, exp 2 by the SLURM job that runs it
     parent, logged = children()
+    client.set_tag(next(iter(logged.values())).info.run_id, "medpeft.selected", "tampered")
+    assert run_cli(["bench", "--summarize", str(out)], capsys)[0] == 0  # tracked as grid.json says: tags mended
+    parent, logged = children()
     assert sorted(logged) == sorted(runs) and len(runs) == 6
     assert len(experiment_runs(client, "benches", ViewType.ALL)) == 1 + 6  # no key logged twice, nothing deleted
     for key, record in runs.items():
