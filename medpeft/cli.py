@@ -1,5 +1,5 @@
-"""The ``medpeft`` command: train, predict, demo, splits, methods; bench, floors, speed, analyze and weights come from
-their own modules (the options they share: :mod:`medpeft.options`)."""
+"""The ``medpeft`` command: train, predict, demo, splits, methods; bench, floors, speed, analyze, export and weights
+come from their own modules (the options they share: :mod:`medpeft.options`)."""
 
 from __future__ import annotations
 
@@ -47,13 +47,17 @@ def methods():
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers).")
+@click.option("--mlflow", "mlflow_uri", metavar="URI",
+              help="Log the run to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db).")
+@click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name].")
 def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
-          calibrate, out, overwrite, feature_cache, **recipe):
+          calibrate, out, overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from .evaluate import FeatureCache
     from .experiment import run_experiment
     from .files import check_writable_dir
     from .record import RunSpec
+    from .tracking import MlflowRun, RunListener, connect, track_run
 
     from .data import get_dataset
 
@@ -65,7 +69,12 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(Path(out).parent, "--out", shown=out)
-    record = run_experiment(spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None)
+    if mlflow_experiment and not mlflow_uri:
+        raise click.UsageError("--mlflow-experiment applies with --mlflow URI")
+    experiment = mlflow_experiment or Path(out).resolve().name
+    tracker = MlflowRun(connect(mlflow_uri, experiment)) if mlflow_uri else None
+    record = track_run(tracker or RunListener(), spec, out, lambda on_epoch: run_experiment(
+        spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None, on_epoch=on_epoch))
     result = record.result
     if result.diverged_epoch is not None:
         raise UserError(f"training diverged at epoch {result.diverged_epoch} (loss not finite): lower --lr; the run "
@@ -79,6 +88,8 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
                    f"{result.calibration['val_nll_before']:.4f} -> {result.calibration['val_nll_after']:.4f}); "
                    "calibrated test " + ", ".join(f"{k} {100 * v:.2f}" for k, v in after.items()))
     click.echo(f"wrote {out}")
+    if tracker is not None and not tracker.stopped:
+        click.echo(f"logged to MLflow at {mlflow_uri}: experiment {experiment!r}, run {tracker.run_id}")
 
 
 @cli.command()
@@ -88,22 +99,34 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 @click.option("--data-root", help="Where the images are, if not where the run found them.")
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV to write [RUN_DIR/<list>/<task>_<K>-shot_submission.csv].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="The PyTorch engine's device.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size):
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Run the model with PyTorch, or run its `medpeft export` with onnxruntime (same CSV).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="--engine onnx: the exported model [RUN_DIR/model.onnx].")
+def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine, onnx_file):
     """Write a MedFMC submission CSV for any image list with a trained run."""
     from .experiment import predict_list, read_record, submission_name, write_submission
     from .files import check_writable_dir
     from .train import resolve_device
 
+    if onnx_file and engine != "onnx":
+        raise click.UsageError("--onnx applies to --engine onnx")
     record = read_record(run_dir)
     out = Path(out) if out else Path(run_dir) / Path(list_file).stem / submission_name(record.spec.task,
                                                                                       record.spec.shots)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(out.parent, "--out", shown=out)
-    names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
-                                 batch_size=batch_size)
+    if engine == "onnx":
+        from .export import MODEL_FILE, predict_list_onnx
+
+        names, scores = predict_list_onnx(run_dir, list_file, onnx_file or Path(run_dir) / MODEL_FILE,
+                                          data_root=data_root, batch_size=batch_size)
+    else:
+        names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
+                                     batch_size=batch_size)
     write_submission(out, names, scores)
     click.echo(f"wrote {out} ({len(names)} rows × {scores.shape[1]} classes)")
 
@@ -145,12 +168,14 @@ def _register_commands() -> None:
     from .analysis import command as analyze_command
     from .bench.command import command as bench_command
     from .floors import command as floors_command
+    from .export import command as export_command
     from .onnx_import import command as weights_command
     from .speed import command as speed_command
 
     cli.add_command(analyze_command)
     cli.add_command(bench_command)
     cli.add_command(floors_command)
+    cli.add_command(export_command)
     cli.add_command(speed_command)
     cli.add_command(weights_command)
 

@@ -13,7 +13,7 @@ import os
 import platform
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,12 +39,14 @@ def check_spec(spec: RunSpec) -> None:
 
 def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache | None = None,
                    features: FeatureCache | None = None, progress: bool = True, overwrite: bool = False,
-                   worker: dict[str, Any] | None = None) -> RunRecord:
+                   worker: dict[str, Any] | None = None,
+                   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> RunRecord:
     """Train ``spec`` and write its run directory ``out``; returns its record.
 
     ``cache`` decodes evaluation images once, ``features`` keeps the frozen prefix's output for them (see
     :func:`medpeft.train.fit`). An existing run in ``out`` is an error unless ``overwrite``; then it is replaced only
     once the new run has finished. ``worker`` adds to the record's description of where the run ran.
+    ``on_epoch`` gets each epoch's history row (a tracker's hook, :mod:`medpeft.tracking`).
     """
     out = Path(out)
     if (out / RUN_FILE).is_file() and not overwrite:
@@ -57,8 +59,8 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     with staged_dir(out, replace=overwrite) as stage:
         with open(stage / "log.txt", "w") as log:
             result = fit(model, data, spec.train, cache=cache, features=features, calibrate=spec.calibrate,
-                         progress=progress,
-                         log=lambda line: (log.write(line + "\n"), log.flush()))
+                         progress=progress, log=lambda line: (log.write(line + "\n"), log.flush()),
+                         on_epoch=on_epoch)
         save_trainable(model, stage / "trainable.safetensors")
         if result.test_scores is not None:
             write_submission(stage / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)
@@ -108,13 +110,18 @@ def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str |
                  progress: bool = True) -> tuple[list[str], np.ndarray]:
     """``(names, probabilities)`` of a trained run for every image of ``list_file`` (names only or labelled),
     found where the run's dataset keeps them (``data_root`` overrides the run's); every image is checked first."""
-    spec = read_record(run_dir).spec
-    samples: Samples = get_dataset(spec.task).image_list(data_root or spec.data_root, str(list_file))
+    samples = list_samples(read_record(run_dir), list_file, data_root)
     check_files(samples.sources, f"images of {list_file}")
     model, record = load_run(run_dir, device=str(device))
     scores = predict(model, samples, record.task, img_size=model.config["img_size"], batch_size=batch_size,
                      device=device, progress=progress)
     return samples.names, scores
+
+
+def list_samples(record: RunRecord, list_file: str | Path, data_root: str | None = None) -> Samples:
+    """The images of ``list_file`` (names only or labelled) where the run's dataset keeps them (``data_root``
+    overrides the run's)."""
+    return get_dataset(record.spec.task).image_list(data_root or record.spec.data_root, str(list_file))
 
 
 def submission_name(task: str, shots: int | str) -> str:

@@ -43,11 +43,16 @@ def strict_json(obj: Any) -> Any:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` atomically (temporary file in the same folder, then rename)."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are for people to read
         os.replace(tmp, path)
     except BaseException:

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .calibration import fit_temperature
 from .data import DatasetSplits, ResizedImageCache, TaskSpec, train_dataset
 from .errors import UserError
-from .calibration import fit_temperature
 from .evaluate import FeatureCache, autocast, evaluate, predict_logits, scores_of
 from .memory import PeakMemory
 from .model import PeftClassifier, count_parameters, trainable_state
@@ -145,7 +145,8 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None = None, *,
         cache: ResizedImageCache | None = None, features: FeatureCache | None = None, calibrate: str = "none",
-        progress: bool = True, log: Callable[[str], None] = lambda line: None) -> RunResult:
+        progress: bool = True, log: Callable[[str], None] = lambda line: None,
+        on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> RunResult:
     """Train ``model`` on ``data.train``, select on ``data.val``, then score ``data.test`` once.
 
     Deterministic on CPU for a given ``config.seed`` (default: :class:`TrainConfig`). Only tensors with
@@ -155,6 +156,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`). A training loss that is
     not finite stops training (``diverged_epoch``). ``calibrate="temperature"`` fits a temperature on the selected
     epoch's validation logits (:mod:`medpeft.calibration`) and scores the test set with it too.
+    After each epoch ``log`` gets its line and ``on_epoch`` its history row (e.g. for :mod:`medpeft.tracking`).
     """
     config = config or TrainConfig()
     task = data.task
@@ -195,6 +197,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
             history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                             **{f"val_{k}": v for k, v in val.items()}})
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
+            on_epoch(dict(history[-1]))
             best.update(epoch + 1, val, model, logits)
         test_scores = test_metrics = calibration = None
         if diverged is None:

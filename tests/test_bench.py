@@ -31,7 +31,7 @@ caches = []  # the cache each fake run received
 
 
 def fake_experiment(calls, val_best=lambda spec: 0.5):
-    def run(spec, run_dir, cache=None, features=None, progress=True, worker=None):
+    def run(spec, run_dir, cache=None, features=None, progress=True, worker=None, on_epoch=None):
         calls.append((spec.method, spec.task, spec.shots, spec.exp, spec.seed))
         caches.append(cache)
         record = fake_record(spec, val_best(spec))

@@ -136,7 +136,7 @@ def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp
     record = read_record(tmp_path / "run")
     epoch = record.result.diverged_epoch
     assert epoch is not None and len(record.result.history) == epoch < 4
-    assert not math.isfinite(record.result.history[-1]["train_loss"])
+    assert record.result.history[-1]["train_loss"] is None  # not finite: null in strict JSON
     assert record.result.val_best is None and record.test is None and record.result.selected_epoch is None
 
     grid = BenchConfig.from_dict({"methods": [{"method": "full", "search": {"lr": [1e6, 0.01]}}], "tasks": ["colon"],

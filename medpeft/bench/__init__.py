@@ -7,7 +7,8 @@ executor, resumable, summarised as mean ± std of the selected runs.
 - :mod:`.summary`: ``summary.md`` / ``summary.csv``;
 - :mod:`.executors`, :mod:`.worker`, :mod:`.runner`: running the runs; :mod:`.ray_executor` and
   :mod:`.slurm_executor` spread them over a Ray cluster or SLURM jobs (imported when chosen by
-  :mod:`.executor_choice`).
+  :mod:`.executor_choice`);
+- :mod:`.tracking`: the bench as an MLflow parent run, its runs as children.
 """
 
 from .config import PAPER_GRIDS, BenchConfig, MethodEntry, read_config

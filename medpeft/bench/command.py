@@ -42,6 +42,10 @@ EXECUTOR_OPTIONS = {
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Keep the frozen prefix's outputs for the evaluation lists (linear, mlp, partial) in OUT/.cache.")
 @click.option("--out", type=click.Path(file_okay=False))
+@click.option("--mlflow", "mlflow_uri", metavar="URI",
+              help="Log the bench to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): a parent run "
+                   "and one child per run, logged where the run runs.")
+@click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name].")
 @click.option("--executor", "executor_name", type=click.Choice(["local", "ray", "slurm"]), default="local",
               show_default=True, help="Where the runs execute: this process, a Ray cluster, or SLURM jobs.")
 @click.option("--address", help="Ray: join the cluster at this address (or 'auto'); none starts a local Ray.")
@@ -62,8 +66,8 @@ EXECUTOR_OPTIONS = {
               help="Collect the finished runs of the bench in this folder into runs.jsonl and its summary; run "
                    "nothing.")
 def command(config_file, method_names, tasks, data_root, shots, exps, seeds, search, refit, backbone, pretrained,
-            weights, img_size, val_per_class, calibrate, epochs, train_opts, decode_once, feature_cache, out, executor_name,
-            summarize, **executor_options):
+            weights, img_size, val_per_class, calibrate, epochs, train_opts, decode_once, feature_cache, out,
+            mlflow_uri, mlflow_experiment, executor_name, summarize, **executor_options):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
     from ..files import check_writable_dir
     from . import BenchConfig, make_executor, read_config, run_bench
@@ -85,7 +89,7 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
         "data_root": data_root, "shots": shots and shots_list(shots), "exps": exps and int_list(exps),
         "seeds": seeds and int_list(seeds), "search": search, "refit": refit, "backbone": backbone,
         "pretrained": pretrained, "weights": weights, "img_size": img_size, "val_per_class": val_per_class,
-        "calibrate": calibrate,
+        "calibrate": calibrate, "mlflow": mlflow_uri, "mlflow_experiment": mlflow_experiment,
     }
     raw.update({k: v for k, v in overrides.items() if v is not None})
     raw["train"] = {**(raw.get("train") or {}), **parse_options(train_opts, "--train-opt"),

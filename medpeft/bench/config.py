@@ -22,6 +22,8 @@ GRID_KEYS = ("methods", "tasks", "shots", "exps", "seeds")
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(RunSpec)
                     if f.name not in ("method", "task", "shots", "exp", "options", "label", "candidate", "refit"))
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+#: Where the runs are tracked: not a run setting (no run key or shared setting depends on it).
+TRACKING_KEYS = ("mlflow", "mlflow_experiment")
 
 #: The hyper-parameter grids of the paper's appendix A.1 (Zu et al. 2024), searched on validation.
 PAPER_GRIDS: dict[str, dict[str, list]] = {
@@ -83,7 +85,8 @@ class MethodEntry:
 class BenchConfig:
     """The grid and what every run shares (``shared``: :data:`SHARED_KEYS`, ``train`` a mapping of
     :class:`~medpeft.train.TrainConfig` fields). ``refit``: after a search, rerun the chosen candidate on
-    train + val and report that run (VPT's protocol)."""
+    train + val and report that run (VPT's protocol). ``mlflow``: log the bench to this MLflow tracking URI, in
+    the experiment ``mlflow_experiment`` (default: the bench folder's name)."""
 
     methods: list[MethodEntry]
     tasks: list[str]
@@ -92,14 +95,17 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     refit: bool = False
     shared: dict[str, Any] = field(default_factory=dict)
+    mlflow: str | None = None
+    mlflow_experiment: str | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "bench config") -> BenchConfig:
         """From a parsed YAML mapping: the grid keys, ``search`` (a default for every method entry, e.g.
-        ``paper``), ``refit``, and the shared run settings (``data_root``, ``backbone``, ``train`` …)."""
+        ``paper``), ``refit``, the shared run settings (``data_root``, ``backbone``, ``train`` …) and the tracking
+        (``mlflow``, ``mlflow_experiment``)."""
         if not isinstance(raw, dict):
             raise UserError(f"{source}: expected a mapping of bench settings")
-        valid = set(GRID_KEYS) | set(SHARED_KEYS) | {"search", "refit"}
+        valid = set(GRID_KEYS) | set(SHARED_KEYS) | set(TRACKING_KEYS) | {"search", "refit"}
         unknown = sorted(set(raw) - valid)
         if unknown:
             raise UserError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
@@ -117,7 +123,10 @@ class BenchConfig:
         shared["train"] = dict(raw.get("train") or {})
         TrainConfig.from_dict(shared["train"])
         grid = {k: _as_list(raw[k]) for k in ("tasks", "shots", "exps", "seeds") if k in raw}
-        config = cls(methods, refit=bool(raw.get("refit", False)), shared=shared, **grid)
+        tracking = {k: str(raw[k]) for k in TRACKING_KEYS if raw.get(k) is not None}
+        if "mlflow_experiment" in tracking and "mlflow" not in tracking:
+            raise UserError(f"{source}: mlflow_experiment applies with mlflow (the tracking URI)")
+        config = cls(methods, refit=bool(raw.get("refit", False)), shared=shared, **grid, **tracking)
         first = next(config.specs(), None)  # the first spec checks the shared settings
         if first is not None:
             check_spec(first)  # the backbone, image size and weights file, before anything is run or written

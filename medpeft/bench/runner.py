@@ -11,11 +11,12 @@ from ..errors import UserError
 from ..experiment import check_spec, load_splits
 from ..files import write_json
 from ..record import RunRecord, RunSpec
-from .config import BenchConfig
+from .config import TRACKING_KEYS, BenchConfig
 from .executors import Executor, LocalExecutor
 from .selection import choose, group_cells
 from .store import BenchStore
 from .summary import write_summary
+from .tracking import BenchTracking, open_tracking, tracking_target
 from .worker import RunJob
 
 GRID_FILE = "grid.json"  #: the grid as a mapping, for --summarize
@@ -80,11 +81,14 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
     ``out/.cache``; per node on a cluster: ``cache_dir/<host>``); ``feature_cache``: the frozen prefix's outputs
     for the evaluation lists are kept there too (:mod:`medpeft.evaluate`). A run that fails is reported and the
     others go on; the bench then ends with a one-line error. An executor that does not wait (SLURM without
-    ``--wait``) returns once the runs are submitted; a rerun (or :func:`collect`) gathers them.
+    ``--wait``) returns once the runs are submitted; a rerun (or :func:`collect`) gathers them. With
+    ``config.mlflow`` the bench is an MLflow parent run and its runs are children (:mod:`.tracking`); the store is
+    checked before anything runs.
     """
     executor = executor or LocalExecutor()
     out = Path(out)
     grid = _Grid(config)
+    target = tracking_target(config, out)
     with BenchStore(out) as store:
         store.check_setup(config.setup())
         finished = store.load()
@@ -92,10 +96,14 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         preflight(pending)
         store.write_setup(config.setup())
         write_json(out / GRID_FILE, grid_dict(config))
+        tracking = open_tracking(target, store)
+        if tracking:
+            tracking.set_status("RUNNING")
         cache = None if not decode_once else str(cache_dir or out / ".cache")
         executor.start(RunJob(str(out.resolve()), cache, feature_cache and cache is not None,
                               node_cache=executor.node_cache,
-                              progress=progress and isinstance(executor, LocalExecutor)))
+                              progress=progress and isinstance(executor, LocalExecutor),
+                              tracking=tracking and tracking.target))
         done = sum(1 for r in finished.values()
                    if r.key in grid.keys or (r.spec.refit and r.spec.cell in grid.candidates))
         bar = tqdm(total=done + len(pending), initial=done, desc="bench",
@@ -106,11 +114,18 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
             refits: set[str] = set()
             bar.total += _submit_refits(grid, store, executor, refits)
             executor.flush()
-            _collect(grid, store, executor, refits, bar)
+            _collect(grid, store, executor, refits, bar, tracking)
+        except BaseException as err:
+            if tracking:
+                tracking.set_status("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
         finally:
             bar.close()
             executor.close()
-        _update(grid, store)
+        _update(grid, store, tracking)
+        if tracking:
+            tracking.log_summaries(out)
+            tracking.set_status("FAILED" if executor.waits and grid.failed else "FINISHED")
         if executor.waits and grid.failed:
             failures = store.failures()
             first = min(grid.failed)
@@ -127,10 +142,14 @@ def collect(out: str | Path) -> tuple[list[RunRecord], int]:
     if not path.is_file():
         raise UserError(f"{out} holds no bench ({GRID_FILE} is missing): run medpeft bench --out {out} first")
     grid = _Grid(BenchConfig.from_dict(json.loads(path.read_text()), str(path)))
+    target = tracking_target(grid.config, out)
     with BenchStore(out) as store:
         finished = store.load()
         grid.failed = set(store.failures()) - set(finished)
-        _update(grid, store)
+        tracking = open_tracking(target, store)
+        _update(grid, store, tracking)
+        if tracking:
+            tracking.log_summaries(out)
         missing = [key for key in grid.keys if key not in finished]
         missing += [spec.key for spec in _due_refits(grid, store) if spec.key not in finished]
         return store.indexed(), len(missing)
@@ -140,11 +159,13 @@ def grid_dict(config: BenchConfig) -> dict:
     """``config`` as the mapping :meth:`BenchConfig.from_dict` reads (``OUT/grid.json``, for ``--summarize``)."""
     methods = [{"method": e.method, "options": e.options, "label": e.label, "search": e.search}
                for e in config.methods]
+    tracking = {k: getattr(config, k) for k in TRACKING_KEYS if getattr(config, k) is not None}
     return {"methods": methods, "tasks": config.tasks, "shots": config.shots, "exps": config.exps,
-            "seeds": config.seeds, "refit": config.refit, **config.shared}
+            "seeds": config.seeds, "refit": config.refit, **config.shared, **tracking}
 
 
-def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str], bar: tqdm) -> None:
+def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str], bar: tqdm,
+             tracking: BenchTracking | None = None) -> None:
     while executor.waits and executor.pending():
         outcome = executor.next()
         bar.update(1)
@@ -157,7 +178,7 @@ def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str
             bar.write(f"failed: {outcome.spec.key}: {outcome.error}")
         bar.total += _submit_refits(grid, store, executor, refits)
         executor.flush()
-        _update(grid, store)
+        _update(grid, store, tracking)
 
 
 def _submit_refits(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str]) -> int:
@@ -180,6 +201,8 @@ def _due_refits(grid: _Grid, store: BenchStore) -> list[RunSpec]:
     return due
 
 
-def _update(grid: _Grid, store: BenchStore) -> None:
+def _update(grid: _Grid, store: BenchStore, tracking: BenchTracking | None = None) -> None:
     store.update_index(grid.complete, grid.order, refit=grid.config.refit)
     write_summary(store.out, store.indexed())
+    if tracking:
+        tracking.update(store.indexed())

@@ -13,6 +13,7 @@ from ..data import ResizedImageCache
 from ..evaluate import FeatureCache
 from ..experiment import RUN_FILE, read_record, run_experiment
 from ..record import RunSpec
+from ..tracking import MlflowRun, MlflowTarget, RunListener, track_run
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class RunJob:
     """What a worker needs besides the spec: the bench folder (on a file system every worker sees), the folder of
     the decode-once cache (None: decode at every evaluation), whether to keep frozen features there too, whether
     each node keeps its own cache (``cache_dir/<host>``: a cluster's nodes never share cache files), the torch
-    threads (the run's CPU share), and whether to show each run's epoch progress."""
+    threads (the run's CPU share), whether to show each run's epoch progress, and where to log each run in MLflow
+    (the bench's parent run; None: untracked)."""
 
     out: str
     cache_dir: str | None = None
@@ -28,6 +30,7 @@ class RunJob:
     node_cache: bool = False
     threads: int | None = None
     progress: bool = False
+    tracking: MlflowTarget | None = None
 
 
 _CACHES: dict[str, tuple[ResizedImageCache, FeatureCache]] = {}  # per folder and process, reused by its runs
@@ -37,12 +40,15 @@ def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] 
     """Run ``spec`` into ``job.out`` and return its record (as a dict, ready to ship between processes).
 
     A run whose directory already holds a finished run is not redone: its record is returned (a retried task
-    whose first attempt finished, or a run another worker completed).
+    whose first attempt finished, or a run another worker completed), and logged if tracked and not logged yet.
     """
     spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
     run_dir = Path(job.out) / spec.run_dir
     if (run_dir / RUN_FILE).is_file():
-        return read_record(run_dir).to_dict()
+        record = read_record(run_dir)
+        if job.tracking is not None:
+            MlflowRun(job.tracking).replay_if_missing(record, run_dir)
+        return record.to_dict()
     if job.threads:
         torch.set_num_threads(job.threads)
     cache = features = None
@@ -51,5 +57,7 @@ def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] 
         cache, features = _CACHES.setdefault(str(folder), (ResizedImageCache(folder),
                                                            FeatureCache(folder / "features")))
     features = features if job.feature_cache else None
-    return run_experiment(spec, run_dir, cache=cache, features=features, progress=job.progress,
-                          worker=worker).to_dict()
+    listener = RunListener() if job.tracking is None else MlflowRun(job.tracking)
+    return track_run(listener, spec, run_dir, lambda on_epoch: run_experiment(
+        spec, run_dir, cache=cache, features=features, progress=job.progress, worker=worker,
+        on_epoch=on_epoch)).to_dict()

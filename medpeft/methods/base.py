@@ -24,8 +24,9 @@ class Method:
     first, and raise :func:`option_error`), so a mistake fails when the method is constructed; fields with a fixed
     set of values list them in ``field(metadata={"choices": ...})``, lower bounds in ``metadata={"min": ...}``.
     Subclasses override :meth:`inject` to add or unfreeze parameters and, where the head differs,
-    :meth:`make_head`; the hooks :meth:`frozen_stages`, :meth:`init_from_data`, :meth:`after_load` and
-    :meth:`token_maps` let evaluation, training, checkpoints and analysis ask the method without knowing it.
+    :meth:`make_head`; the hooks :meth:`frozen_stages`, :meth:`init_from_data`, :meth:`after_load`,
+    :meth:`token_maps` and :meth:`prepare_export` let evaluation, training, checkpoints, analysis and export ask the
+    method without knowing it.
     """
 
     name: ClassVar[str] = ""
@@ -72,6 +73,11 @@ class Method:
     def token_maps(self, model: nn.Module) -> TokenMaps | None:
         """Per-token quantities the analysis draws over the patch grid (e.g. EPT's patch-wise scaling); None here."""
         return None
+
+    def prepare_export(self, model: nn.Module) -> None:
+        """Called on a loaded model about to be exported to ONNX (never trained again): rewrite in place what the
+        exporter cannot trace as plain operations computing the same function (fold weight updates into the
+        frozen weights, swap a fused kernel for explicit operations). Nothing here."""
 
     def options(self) -> dict[str, Any]:
         """The resolved options, JSON-ready."""

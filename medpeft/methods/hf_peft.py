@@ -67,5 +67,19 @@ class HFPeft(Method):
         except (TypeError, ValueError) as err:
             raise UserError(f"method {self.full_name!r}: {err}".replace("\n", " ")) from err
 
+    def prepare_export(self, model):
+        """Merge every tuner's update into its base layer (peft's own ``merge``); a tuner that cannot merge is
+        exported as it is."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        module.merge()
+                except NotImplementedError:
+                    pass
+
     def options(self):
         return dict(self.config)

@@ -69,3 +69,11 @@ class LoRA(Method):
     def inject(self, backbone):
         for block in backbone.blocks:
             block.attn.qkv = LoraQKV(block.attn.qkv, self.r, self.alpha)
+
+    def prepare_export(self, model):
+        """Fold each update into its frozen projection: W + alpha / r · [B_q A_q; 0; B_v A_v]."""
+        for block in model.backbone.blocks:
+            lora = block.attn.qkv
+            with torch.no_grad():
+                lora.base_layer.weight += lora.scaling * lora.up_projection() @ lora.lora_A.flatten(0, 1)
+            block.attn.qkv = lora.base_layer

@@ -70,6 +70,12 @@ class EPT(Method):
         for attn in _attentions(model):
             attn.awaiting_token = False
 
+    def prepare_export(self, model):
+        """The concat ways' extra key through plain SDPA (an extra query channel; the exporter writes MatMul and
+        Softmax) instead of the fused kernels' log-sum-exp output, which an autograd Function reads."""
+        for attn in _attentions(model):
+            attn.lse_kernels = False
+
     def token_maps(self, model):
         probes = {i: (block.attn, lambda x, attn=block.attn: attn.patch_scaling(x).float().mean(dim=1))
                   for i, block in enumerate(model.backbone.blocks)

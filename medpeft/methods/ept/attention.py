@@ -22,7 +22,8 @@ class EmbeddedPromptAttention(nn.Module):
     - ``multiply``: ``softmax(S ∘ P)``, P (N, N) starting at 1; it materialises the logits, as the paper does.
 
     ``fused=False`` builds the (B, H, N, L + N) logits of the concat ways explicitly, as the official code does (a
-    reference for tests and benchmarks). The frozen submodules of the wrapped attention keep their names (``qkv``,
+    reference for tests and benchmarks). ``lse_kernels=False`` keeps the fused concat ways off the kernels that return
+    their log-sum-exp (:func:`~.kernels.null_key_attention`; set for ONNX export). The frozen submodules of the wrapped attention keep their names (``qkv``,
     ``proj``, …), so state-dict keys are those of timm plus ``prompt``. With the ``token`` init the prompt waits
     for :meth:`add_token` (``awaiting_token`` is True until then).
     """
@@ -43,6 +44,7 @@ class EmbeddedPromptAttention(nn.Module):
         self.proj_drop = attn.proj_drop
         self.way = way
         self.fused = fused
+        self.lse_kernels = True
         self.num_tokens = num_tokens
         self.awaiting_token = init == "token"
         if way in CONCAT_WAYS:
@@ -63,7 +65,7 @@ class EmbeddedPromptAttention(nn.Module):
         q, k, v = self._qkv(x)
         dropout_p = self.attn_drop.p if self.training else 0.0
         if self.way in CONCAT_WAYS and self.fused:
-            out = null_key_attention(q, k, v, self.prompt_logit(q, k), self.scale, dropout_p)
+            out = null_key_attention(q, k, v, self.prompt_logit(q, k), self.scale, dropout_p, self.lse_kernels)
         elif self.way in CONCAT_WAYS:
             out = self._materialised_concat(q, k, v)
         elif self.way == "add" and self.fused and not (q.is_cuda and self.prompt.requires_grad and not q.requires_grad):

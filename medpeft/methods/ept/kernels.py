@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 
 
-def null_key_attention(q, k, v, logit, scale: float, dropout_p: float = 0.0):
+def null_key_attention(q, k, v, logit, scale: float, dropout_p: float = 0.0, lse_kernels: bool = True):
     """``softmax([logit | q kᵀ·scale])[..., 1:] @ v``: attention plus one extra key of zero value, fused.
 
     ``q, k, v`` are (B, H, N, d); ``logit`` broadcasts to (B, H, N). Where a fused kernel returns its row
-    log-sum-exp (CPU flash; CUDA flash or memory-efficient; no dropout) this is that one kernel and the scaling
-    s = sigmoid(lse − logit) (:class:`_ScaledFusedAttention`); elsewhere the logit rides in an extra query channel
-    against an extra key (:func:`_extra_channel_attention`).
+    log-sum-exp (CPU flash; CUDA flash or memory-efficient; no dropout; ``lse_kernels``) this is that one kernel and
+    the scaling s = sigmoid(lse − logit) (:class:`_ScaledFusedAttention`); elsewhere the logit rides in an extra
+    query channel against an extra key (:func:`_extra_channel_attention`: plain SDPA, which ONNX export takes).
     """
-    kernel = _lse_kernel(q, dropout_p)
+    kernel = _lse_kernel(q, dropout_p) if lse_kernels else None
     if kernel is not None:
         return _ScaledFusedAttention.apply(q, k, v, logit.expand(q.shape[:3]), scale, kernel)
     return _extra_channel_attention(q, k, v, logit, scale, dropout_p)
@@ -41,10 +41,9 @@ def _extra_channel_attention(q, k, v, logit, scale: float, dropout_p: float = 0.
     kernels on every device) and sliced back on return.
     """
     B, H, N, d = q.shape
-    pad = -(-(d + 1) // 8) * 8 - d
+    pad = (d + 8) // 8 * 8 - d  # ceil((d + 1) / 8) · 8 − d, with no negative floor division (ONNX truncates)
     q = torch.cat([q, logit.to(q.dtype).expand(B, H, N).unsqueeze(-1), q.new_zeros(B, H, N, pad - 1)], dim=-1)
-    null_key = k.new_zeros(B, H, 1, d + pad)
-    null_key[..., d] = 1.0 / scale
+    null_key = F.pad(k.new_full((B, H, 1, 1), 1.0 / scale), (d, pad - 1))  # 1/scale in channel d, no indexing
     k = torch.cat([F.pad(k, (0, pad)), null_key], dim=2)
     v = F.pad(v, (0, pad, 0, 1))
     out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
