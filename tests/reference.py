@@ -194,3 +194,54 @@ def naive_vpt_swin_features(swin, prompts: list, images):
             x, p = x + block.mlp(block.norm2(x)), p + block.mlp(block.norm2(p))
             i += 1
     return swin.forward_head(swin.norm(x), pre_logits=True)
+
+
+def rotated_qkv(attn, x, rope, plain: int):
+    """q, k, v of an EVA attention: the rotary embedding ``rope`` on every token after the first ``plain``."""
+    from timm.layers import apply_rot_embed_cat
+
+    q, k, v = qkv_of(attn, x)
+    rotate = lambda t: torch.cat([t[:, :, :plain], apply_rot_embed_cat(t[:, :, plain:], rope)], dim=2)  # noqa: E731
+    return rotate(q), rotate(k), v
+
+
+def _scaled(gamma, x):
+    return x if gamma is None else gamma * x
+
+
+def _eva_block(block, x, A, v):
+    """The rest of a pre-norm EVA/BEiT block once its attention weights A and values v are known."""
+    B, N, _ = x.shape
+    out = (A @ v).transpose(1, 2).reshape(B, N, -1)
+    norm = getattr(block.attn, "norm", None)  # EVA's scale norm (an identity on EVA-02), none on BEiT
+    x = x + _scaled(block.gamma_1, block.attn.proj(out if norm is None else norm(out)))
+    return x + _scaled(block.gamma_2, block.mlp(block.norm2(x)))
+
+
+def naive_ept_eva_features(eva, prompts: dict, way: str, images):
+    """Pooled feature of EPT on a timm Eva: S from the rotated q, k (prefix tokens not rotated), prompt as on a ViT."""
+    x, rope = eva._pos_embed(eva.patch_embed(images))
+    x = eva.norm_pre(x)
+    for i, block in enumerate(eva.blocks):
+        if i not in prompts:
+            x = block(x, rope=rope)
+            continue
+        q, k, v = rotated_qkv(block.attn, block.norm1(x), rope, eva.num_prefix_tokens)
+        x = _eva_block(block, x, ept_attention(q @ k.transpose(-2, -1) * block.attn.scale, prompts[i], way), v)
+    return eva.forward_head(eva.norm(x), pre_logits=True)
+
+
+def naive_vpt_eva_features(eva, prompt, images):
+    """Pooled feature of VPT on a timm Eva: tokens [prefix, P, patches], the prompts not rotated (as CLS); deep:
+    before block i the prompts become P_i."""
+    x, rope = eva._pos_embed(eva.patch_embed(images))
+    x = eva.norm_pre(x)
+    B, L, n = x.shape[0], prompt.shape[1], eva.num_prefix_tokens
+    for i, block in enumerate(eva.blocks):
+        if i == 0:
+            x = torch.cat([x[:, :n], prompt[0].expand(B, -1, -1), x[:, n:]], dim=1)
+        elif i < prompt.shape[0]:
+            x = torch.cat([x[:, :n], prompt[i].expand(B, -1, -1), x[:, n + L:]], dim=1)
+        q, k, v = rotated_qkv(block.attn, block.norm1(x), rope, n + L)
+        x = _eva_block(block, x, (q @ k.transpose(-2, -1) * block.attn.scale).softmax(-1), v)
+    return eva.forward_head(eva.norm(torch.cat([x[:, :n], x[:, n + L:]], dim=1)), pre_logits=True)
