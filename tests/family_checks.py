@@ -17,9 +17,10 @@ TRAINED = [m for m in medpeft.available_methods() if not m.startswith("peft:")] 
 
 
 def two_sgd_steps(model, images, seed=0):
-    """Two plain SGD steps (no weight decay: only a gradient can move a tensor)."""
+    """Two plain SGD steps (no weight decay: only a gradient can move a tensor); lr 0.01, so that the first step
+    does not saturate the softmax of a random head on wide pooled features (whose gradients would then vanish)."""
     torch.manual_seed(seed)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     targets = torch.randint(0, C, (images.shape[0],))
     for _ in range(2):
         optimizer.zero_grad()

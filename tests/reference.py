@@ -245,3 +245,48 @@ def naive_vpt_eva_features(eva, prompt, images):
         q, k, v = rotated_qkv(block.attn, block.norm1(x), rope, n + L)
         x = _eva_block(block, x, (q @ k.transpose(-2, -1) * block.attn.scale).softmax(-1), v)
     return eva.forward_head(eva.norm(torch.cat([x[:, :n], x[:, n + L:]], dim=1)), pre_logits=True)
+
+
+def beit_tokens(beit, images):
+    """[CLS, patches] (plus the absolute position embedding, if any) of a timm Beit."""
+    x = beit.patch_embed(images)
+    x = torch.cat([beit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+    return beit.pos_drop(x if beit.pos_embed is None else x + beit.pos_embed)
+
+
+def beit_bias(beit, attn):
+    """The relative position bias BEiT adds to QKᵀ/√d: the attention's own table and/or the model's shared one."""
+    bias = attn._get_rel_pos_bias() if attn.relative_position_bias_table is not None else 0.0
+    return bias if beit.rel_pos_bias is None else bias + beit.rel_pos_bias()
+
+
+def naive_ept_beit_features(beit, prompts: dict, way: str, images):
+    """Pooled feature of EPT on a timm Beit: S = QKᵀ/√d + relative position bias, prompt as on a ViT."""
+    x = beit_tokens(beit, images)
+    shared = None if beit.rel_pos_bias is None else beit.rel_pos_bias()
+    for i, block in enumerate(beit.blocks):
+        if i not in prompts:
+            x = block(x, shared_rel_pos_bias=shared)
+            continue
+        q, k, v = qkv_of(block.attn, block.norm1(x))
+        S = q @ k.transpose(-2, -1) * block.attn.scale + beit_bias(beit, block.attn)
+        x = _eva_block(block, x, ept_attention(S, prompts[i], way), v)
+    return beit.forward_head(beit.norm(x), pre_logits=True)
+
+
+def naive_vpt_beit_features(beit, prompt, images):
+    """Pooled feature of VPT on a timm Beit: tokens [CLS, P, patches]; the prompts' rows and columns of the relative
+    position bias are zero, the other entries those of CLS and the patches."""
+    x = beit_tokens(beit, images)
+    B, N, L = x.shape[0], x.shape[1], prompt.shape[1]
+    kept = torch.tensor([0, *range(1 + L, N + L)])  # positions of CLS and the patches among the N + L tokens
+    for i, block in enumerate(beit.blocks):
+        if i == 0:
+            x = torch.cat([x[:, :1], prompt[0].expand(B, -1, -1), x[:, 1:]], dim=1)
+        elif i < prompt.shape[0]:
+            x = torch.cat([x[:, :1], prompt[i].expand(B, -1, -1), x[:, 1 + L:]], dim=1)
+        bias = torch.zeros(1, block.attn.num_heads, N + L, N + L, dtype=x.dtype)
+        bias[:, :, kept[:, None], kept] = beit_bias(beit, block.attn)
+        q, k, v = qkv_of(block.attn, block.norm1(x))
+        x = _eva_block(block, x, (q @ k.transpose(-2, -1) * block.attn.scale + bias).softmax(-1), v)
+    return beit.forward_head(beit.norm(torch.cat([x[:, :1], x[:, 1 + L:]], dim=1)), pre_logits=True)

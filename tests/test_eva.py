@@ -26,8 +26,9 @@ def eva(img_size=56, dtype=torch.float32, **kwargs):
             for gamma in (block.gamma_1, block.gamma_2):
                 if gamma is not None:
                     gamma.uniform_(0.2, 1.0)
-            block.attn.q_bias.normal_(0, 0.1)
-            block.attn.v_bias.normal_(0, 0.1)
+            if block.attn.q_bias is not None:
+                block.attn.q_bias.normal_(0, 0.1)
+                block.attn.v_bias.normal_(0, 0.1)
         model.cls_token.normal_()
         if model.reg_token is not None:
             model.reg_token.normal_()
@@ -124,6 +125,27 @@ def test_zero_initialised_methods_start_as_the_frozen_model(method):
     images = torch.randn(3, 3, 56, 56)
     with torch.no_grad():
         assert torch.equal(model(images), frozen(images))
+
+
+def test_separate_q_k_v_projections():
+    """EVA-02 B/L keep q, k and v apart (``qkv_fused=False``): EPT computes with them (a vanishing prompt gives the
+    frozen model), LoRA adapts q and v (B = 0: the frozen model at the start; then A and B train)."""
+    vit = eva(dtype=torch.double, qkv_fused=False, depth=2)
+    frozen = build_model("linear", copy.deepcopy(vit), C).double()
+    images = torch.randn(2, 3, 56, 56, dtype=torch.double)
+    ept = build_model("ept", copy.deepcopy(vit), C, prompt_length=5).double()
+    with torch.no_grad():
+        for block in ept.backbone.blocks:
+            block.attn.prompt.fill_(-1e4)
+        torch.testing.assert_close(ept.forward_features(images), frozen.forward_features(images), rtol=0, atol=1e-12)
+    lora = build_model("lora", vit, C, r=4).double()
+    assert count_parameters(lora)[0] == 2 * 2 * (4 * 192 + 192 * 4) + 192 * C + C
+    lora.head.load_state_dict(frozen.head.state_dict())
+    with torch.no_grad():
+        assert torch.equal(lora(images), frozen(images))
+    names = sorted(n for n, p in lora.named_parameters() if p.requires_grad and "lora" in n)
+    assert names[:4] == ["backbone.blocks.0.attn.q_proj.lora_A", "backbone.blocks.0.attn.q_proj.lora_B",
+                         "backbone.blocks.0.attn.v_proj.lora_A", "backbone.blocks.0.attn.v_proj.lora_B"]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,6 @@ Adding a family is one module here; the methods and the training loop do not cha
 """
 
 from .base import Family, family_class, family_of, register
-from . import vit, swin, eva  # noqa: E402,F401,I001  (registration, in this order)
+from . import vit, swin, eva, beit  # noqa: E402,F401,I001  (registration, in this order)
 
 __all__ = ["Family", "family_class", "family_of", "register"]
