@@ -181,3 +181,13 @@ def test_cached_prefix_then_suffix_is_the_model(method, options, stages, eva_ti)
 def test_medpeft_train_runs_end_to_end(tmp_path, capsys):
     record = train_end_to_end(tmp_path, capsys, EVA, 28, "vpt", "prompt_length=4")
     assert record["result"]["trainable_params"] == 12 * 4 * 192 + 192 * 2 + 2
+
+
+def test_local_weights_load_through_the_eva_filter(tmp_path):
+    torch.manual_seed(1)
+    source = timm.create_model(EVA, num_classes=0, img_size=56).eval()
+    torch.save(source.state_dict(), tmp_path / "eva.pth")
+    model = build_model("linear", EVA, C, weights=tmp_path / "eva.pth", img_size=56).eval()
+    images = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(images), source(images), rtol=0, atol=1e-5)

@@ -249,3 +249,28 @@ def test_medpeft_speed_takes_a_swin(tmp_path):
     assert methods["naive-ept"]["trainable_params"] == methods["ept"]["trainable_params"]
     assert all(m["step_s"] > 0 and m["eval_img_per_s"] > 0 for m in methods.values())
     assert "| naive-ept |" in result.output
+
+
+def test_local_weights_of_another_size_load_through_the_swin_filter(tmp_path):
+    """A 224 px checkpoint used at 48 px: timm's Swin filter resizes the relative position tables to the smaller
+    windows; Google .npz files are refused (they are ViT checkpoints)."""
+    torch.manual_seed(1)
+    source = timm.create_model(SWIN, num_classes=0)
+    torch.save(source.state_dict(), tmp_path / "swin.pth")
+    model = build_model("linear", SWIN, C, weights=tmp_path / "swin.pth", img_size=48)
+    assert torch.equal(model.backbone.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    assert model.backbone.layers[2].blocks[0].attn.relative_position_bias_table.shape == (25, 12)  # 3×3 windows
+    (tmp_path / "swin.npz").write_bytes(b"")
+    with pytest.raises(medpeft.UserError, match=r"\.npz checkpoints are for ViTs"):
+        build_model("linear", SWIN, C, weights=tmp_path / "swin.npz")
+
+
+def test_token_init_adds_the_mean_patch_embedding_to_every_stage():
+    model = build_model("ept", swin(**SMALL), C, prompt_length=24, init="token", layers=[0, 3])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        mean = model.backbone.patch_embed(images).mean(dim=(0, 1, 2))  # (24,): what the first block receives
+    model.method.init_from_data(model, images)
+    blocks = medpeft.families.family_of(model.backbone).blocks()
+    torch.testing.assert_close(blocks[0].attn.prompt, mean.expand(256, -1))  # L = C: every row is the mean token
+    torch.testing.assert_close(blocks[3].attn.prompt, mean.expand(64, -1))

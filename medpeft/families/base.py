@@ -108,7 +108,7 @@ class Family:
 
     def final_norms(self) -> list[str]:
         """Attribute names (on the model) of the normalisation layers between the last block and the head."""
-        return [n for n in ("norm", "fc_norm") if any(True for _ in getattr(self.model, n).parameters())]
+        return [n for n in ("norm", "fc_norm") if next(getattr(self.model, n).parameters(), None) is not None]
 
     def tensor_stage(self, name: str) -> int:
         """The first stage (see :meth:`~medpeft.methods.Method.frozen_stages`) that computes with the model tensor

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn, window_partition, window_reverse
 
+from ..errors import UserError
 from .base import Family, adopt, attend, pad_extra_tokens, register, relative_position_bias
 
 
@@ -24,6 +25,12 @@ class Swin(Family):
     example = "swin_tiny_patch4_window7_224"
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
     spatial = True
+
+    @classmethod
+    def prepare(cls, model):
+        if model.dynamic_img_size:
+            raise UserError("a Swin built with dynamic_img_size (shift masks made per input) is not supported: build it "
+                            "at the fixed img_size of its inputs")
 
     def _stages(self) -> list[tuple[int, int, nn.Module]]:
         """(stage, index within the stage, block) in forward order."""

@@ -23,8 +23,9 @@ class PromptTokens(nn.Module):
     Before the first block the prompts are inserted after the prefix tokens (CLS and any registers); deep prompts
     replace them before every later block; after the last block they are dropped. Blocks on (B, H, W, C) grids
     (``out_grid``: the last block's grid) get their tokens as a (B, H·W, C) sequence with the prompts, and the last
-    block's output goes back to the grid. The blocks themselves are not touched, so anything that runs them one by
-    one (timm's gradient checkpointing, ``forward_intermediates``) sees the prompts too.
+    block's output goes back to the grid. The prompts come and go through hooks on the blocks (the family has let its
+    blocks carry extra tokens: :meth:`~medpeft.families.Family.insert_tokens`), so anything that runs the blocks one
+    by one (timm's gradient checkpointing, ``forward_intermediates``) sees them too.
     """
 
     def __init__(self, stages: list[tuple[int, int]], prompt_length: int, num_prefix: int, deep: bool,
