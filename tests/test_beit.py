@@ -8,9 +8,11 @@ import pytest
 import timm
 import torch
 
-from family_checks import C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads, train_end_to_end
+from family_checks import (C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads,
+                           train_end_to_end)
 from medpeft import build_model, count_parameters
 from medpeft.evaluate import forward_prefix, forward_suffix
+from medpeft.methods.hf_peft import PEFT_TUNERS
 from reference import naive_ept_beit_features, naive_vpt_beit_features
 from test_methods import width
 
@@ -136,6 +138,15 @@ def test_every_method_trains_saves_and_loads(method, beit_b, tmp_path):
     options = {"vp": {"prompt_size": 4}}.get(method, {})
     model = build_model(method, copy.deepcopy(beit_b), C, seed=0, **options).double()
     assert_trains_saves_and_loads(model, tmp_path, (2, 3, 32, 32), backbone=copy.deepcopy(beit_b).float(), seed=0)
+
+
+@pytest.mark.parametrize("tuner", [t for t in PEFT_TUNERS if f"peft:{t}" not in TRAINED])
+def test_other_peft_tuners_train_save_and_load(tuner, tmp_path):
+    """The other tested ``peft`` tuners (the same Linear layers, other adapters) on a smaller
+    BEiT-B (3 blocks of width 192)."""
+    template = beit(dtype=torch.double, **SMALL)
+    model = build_model(f"peft:{tuner}", copy.deepcopy(template), C, seed=0).double()
+    assert_trains_saves_and_loads(model, tmp_path, (2, 3, 48, 48), backbone=copy.deepcopy(template).float(), seed=0)
 
 
 @pytest.mark.parametrize("method", TRAINED)

@@ -7,9 +7,11 @@ import pytest
 import timm
 import torch
 
-from family_checks import C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads, train_end_to_end
+from family_checks import (C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads,
+                           train_end_to_end)
 from medpeft import build_model, count_parameters
 from medpeft.evaluate import forward_prefix, forward_suffix
+from medpeft.methods.hf_peft import PEFT_TUNERS
 from reference import naive_ept_eva_features, naive_vpt_eva_features
 from test_methods import width
 
@@ -75,7 +77,8 @@ def test_trainable_counts_match_definitions(kwargs, layer_scale, N):
     for method, options in CASES:
         model = build_model(method, copy.deepcopy(template), C, **options)
         trainable, total = count_parameters(model)
-        assert trainable == expected_trainable(method, 192, depth, N, 56, 512, layer_scale, **options), (method, options)
+        expected = expected_trainable(method, 192, depth, N, 56, 512, layer_scale, **options)
+        assert trainable == expected, (method, options)
         added = 192 * C + C if method in ("partial", "bitfit") else trainable  # these only unfreeze
         assert total == frozen + added, (method, options)
 
@@ -160,6 +163,15 @@ def test_every_method_trains_saves_and_loads(method, eva_ti, tmp_path):
     options = {"vp": {"prompt_size": 5}}.get(method, {})
     model = build_model(method, copy.deepcopy(eva_ti), C, seed=0, **options).double()
     assert_trains_saves_and_loads(model, tmp_path, (2, 3, 56, 56), backbone=copy.deepcopy(eva_ti).float(), seed=0)
+
+
+@pytest.mark.parametrize("tuner", [t for t in PEFT_TUNERS if f"peft:{t}" not in TRAINED])
+def test_other_peft_tuners_train_save_and_load(tuner, tmp_path):
+    """The other tested ``peft`` tuners (the same Linear layers, other adapters) on a smaller
+    EVA-02 Ti (3 blocks, registers, LayerScale)."""
+    template = eva(dtype=torch.double, **REGS)
+    model = build_model(f"peft:{tuner}", copy.deepcopy(template), C, seed=0).double()
+    assert_trains_saves_and_loads(model, tmp_path, (2, 3, 56, 56), backbone=copy.deepcopy(template).float(), seed=0)
 
 
 @pytest.mark.parametrize("method", TRAINED)

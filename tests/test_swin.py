@@ -10,9 +10,11 @@ import torch
 from click.testing import CliRunner
 
 import medpeft
-from family_checks import C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads, train_end_to_end
+from family_checks import (C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads,
+                           train_end_to_end)
 from medpeft import build_model, count_parameters
 from medpeft.evaluate import forward_prefix, forward_suffix
+from medpeft.methods.hf_peft import PEFT_TUNERS
 from reference import naive_ept_swin_features, naive_vpt_swin_features
 from test_methods import width
 
@@ -210,6 +212,15 @@ def test_every_method_trains_saves_and_loads(method, swin_t, tmp_path):
     assert_trains_saves_and_loads(model, tmp_path, (2, 3, 48, 48), backbone=copy.deepcopy(swin_t).float(), seed=0)
 
 
+@pytest.mark.parametrize("tuner", [t for t in PEFT_TUNERS if f"peft:{t}" not in TRAINED])
+def test_other_peft_tuners_train_save_and_load(tuner, tmp_path):
+    """The other tested ``peft`` tuners (the same Linear layers, other adapters) on a smaller
+    Swin-T (width 48, two stages)."""
+    template = swin(img_size=32, dtype=torch.double, embed_dim=48, depths=(2, 2), num_heads=(2, 4))
+    model = build_model(f"peft:{tuner}", copy.deepcopy(template), C, seed=0).double()
+    assert_trains_saves_and_loads(model, tmp_path, (2, 3, 32, 32), backbone=copy.deepcopy(template).float(), seed=0)
+
+
 @pytest.mark.parametrize("method", TRAINED)
 def test_gradient_checkpointing_changes_nothing(method):
     model = build_model(method, swin(img_size=32, dtype=torch.double, **SMALL), C, seed=0, **OPTIONS.get(method, {}))
@@ -251,6 +262,7 @@ def test_medpeft_speed_takes_a_swin(tmp_path):
     assert "| naive-ept |" in result.output
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # timm's table resampling on a deprecated indexing path
 def test_local_weights_of_another_size_load_through_the_swin_filter(tmp_path):
     """A 224 px checkpoint used at 48 px: timm's Swin filter resizes the relative position tables to the smaller
     windows; Google .npz files are refused (they are ViT checkpoints)."""

@@ -180,7 +180,7 @@ class Family:
 
     @staticmethod
     def logit_bias(attn: nn.Module, **kwargs) -> torch.Tensor | None:
-        """The position bias added to QKᵀ/√d (part of the logits S), broadcastable to (B, heads, N, N); None here."""
+        """The position bias added to QKᵀ/√d (part of the logits S), broadcastable to (B, heads, N, N); None."""
         return None
 
     @staticmethod

@@ -150,7 +150,7 @@ class EmbeddedPromptAttention(nn.Module):
 
     @torch.no_grad()
     def patch_scaling(self, x, **kwargs) -> torch.Tensor:
-        """The patch-wise scaling s_j = Z_j / (Z_j + Σ_l exp P_jl) of each token (B, H, tokens), for an attention input.
+        """The patch-wise scaling s_j = Z_j / (Z_j + Σ_l exp P_jl) per token (B, H, tokens), for an attention input.
 
         ``x`` is what this attention receives (the block's normalised tokens, or its windows), ``kwargs`` what the
         block passes with it (:meth:`~medpeft.families.Family.attention_kwargs`). Defined for the concat ways.
