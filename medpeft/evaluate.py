@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics
 from .data import ResizedImageCache, Samples, TaskSpec, eval_dataset
+from .data.cache import remember
 from .families import family_of
 from .model import PeftClassifier
 
@@ -48,13 +50,14 @@ class FeatureCache:
 
     The key holds a fingerprint of every tensor of the prefix (so other weights never hit), the number of frozen
     stages, the image size, batch size, device type and autocast, and the list's images (file path, modification
-    time and size, or the bytes of an array source). With ``directory`` each entry is also one ``.npy`` file
-    there, read back memory-mapped (so memory stays bounded) by any process and run.
+    time and size, or the bytes of an array source). In memory at most ``memory_mb`` of entries are kept (least
+    recently used out first); with ``directory`` each entry is also one ``.npy`` file there, read back
+    memory-mapped by any process and run.
     """
 
-    def __init__(self, directory: str | Path | None = None):
+    def __init__(self, directory: str | Path | None = None, memory_mb: float = 1024):
         self.directory = None if directory is None else Path(directory)
-        self._memory: dict[str, np.ndarray] = {}
+        self._memory = LRUCache(maxsize=int(memory_mb * 2**20), getsizeof=lambda entry: entry.nbytes)
         self._fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self, key: str, compute) -> np.ndarray:
@@ -64,8 +67,7 @@ class FeatureCache:
         file = None if self.directory is None else self.directory / f"{key}.npy"
         if file is not None and file.is_file():
             try:
-                self._memory[key] = np.load(file, mmap_mode="r")
-                return self._memory[key]
+                return remember(self._memory, key, np.load(file, mmap_mode="r"))
             except (OSError, ValueError):  # damaged: compute again
                 pass
         value = compute()
@@ -76,8 +78,7 @@ class FeatureCache:
                 np.save(f, value)
             os.replace(tmp, file)
             value = np.load(file, mmap_mode="r")
-        self._memory[key] = value
-        return value
+        return remember(self._memory, key, value)
 
     def key(self, model: PeftClassifier, stages: int, samples: Samples, *, img_size: int, batch_size: int,
             device: torch.device, bf16: bool) -> str:
@@ -134,15 +135,26 @@ def forward_suffix(model: PeftClassifier, x: torch.Tensor, stages: int) -> torch
     return model.head(x)
 
 
+def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, **kwargs) -> np.ndarray:
+    """Probabilities (n, C) float64 for ``samples`` (:func:`scores_of` :func:`predict_logits`; same arguments)."""
+    return scores_of(predict_logits(model, samples, task, **kwargs), task)
+
+
+def scores_of(logits: np.ndarray, task: TaskSpec) -> np.ndarray:
+    """Probabilities of ``logits`` in float64: saturated float32 probabilities (1.0, or 0.5 under a large
+    temperature) would tie distinct scores and change rankings."""
+    return probabilities(torch.from_numpy(np.asarray(logits, dtype=np.float64)), task).numpy()
+
+
 @torch.no_grad()
-def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size: int, batch_size: int = 32,
-            cache: ResizedImageCache | None = None, features: FeatureCache | None = None,
-            device: torch.device | str = "cpu", bf16: bool = True, num_workers: int = 0, progress: bool = False,
-            desc: str = "eval") -> np.ndarray:
-    """Probabilities (n, C) for ``samples``, square-resized as at test time (bfloat16 on GPU with ``bf16``).
+def predict_logits(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size: int, batch_size: int = 32,
+                   cache: ResizedImageCache | None = None, features: FeatureCache | None = None,
+                   device: torch.device | str = "cpu", bf16: bool = True, num_workers: int = 0,
+                   progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """Logits (n, C) float32 for ``samples``, square-resized as at test time (bfloat16 on GPU with ``bf16``).
 
     With ``features``, a frozen prefix of the model (:meth:`~medpeft.methods.Method.frozen_stages`) runs once per
-    list and is reused: the same probabilities, bit for bit.
+    list and is reused: the same logits, bit for bit.
     """
     device = torch.device(device)
     model.eval()
@@ -165,10 +177,9 @@ def predict(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size
         for start in range(0, len(prefix), batch_size):
             x = torch.from_numpy(np.array(prefix[start:start + batch_size])).to(device)
             with autocast(device, low):
-                out.append(probabilities(forward_suffix(model, x, stages).float(), task).cpu())
+                out.append(forward_suffix(model, x, stages).float().cpu())
     else:
         for images, _, _ in tqdm(loader, **bar):
             with autocast(device, low):
-                logits = model(images.to(device, non_blocking=True))
-            out.append(probabilities(logits.float(), task).cpu())
+                out.append(model(images.to(device, non_blocking=True)).float().cpu())
     return torch.cat(out).numpy()

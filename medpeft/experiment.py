@@ -24,7 +24,7 @@ from .data import DatasetSplits, ResizedImageCache, Samples, get_dataset, load_d
 from .errors import UserError
 from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
-from .record import RunRecord, RunSpec
+from .record import RunRecord, RunSpec, split_names
 from .evaluate import FeatureCache, predict
 from .train import fit
 
@@ -56,13 +56,14 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
                         weights=spec.weights, img_size=spec.img_size, seed=spec.seed, **spec.options)
     with staged_dir(out, replace=overwrite) as stage:
         with open(stage / "log.txt", "w") as log:
-            result = fit(model, data, spec.train, cache=cache, features=features, progress=progress,
+            result = fit(model, data, spec.train, cache=cache, features=features, calibrate=spec.calibrate,
+                         progress=progress,
                          log=lambda line: (log.write(line + "\n"), log.flush()))
         save_trainable(model, stage / "trainable.safetensors")
         if result.test_scores is not None:
             write_submission(stage / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)
         record = RunRecord(spec, data.task, model.config, result, versions(),
-                           {**where(result.device), **(worker or {})})
+                           {**where(result.device), **(worker or {})}, split_names(data))
         write_json(stage / RUN_FILE, record.to_dict())
     return record
 

@@ -8,11 +8,13 @@ directory under a bench are derived from the spec (:attr:`RunSpec.key`, :attr:`R
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 from .backbones import DEFAULT_BACKBONE
+from .calibration import METHODS as CALIBRATIONS
 from .data import TaskSpec, parse_shots
 from .errors import UserError
 from .methods import get_method
@@ -51,8 +53,9 @@ class RunSpec:
     that many images per class (drawn seeded by seed and exp from the split's val; None: all of it).
     ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
-    ``refit`` marks a rerun of a selected candidate on train + val. The method, its options and the recipe are
-    checked on construction.
+    ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
+    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`). The method,
+    its options and the recipe are checked on construction.
     """
 
     method: str
@@ -71,6 +74,7 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
     candidate: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
+    calibrate: str = "none"
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -78,6 +82,8 @@ class RunSpec:
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
         if self.val_per_class is not None and self.val_per_class < 1:
             raise UserError(f"--val-per-class {self.val_per_class} must be at least 1")
+        if self.calibrate not in CALIBRATIONS:
+            raise UserError(f"--calibrate {self.calibrate!r}: choose from {list(CALIBRATIONS)}")
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
         if not self.label:
@@ -116,6 +122,16 @@ class RunSpec:
         return cls(**values)
 
 
+def split_names(data) -> dict[str, Any]:
+    """What a run saw, from its :class:`~medpeft.data.DatasetSplits`: the train and val names (train in draw order,
+    repeats kept), and the test list as its size and the SHA-256 of its sorted names, one per line."""
+    out = {"train": list(data.train.names), "val": None if data.val is None else list(data.val.names)}
+    if data.test is not None:
+        digest = hashlib.sha256("".join(f"{n}\n" for n in sorted(data.test.names)).encode()).hexdigest()
+        out["test"] = {"count": len(data.test), "sha256": digest}
+    return out
+
+
 def _path_safe(part: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=,()[]:+%" else "_" for c in part)
 
@@ -126,7 +142,8 @@ class RunRecord:
 
     ``selected`` is set by a bench: whether the run counts in its tables (the validation-selected candidate of its
     cell, or the only one); None outside a bench. ``worker`` says where it ran (host, pid, device, and a node or
-    job id on a cluster).
+    job id on a cluster). ``split`` names the images it trained and validated on and identifies its test list
+    (:func:`split_names`), so any run can be audited for leakage.
     """
 
     spec: RunSpec
@@ -135,6 +152,7 @@ class RunRecord:
     result: RunResult
     versions: dict[str, str]
     worker: dict[str, Any] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
     selected: bool | None = None
     version: int = RECORD_VERSION
 
@@ -152,7 +170,7 @@ class RunRecord:
         result.pop("test_scores")
         return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
                 "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)}, "model": self.model, "result": result,
-                "versions": self.versions, "worker": self.worker, "selected": self.selected}
+                "versions": self.versions, "worker": self.worker, "split": self.split, "selected": self.selected}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunRecord:
@@ -164,4 +182,5 @@ class RunRecord:
         return cls(spec=RunSpec.from_dict(values["spec"]),
                    task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
                    model=values["model"], result=RunResult(**values["result"], test_scores=None),
-                   versions=values["versions"], worker=values.get("worker") or {}, selected=values.get("selected"))
+                   versions=values["versions"], worker=values.get("worker") or {}, split=values.get("split") or {},
+                   selected=values.get("selected"))

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .data import DatasetSplits, ResizedImageCache, TaskSpec, train_dataset
 from .errors import UserError
-from .evaluate import FeatureCache, autocast, evaluate, predict
+from .calibration import fit_temperature
+from .evaluate import FeatureCache, autocast, evaluate, predict_logits, scores_of
 from .memory import PeakMemory
 from .model import PeftClassifier, count_parameters, trainable_state
 
@@ -91,7 +92,12 @@ class TrainConfig:
 class RunResult:
     """What one training run produced: the validation curve, the selected epoch and its validation score, the test
     metrics and scores of the selected weights, and the run's cost: ``time_s`` splits its wall time into
-    ``train`` (the training steps), ``val`` (validation every epoch) and ``test``."""
+    ``train`` (the training steps), ``val`` (validation every epoch) and ``test``; ``peak_memory_mb`` is the
+    peak during the run (on CPU the whole process's resident size) and ``added_memory_mb`` that peak minus the
+    level at the run's start. ``diverged_epoch``: the epoch whose training loss was not finite (training stopped
+    there; no epoch is selected and the test set is not scored). ``calibration``: the post-hoc calibration fitted on
+    validation, with the test metrics after it (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are
+    then the calibrated probabilities."""
 
     history: list[dict[str, Any]]
     selected_epoch: int
@@ -103,6 +109,9 @@ class RunResult:
     time_s: dict[str, float]
     peak_memory_mb: float | None
     device: str
+    added_memory_mb: float | None = None
+    diverged_epoch: int | None = None
+    calibration: dict[str, Any] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,15 +144,17 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None = None, *,
-        cache: ResizedImageCache | None = None, features: FeatureCache | None = None, progress: bool = True,
-        log: Callable[[str], None] = lambda line: None) -> RunResult:
+        cache: ResizedImageCache | None = None, features: FeatureCache | None = None, calibrate: str = "none",
+        progress: bool = True, log: Callable[[str], None] = lambda line: None) -> RunResult:
     """Train ``model`` on ``data.train``, select on ``data.val``, then score ``data.test`` once.
 
     Deterministic on CPU for a given ``config.seed`` (default: :class:`TrainConfig`). Only tensors with
     ``requires_grad`` are optimised; before the first step the method may initialise from the first batch
     (:meth:`~medpeft.methods.Method.init_from_data`). Without a val split (``data.val`` None) nothing is
     validated and ``select`` must be ``last``. ``cache`` decodes evaluation images once; ``features`` keeps the
-    output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`).
+    output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`). A training loss that is
+    not finite stops training (``diverged_epoch``). ``calibrate="temperature"`` fits a temperature on the selected
+    epoch's validation logits (:mod:`medpeft.calibration`) and scores the test set with it too.
     """
     config = config or TrainConfig()
     task = data.task
@@ -151,6 +162,8 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
         raise UserError(f"task {task.name!r}: the train and val splits must not be empty")
     if data.val is None and config.select != "last":
         raise UserError(f"task {task.name!r}: without a val split the checkpoint must be the last one (select=last)")
+    if data.val is None and calibrate != "none":
+        raise UserError(f"task {task.name!r}: --calibrate {calibrate} needs a val split to fit on")
     if model.config["num_classes"] != task.num_classes:
         raise UserError(f"the model has {model.config['num_classes']} outputs, task {task.name!r} {task.num_classes} classes")
     device = resolve_device(config.device)
@@ -164,7 +177,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     evaluation = dict(img_size=img_size, batch_size=config.eval_batch_size, cache=cache, features=features,
                       device=device, bf16=config.bf16, num_workers=config.num_workers)
     step = _Step(model, optimizer, loss_fn(task), device, config.bf16 and device.type == "cuda")
-    history, best, clock = [], _Best(task.selection_metric, config.select), _Clock()
+    history, best, clock, diverged = [], _Best(task.selection_metric, config.select), _Clock(), None
     with PeakMemory(device) as memory:
         for epoch in tqdm(range(config.epochs), desc=f"{model.config['method']} {task.name}", leave=False,
                           disable=not progress or None):
@@ -172,24 +185,39 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
             with clock("train"):
                 train_loss = step.epoch(loader, lr)
             if not math.isfinite(train_loss):
-                raise UserError(f"training diverged at epoch {epoch + 1} (loss {train_loss}): lower --lr")
+                diverged = epoch + 1
+                history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss})
+                log(f"epoch={epoch + 1} lr={lr:.6g} train_loss={train_loss}: diverged, training stopped")
+                break
             with clock("val"):
-                val = {} if data.val is None else evaluate(predict(model, data.val, task, **evaluation), data.val,
-                                                           task)
+                logits = None if data.val is None else predict_logits(model, data.val, task, **evaluation)
+                val = {} if logits is None else evaluate(scores_of(logits, task), data.val, task)
             history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                             **{f"val_{k}": v for k, v in val.items()}})
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
-            best.update(epoch + 1, val, model)
-    model.load_state_dict(best.state, strict=False)
-    test_scores = test_metrics = None
-    if data.test is not None:
-        with clock("test"):
-            test_scores = predict(model, data.test, task, **evaluation)
-        if data.test.labels is not None:
-            test_metrics = evaluate(test_scores, data.test, task)
+            best.update(epoch + 1, val, model, logits)
+        test_scores = test_metrics = calibration = None
+        if diverged is None:
+            model.load_state_dict(best.state, strict=False)
+            if calibrate == "temperature":
+                fitted = fit_temperature(best.logits, data.val.labels, task.multilabel)
+                calibration = {"method": "temperature", **dataclasses.asdict(fitted)}
+            if data.test is not None:
+                with clock("test"):
+                    logits = predict_logits(model, data.test, task, **evaluation)
+                test_scores = scores_of(logits, task)
+                if calibration is not None:
+                    test_scores = scores_of(logits / calibration["temperature"], task)
+                if data.test.labels is not None:
+                    test_metrics = evaluate(scores_of(logits, task), data.test, task)
+                    if calibration is not None:
+                        calibration["test"] = evaluate(test_scores, data.test, task)
     trainable, total_params = count_parameters(model)
-    return RunResult(history, best.epoch, best.score if data.val is not None else None, test_metrics, test_scores,
-                     trainable, total_params, clock.seconds, memory.peak_mb, str(device))
+    return RunResult(history, None if diverged else best.epoch,
+                     best.score if data.val is not None and diverged is None else None, test_metrics, test_scores,
+                     trainable, total_params, clock.seconds, memory.peak_mb, str(device), memory.added_mb, diverged,
+                     calibration)
+
 
 
 class _Clock:
@@ -242,10 +270,11 @@ class _Best:
 
     def __init__(self, metric: str, select: str):
         self.metric, self.select = metric, select
-        self.epoch, self.score, self.state = 0, -math.inf, None
+        self.epoch, self.score, self.state, self.logits = 0, -math.inf, None, None
 
-    def update(self, epoch: int, val: dict[str, float], model: PeftClassifier) -> None:
+    def update(self, epoch: int, val: dict[str, float], model: PeftClassifier, logits: np.ndarray | None) -> None:
+        """Keep ``model``'s trainable tensors and its validation ``logits`` if ``epoch`` is the best so far."""
         score = val.get(self.metric)
         if self.select == "last" or score > self.score or self.state is None:
-            self.epoch, self.score = epoch, score
+            self.epoch, self.score, self.logits = epoch, score, logits
             self.state = {k: v.clone() for k, v in trainable_state(model).items()}

@@ -97,7 +97,28 @@ def test_memory_cache_decodes_once(images, monkeypatch):
     assert cache.get(images["L"], 16).shape == (16, 16, 3) and len(calls) == 2
     array = np.zeros((5, 5), np.uint8)
     assert cache.get(array, 8) is cache.get(array, 8)
-    assert cache.get(array.copy(), 8) is not cache.get(array, 8)  # arrays are keyed by identity
+    assert cache.get(array.copy(), 8) is cache.get(array, 8)  # arrays are keyed by content, not identity
+    other = array.copy()
+    other[2, 2] = 1
+    assert not np.array_equal(cache.get(other, 8), cache.get(array, 8))
+
+
+def test_memory_caches_are_bounded_least_recently_used_first():
+    from medpeft.evaluate import FeatureCache
+
+    cache = ResizedImageCache(memory_mb=3 * 16 * 16 * 3 / 2**20)  # room for three 16-px images
+    arrays = [np.full((4, 4), i, np.uint8) for i in range(5)]
+    for a in arrays:
+        cache.get(a, 16)
+    assert len(cache._memory) == 3 and cache._memory.currsize <= cache._memory.maxsize
+    first = cache.get(arrays[-1], 16)
+    assert cache.get(arrays[-1].copy(), 16) is first  # the most recent is kept
+    huge = np.zeros((64, 64), np.uint8)
+    assert cache.get(huge, 64).shape == (64, 64, 3)  # larger than the whole budget: returned, not kept
+    features = FeatureCache(memory_mb=2 * 400 / 2**20)
+    for i in range(4):
+        assert features.get(str(i), lambda: np.full(100, i, np.float32))[0] == i
+    assert len(features._memory) == 2
 
 
 def test_disk_cache_is_reused_by_a_fresh_cache(images, tmp_path, monkeypatch):

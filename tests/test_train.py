@@ -121,3 +121,30 @@ def test_refit_trains_on_train_and_val_without_validation(demo_root, tmp_path):
     data = load_dataset("endo", str(demo_root), 5, 1)
     merged = data.with_val_in_train()
     assert merged.val is None and len(merged.train) == len(data.train) + len(set(data.val.names) - set(data.train.names))
+
+
+def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp_path, capsys):
+    from medpeft.bench import BenchConfig, read_index, run_bench
+    from medpeft.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--task", "colon", "--data-root", str(demo_root), "--shots", "5", "--method", "full",
+              "--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "4",
+              "--lr", "1e6", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "diverged at epoch" in err
+    record = read_record(tmp_path / "run")
+    epoch = record.result.diverged_epoch
+    assert epoch is not None and len(record.result.history) == epoch < 4
+    assert not math.isfinite(record.result.history[-1]["train_loss"])
+    assert record.result.val_best is None and record.test is None and record.result.selected_epoch is None
+
+    grid = BenchConfig.from_dict({"methods": [{"method": "full", "search": {"lr": [1e6, 0.01]}}], "tasks": ["colon"],
+                                  "data_root": str(demo_root), "shots": [5], "exps": [1], "seeds": [0],
+                                  "backbone": "vit_tiny_patch16_224", "pretrained": False, "img_size": 32,
+                                  "train": {"epochs": 2}})
+    run_bench(grid, tmp_path / "bench", progress=False)  # the bench goes on and ends without error
+    records = {r.spec.train.lr: r for r in read_index(tmp_path / "bench")}
+    assert records[1e6].result.diverged_epoch is not None and not records[1e6].selected
+    assert records[0.01].selected
+    assert "## Diverged" in (tmp_path / "bench" / "summary.md").read_text()

@@ -31,6 +31,8 @@ EXECUTOR_OPTIONS = {
 @click.option("--weights", type=click.Path(dir_okay=False))
 @click.option("--img-size", type=int)
 @click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, seeded).")
+@click.option("--calibrate", type=click.Choice(["none", "temperature"]),
+              help="Post-hoc calibration of every run, fitted on validation (temperature scaling).")
 @click.option("--epochs", type=int)
 @click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE", help="TrainConfig field (repeatable).")
 @click.option("--decode-once/--no-decode-once", default=True, show_default=True,
@@ -58,7 +60,7 @@ EXECUTOR_OPTIONS = {
               help="Collect the finished runs of the bench in this folder into runs.jsonl and its summary; run "
                    "nothing.")
 def command(config_file, method_names, tasks, data_root, shots, exps, seeds, search, refit, backbone, pretrained,
-            weights, img_size, val_per_class, epochs, train_opts, decode_once, feature_cache, out, executor_name,
+            weights, img_size, val_per_class, calibrate, epochs, train_opts, decode_once, feature_cache, out, executor_name,
             summarize, **executor_options):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
     from ..cli import _absolute, int_list, parse_options, shots_list
@@ -82,6 +84,7 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
         "data_root": data_root, "shots": shots and shots_list(shots), "exps": exps and int_list(exps),
         "seeds": seeds and int_list(seeds), "search": search, "refit": refit, "backbone": backbone,
         "pretrained": pretrained, "weights": weights, "img_size": img_size, "val_per_class": val_per_class,
+        "calibrate": calibrate,
     }
     raw.update({k: v for k, v in overrides.items() if v is not None})
     raw["train"] = {**(raw.get("train") or {}), **parse_options(train_opts, "--train-opt"),

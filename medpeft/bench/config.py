@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from ..data import get_dataset
 from ..errors import UserError
 from ..experiment import check_spec
 from ..methods import get_method
@@ -102,9 +103,14 @@ class BenchConfig:
         unknown = sorted(set(raw) - valid)
         if unknown:
             raise UserError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
-        missing = sorted(k for k in ("methods", "tasks", "data_root") if not raw.get(k))
+        missing = sorted(k for k in ("methods", "tasks") if not raw.get(k))
         if missing:
             raise UserError(f"{source}: missing {missing}")
+        if not raw.get("data_root"):
+            roots = {get_dataset(t).root(None) if get_dataset(t).default_root else None for t in _as_list(raw["tasks"])}
+            if None in roots or len(roots) != 1:
+                raise UserError(f"{source}: missing ['data_root']")
+            raw = {**raw, "data_root": roots.pop()}
         default_search = raw.get("search")
         methods = [_method_entry(m, source, default_search) for m in _as_list(raw["methods"])]
         shared = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None}

@@ -22,6 +22,12 @@ from ..record import RunRecord, candidate_tag, shots_order
 PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
 
 
+def changed_by_calibration(task) -> tuple[str, ...]:
+    """The test metrics temperature scaling changes: ECE and Brier; accuracy and mAP never (argmax and per-class
+    rankings stay), AUC only for single-label tasks of more than two classes (softmax re-ranks images per class)."""
+    return ("ECE", "Brier") + (("AUC",) if not task.multilabel and task.num_classes > 2 else ())
+
+
 def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per (label, task, shots) over the selected records with test metrics."""
     groups: dict[tuple, list[RunRecord]] = {}
@@ -35,16 +41,27 @@ def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
                "task": task, "shots": shots, "n_runs": len(group), "report_metric": first.task.report_metric,
                "chosen": chosen_summary(group), "refit": any(r.spec.refit for r in group)}
         for name in first.test:
-            values = np.array([g.test[name] for g in group], dtype=float)
-            row[f"{name}_mean"] = float(np.mean(values))
-            row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+            _mean_std(row, name, [g.test[name] for g in group])
+        calibrated = [g.result.calibration for g in group if (g.result.calibration or {}).get("test")]
+        if len(calibrated) == len(group):
+            _mean_std(row, "temperature", [c["temperature"] for c in calibrated])
+            for name in changed_by_calibration(first.task):
+                if name in first.test:
+                    _mean_std(row, f"{name}_cal", [c["test"][name] for c in calibrated])
         params = sorted({g.result.trainable_params for g in group})
         row["trainable_params"] = params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}"
         row["time_s"] = float(np.mean([sum(g.result.time_s.values()) for g in group]))
-        peaks = [g.result.peak_memory_mb for g in group if g.result.peak_memory_mb is not None]
-        row["peak_memory_mb"] = max(peaks) if peaks else float("nan")
+        for name in ("peak_memory_mb", "added_memory_mb"):
+            values = [getattr(g.result, name) for g in group if getattr(g.result, name) is not None]
+            row[name] = max(values) if values else float("nan")
         rows.append(row)
     return rows
+
+
+def _mean_std(row: dict[str, Any], name: str, values: list[float]) -> None:
+    values = np.array(values, dtype=float)
+    row[f"{name}_mean"] = float(np.mean(values))
+    row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
 def _base_options(group: list[RunRecord]) -> dict[str, Any]:
@@ -74,6 +91,11 @@ def write_summary(out: str | Path, records: list[RunRecord]) -> None:
     write_text(out / "summary.md", summary_markdown(rows, records))
 
 
+def _max(values: list[float]) -> str:
+    values = [v for v in values if not np.isnan(v)]
+    return f"{max(values):.0f}" if values else "–"
+
+
 def _pm(mean: float, std: float) -> str:
     if np.isnan(mean):
         return "–"
@@ -99,9 +121,10 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
         "candidate with the best validation score where a method searches; the test set never chooses). The",
         "average is the plain mean of the cell means (the paper's 9-task average when the grid is MedFMC ×",
         "1/5/10-shot); it is left out for a method missing a cell. Time: mean wall time per run (training, validation",
-        "and test); memory: peak.",
+        "and test); memory: the most a run added to its process (its peak minus the level at its start; the process",
+        "peaks are in summary.csv).",
         "",
-        "| method | " + " | ".join(head) + f" | {avg_name} | trainable | time/run (s) | peak mem (MB) |",
+        "| method | " + " | ".join(head) + f" | {avg_name} | trainable | time/run (s) | added mem (MB) |",
         "|---|" + "---|" * (len(cells) + 4),
     ]
     for label in labels:
@@ -114,7 +137,7 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
         name = label + (" (refit on train+val)" if some["refit"] else "")
         lines.append(f"| {name} | " + " | ".join(values) + f" | {avg} | {_params(some['trainable_params'])} | "
                      f"{np.mean([r['time_s'] for r in present if r]):.1f} | "
-                     f"{np.nanmax([r['peak_memory_mb'] for r in present if r]):.0f} |")
+                     f"{_max([r['added_memory_mb'] for r in present if r])} |")
     lines += chosen_markdown(records, cells)
     metric_names = list(dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean")))
     lines += ["", "## Every metric", "", "| method | task | shots | runs | " + " | ".join(metric_names) + " |",
@@ -122,8 +145,21 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
     for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
         values = [_pm(r.get(f"{m}_mean", float("nan")), r.get(f"{m}_std", float("nan"))) for m in metric_names]
         lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | " + " | ".join(values) + " |")
+    if any(name.endswith("_cal") for name in metric_names):
+        lines += ["", "`ECE_cal`, `Brier_cal`: the test metrics after temperature scaling fitted on validation "
+                  "(`calibrate: temperature`); `temperature`: the fitted T."]
+    lines += diverged_markdown(records)
     lines += ["", "The calibration analysis of these runs: `medpeft analyze OUT --out OUT/analysis`."]
     return "\n".join(lines) + "\n"
+
+
+def diverged_markdown(records: list[RunRecord]) -> list[str]:
+    """The runs whose training loss stopped being finite (never selected), with the epoch."""
+    diverged = [r for r in records if r.result.diverged_epoch is not None]
+    if not diverged:
+        return []
+    return ["", "## Diverged", "", f"{len(diverged)} run(s) stopped at a training loss that was not finite; they "
+            "are never selected:", ""] + [f"- {r.key}: epoch {r.result.diverged_epoch}" for r in diverged]
 
 
 def chosen_markdown(records: list[RunRecord], cells: list[tuple]) -> list[str]:

@@ -2,8 +2,9 @@
 
 An eval set is evaluated many times in a benchmark (val every epoch of every run, test once per run), so each image
 is decoded and square-resized once per (source, size) and reused. The in-memory layer is per process (DataLoader
-workers each fill their own: use ``num_workers=0``, ``persistent_workers=True`` or a ``directory``); the optional
-on-disk layer is shared by processes and runs.
+workers each fill their own: use ``num_workers=0``, ``persistent_workers=True`` or a ``directory``) and bounded:
+the least recently used images leave it beyond ``memory_mb``; the optional on-disk layer is shared by processes
+and runs, and is where evicted images come back from.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
 
 from ..errors import UserError
 from .samples import load_image
@@ -23,27 +25,26 @@ from .transforms import square_resize
 class ResizedImageCache:
     """Square-resized uint8 ``(S, S, 3)`` images, exactly as :func:`eval_transform` resizes them.
 
-    File sources are kept in memory by (absolute path, size) and, with ``directory``, on disk as one ``.npy`` per
-    (absolute path, mtime, file size, size): an edited file is decoded again. Array sources are kept in memory only,
-    by object identity (the cache holds a reference, so the identity cannot be reused).
+    In memory, at most ``memory_mb`` of images (least recently used out first): file sources by (absolute path,
+    size), array sources by (a digest of their bytes, shape, size), so the same pixels loaded again by another run
+    hit and nothing holds the run's arrays. With ``directory``, file sources are also kept on disk as one ``.npy``
+    per (absolute path, mtime, file size, size): an edited file is decoded again.
     """
 
-    def __init__(self, directory=None):
+    def __init__(self, directory=None, memory_mb: float = 1024):
         self.directory = None if directory is None else Path(directory)
-        self._files: dict = {}
-        self._arrays: dict = {}
+        self._memory = LRUCache(maxsize=int(memory_mb * 2**20), getsizeof=lambda image: image.nbytes)
 
     def get(self, source, img_size: int) -> np.ndarray:
         """The image of ``source`` resized to ``img_size`` x ``img_size`` x 3, uint8."""
         if isinstance(source, np.ndarray):
-            key = (id(source), img_size)
-            if key not in self._arrays:
-                self._arrays[key] = (source, _resized(source, img_size))
-            return self._arrays[key][1]
-        key = (os.path.abspath(source), img_size)
-        if key not in self._files:
-            self._files[key] = self._from_disk(*key) if self.directory else _resized(key[0], img_size)
-        return self._files[key]
+            key = (array_digest(source), img_size)
+            make = lambda: _resized(source, img_size)  # noqa: E731
+        else:
+            key = (os.path.abspath(source), img_size)
+            make = (lambda: self._from_disk(*key)) if self.directory else (lambda: _resized(key[0], img_size))
+        image = self._memory.get(key)
+        return image if image is not None else remember(self._memory, key, make())
 
     def _from_disk(self, path: str, img_size: int) -> np.ndarray:
         try:
@@ -71,6 +72,20 @@ class ResizedImageCache:
                 os.unlink(tmp)
             raise UserError(f"cannot write the image cache in {self.directory}: {e.strerror or e}") from e
         return image
+
+
+def remember(memory: LRUCache, key, value):
+    """Keep ``value`` in ``memory`` unless it alone is larger than the whole budget; return it."""
+    if memory.getsizeof(value) <= memory.maxsize:
+        memory[key] = value
+    return value
+
+
+def array_digest(array: np.ndarray) -> str:
+    """A digest of an array's shape, dtype and bytes."""
+    h = hashlib.blake2b(repr((array.shape, str(array.dtype))).encode(), digest_size=20)
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
 
 
 def _resized(source, img_size: int) -> np.ndarray:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from . import br35h
 from .annotations import read_names
 from .generic import load_csv, load_folder
 from .isic import load_isic
@@ -19,11 +21,21 @@ from .tasks import MEDFMC_TASKS
 @dataclass(frozen=True)
 class Dataset:
     """A dataset kind: ``load(root, shots, exp, seed, test_list)`` gives its K-shot splits of experiment ``exp``;
-    ``image_list(root, list_file)`` the images of a list file (names only or labelled) for prediction."""
+    ``image_list(root, list_file)`` the images of a list file (names only or labelled) for prediction;
+    ``default_root()``, for a dataset that ships in a package, where it is (``--data-root`` may then be left out)."""
 
     name: str
     load: Callable[[str, int, int, int, str | None], DatasetSplits]
     image_list: Callable[[str, str], Samples]
+    default_root: Callable[[], Path] | None = None
+
+    def root(self, given: str | None) -> str:
+        """``given``, or the default root; UserError when neither exists."""
+        if given is not None:
+            return given
+        if self.default_root is None:
+            raise UserError(f"task {self.name!r} needs --data-root (data_root in a bench config)")
+        return str(self.default_root())
 
 
 def _medfmc(task: str) -> Dataset:
@@ -55,6 +67,9 @@ def _own_test(name: str, loader: Callable) -> Dataset:
 DATASETS: dict[str, Dataset] = {
     **{task: _medfmc(task) for task in MEDFMC_TASKS},
     "isic": _own_test("isic", lambda root, shots, exp, seed: load_isic(root, shots, exp, seed=seed)),
+    "br35h": dataclasses.replace(_own_test("br35h", lambda root, shots, exp, seed: br35h.load_br35h(root, shots, exp,
+                                                                                                  seed=seed)),
+                                 image_list=br35h.image_list, default_root=br35h.locate),
     "medmnist": _own_test("medmnist", lambda root, shots, exp, seed: load_medmnist(root, shots, exp, seed=seed)),
     "csv": _own_test("csv", lambda root, shots, exp, seed: load_csv(root, shots=shots, exp=exp, seed=seed)),
     "folder": _own_test("folder", lambda root, shots, exp, seed: load_folder(root, shots=shots, exp=exp, seed=seed)),
@@ -62,7 +77,7 @@ DATASETS: dict[str, Dataset] = {
 
 
 def get_dataset(name: str) -> Dataset:
-    """The dataset kind ``name`` (a MedFMC task, isic, medmnist, csv or folder)."""
+    """The dataset kind ``name`` (a MedFMC task, isic, br35h, medmnist, csv or folder)."""
     try:
         return DATASETS[name]
     except KeyError:
@@ -71,6 +86,7 @@ def get_dataset(name: str) -> Dataset:
 
 def load_dataset(name: str, root, shots: int, exp: int = 1, *, seed: int = 0,
                  test_list: str | None = None) -> DatasetSplits:
-    """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, a MedMNIST npz, a CSV or a class folder."""
+    """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, Br35H, a MedMNIST npz, a CSV or a class
+    folder."""
     return get_dataset(name).load(root, shots, exp, seed, test_list)
 

@@ -48,6 +48,7 @@ TASKS = {
     "colon": TaskSpec("colon", ("negative", "positive"), multilabel=False),
     "endo": TaskSpec("endo", ("ulcer", "erosion", "polyp", "tumor"), multilabel=True, select_by="AUC"),
     "isic": TaskSpec("isic", ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"), multilabel=False),
+    "br35h": TaskSpec("br35h", ("no_tumor", "tumor"), multilabel=False),
 }
 
 
