@@ -1,4 +1,4 @@
-"""timm Vision Transformer backbones: creation, local checkpoints, token count and feature width."""
+"""timm backbones (ViT, Swin, EVA, BEiT families): creation, local checkpoints, token count and feature width."""
 
 from __future__ import annotations
 
@@ -9,22 +9,24 @@ import numpy as np
 import timm
 import torch
 from safetensors import safe_open
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
 
 from .errors import UserError
+from .families import family_class, family_of
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
 CHECKPOINT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
 def create_backbone(
-    backbone: str | VisionTransformer = DEFAULT_BACKBONE,
+    backbone: str | nn.Module = DEFAULT_BACKBONE,
     *,
     pretrained: bool = True,
     weights: str | Path | None = None,
     img_size: int | None = None,
-) -> VisionTransformer:
-    """A headless timm ViT: by name (hub weights, a local checkpoint or random init) or a built model used in place.
+) -> nn.Module:
+    """A headless timm model of a supported family (:mod:`medpeft.families`): by name (hub weights, a local
+    checkpoint or random init) or a built model used in place.
 
     ``weights`` loads a local checkpoint (Google ``.npz``, ``.pth``/``.pt``/``.bin``/``.ckpt``, ``.safetensors``) with
     no network access, whatever the model tag. ``img_size`` resizes the position embeddings; without it a named
@@ -32,9 +34,8 @@ def create_backbone(
     default (518 px for DINOv2, which would resample a 224 px checkpoint's grid and run ~6× slower).
     """
     if isinstance(backbone, torch.nn.Module):
-        if not isinstance(backbone, VisionTransformer):
-            raise UserError(f"backbone {type(backbone).__name__} is not a timm VisionTransformer")
         model = backbone
+        family_class(model).prepare(model)
         if weights is not None:
             load_weights(model, weights)
     else:
@@ -50,8 +51,7 @@ def create_backbone(
                 f"cannot fetch pretrained weights for {backbone!r} ({type(err).__name__}): "
                 "pass --weights PATH (a local checkpoint) or --no-pretrained"
             ) from err
-        if not isinstance(model, VisionTransformer):
-            raise UserError(f"backbone {backbone!r} is a {type(model).__name__}, not a timm VisionTransformer")
+        family_class(model, backbone).prepare(model)
         if weights is not None:
             size = None if img_size else checkpoint_img_size(weights, model)
             if size and (size, size) != tuple(model.patch_embed.img_size):
@@ -74,19 +74,18 @@ def check_backbone(backbone: str, *, img_size: int | None = None, weights: str |
     _check_name(backbone)
     with torch.device("meta"):
         model = timm.create_model(backbone, pretrained=False, num_classes=0)
-    if not isinstance(model, VisionTransformer):
-        raise UserError(f"backbone {backbone!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    family_class(model, backbone)
     if img_size is not None:
         _check_img_size(model, img_size)
 
 
 def _check_name(backbone: str) -> None:
     if not timm.is_model(backbone):
-        raise UserError(f"unknown backbone {backbone!r}: pass a timm ViT name such as {DEFAULT_BACKBONE!r} "
-                        "(see timm.list_models('vit_*'))")
+        raise UserError(f"unknown backbone {backbone!r}: pass a timm model name such as {DEFAULT_BACKBONE!r} "
+                        "(see timm.list_models('vit_*'), 'swin_*', 'eva*', 'beit*')")
 
 
-def _check_img_size(model: VisionTransformer, img_size: int) -> None:
+def _check_img_size(model: nn.Module, img_size: int) -> None:
     patch = model.patch_embed.patch_size[0]
     if img_size < patch or img_size % patch:
         lower, upper = max(patch, img_size // patch * patch), (img_size // patch + 1) * patch
@@ -94,17 +93,21 @@ def _check_img_size(model: VisionTransformer, img_size: int) -> None:
         raise UserError(f"--img-size {img_size} is not a multiple of the model's patch size {patch}: use {nearest}")
 
 
-def load_weights(model: VisionTransformer, path: str | Path) -> None:
+def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local checkpoint into ``model`` in place; the classifier head, if any, is dropped.
 
-    Google ``.npz`` goes through timm's own converter; PyTorch and safetensors state dicts go through timm's
-    ViT checkpoint filter (position embeddings resampled to the model's size). Nothing touches the network.
+    Google ``.npz`` (ViTs) goes through timm's own converter; PyTorch and safetensors state dicts go through the
+    timm checkpoint filter of the model's family (position embeddings and relative position tables resampled to the
+    model's size). Nothing touches the network.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise UserError(f"weights file {path}: unknown format {path.suffix!r}, expected one of {CHECKPOINT_SUFFIXES}")
+    if path.suffix == ".npz" and not hasattr(model, "load_pretrained"):
+        raise UserError(f"weights file {path}: Google .npz checkpoints are for ViTs; give this "
+                        f"{type(model).__name__} a PyTorch or safetensors state dict")
     try:
         if path.suffix == ".npz":
             model.load_pretrained(str(path))
@@ -114,7 +117,8 @@ def load_weights(model: VisionTransformer, path: str | Path) -> None:
         raise UserError(f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {_sniff(path)} "
                         f"({type(err).__name__})") from err
     try:
-        state = checkpoint_filter_fn({k: v for k, v in state.items() if not k.startswith("head.")}, model)
+        state = family_class(model).checkpoint_filter(
+            {k: v for k, v in state.items() if not k.startswith("head.")}, model)
     except Exception as err:  # shapes timm cannot adapt
         raise UserError(f"weights file {path} does not fit this backbone: {err}".splitlines()[0]) from err
     own = model.state_dict()
@@ -153,11 +157,12 @@ def _sniff(path: Path) -> str:
     return f"text starting {first[:30]!r}"
 
 
-def checkpoint_img_size(path: str | Path, model: VisionTransformer) -> int | None:
+def checkpoint_img_size(path: str | Path, model: nn.Module) -> int | None:
     """The image size a checkpoint for ``model`` was made at, or None if unknown (unreadable: load_weights says why).
 
     A safetensors ``img_size`` metadata entry (files written by ``medpeft weights``) wins; otherwise the side of
-    the ``pos_embed`` grid (its rows less the prefix rows it holds) times the model's patch size.
+    the ``pos_embed`` grid (its rows less the prefix rows it holds) times the model's patch size; None for a
+    checkpoint without absolute position embeddings (Swin, BEiT), which is read at the model's size.
     """
     path = Path(path)
     try:
@@ -177,18 +182,19 @@ def checkpoint_img_size(path: str | Path, model: VisionTransformer) -> int | Non
             rows = next((v.shape[-2] for k, v in state.items() if k.endswith("pos_embed")), None)
     except Exception:  # noqa: BLE001  (load_weights reports unreadable files)
         return None
-    for prefix in dict.fromkeys((0 if model.no_embed_class else model.num_prefix_tokens, 0, 1)):
+    own = 0 if getattr(model, "no_embed_class", False) else family_of(model).num_prefix_tokens
+    for prefix in dict.fromkeys((own, 0, 1)):
         side = math.isqrt(rows - prefix) if rows and rows > prefix else 0
         if side and side * side == rows - prefix:
             return side * model.patch_embed.patch_size[0]
     return None
 
 
-def num_tokens(model: VisionTransformer) -> int:
-    """Tokens the blocks see at the model's image size: prefix tokens (CLS, registers) plus patches."""
-    return model.num_prefix_tokens + model.patch_embed.num_patches
+def num_tokens(model: nn.Module) -> int:
+    """Tokens the first block sees at the model's image size: prefix tokens (CLS, registers) plus patches."""
+    return family_of(model).tokens(0)
 
 
-def feature_dim(model: VisionTransformer) -> int:
+def feature_dim(model: nn.Module) -> int:
     """Width of the pooled feature the head reads."""
-    return model.num_features
+    return family_of(model).feature_dim

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .data import ResizedImageCache, Samples, TaskSpec, eval_dataset
 from .data.cache import remember
+from .families import family_of
 from .model import PeftClassifier
 
 
@@ -107,35 +108,30 @@ class FeatureCache:
 
 def prefix_state(model: PeftClassifier, stages: int):
     """(name, tensor) of everything the first ``stages`` stages of the backbone compute with."""
-    backbone = model.backbone
-    depth = len(backbone.blocks)
-    for name, tensor in [*backbone.named_parameters(), *backbone.named_buffers()]:
-        if name.startswith("blocks."):
-            if int(name.split(".")[1]) >= stages:
-                continue
-        elif name.startswith(("norm.", "fc_norm.", "attn_pool.")) and stages <= depth:
-            continue
-        yield name, tensor
+    family = family_of(model.backbone)
+    for name, tensor in [*model.backbone.named_parameters(), *model.backbone.named_buffers()]:
+        if family.tensor_stage(name) < stages:
+            yield name, tensor
 
 
 def forward_prefix(model: PeftClassifier, images: torch.Tensor, stages: int) -> torch.Tensor:
     """The first ``stages`` stages: the tokens after that many blocks, or (``stages`` > depth) the pooled feature."""
-    backbone = model.backbone
-    if stages > len(backbone.blocks):
+    family = family_of(model.backbone)
+    if stages > family.depth:
         return model.forward_features(images)
-    x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
-    for block in backbone.blocks[:stages]:
-        x = block(x)
+    x = family.embed(images)
+    for i in range(stages):
+        x = family.run_block(i, x)
     return x
 
 
 def forward_suffix(model: PeftClassifier, x: torch.Tensor, stages: int) -> torch.Tensor:
     """The rest of the model after :func:`forward_prefix`: logits."""
-    backbone = model.backbone
-    if stages <= len(backbone.blocks):
-        for block in backbone.blocks[stages:]:
-            x = block(x)
-        x = backbone.forward_head(backbone.norm(x), pre_logits=True)
+    family = family_of(model.backbone)
+    if stages <= family.depth:
+        for i in range(stages, family.depth):
+            x = family.run_block(i, x)
+        x = family.pool(x)
     return model.head(x)
 
 

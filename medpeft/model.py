@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .backbones import DEFAULT_BACKBONE, create_backbone, feature_dim
@@ -19,7 +18,7 @@ from .methods import Method, get_method
 
 
 class PeftClassifier(nn.Module):
-    """A (partly) frozen timm ViT and a head on its pooled CLS token: images (B, 3, H, W) → logits (B, C).
+    """A (partly) frozen timm backbone and a head on its pooled feature: images (B, 3, H, W) → logits (B, C).
 
     ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier; ``method`` the
     :class:`~medpeft.methods.Method` that built it. ``config`` records how it was built (method, options, backbone,
@@ -27,7 +26,7 @@ class PeftClassifier(nn.Module):
     ones, what :func:`save_trainable` writes.
     """
 
-    def __init__(self, backbone: VisionTransformer, head: nn.Module, method: Method, config: dict[str, Any],
+    def __init__(self, backbone: nn.Module, head: nn.Module, method: Method, config: dict[str, Any],
                  added: frozenset[str] = frozenset()):
         super().__init__()
         self.backbone = backbone
@@ -37,7 +36,9 @@ class PeftClassifier(nn.Module):
         self.added = added
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature the head reads: the CLS token after the final norm (the backbone's own pooling)."""
+        """The feature the head reads: the backbone's own pooling (:meth:`~medpeft.families.Family.pool`; ViT: the CLS
+        token after the final norm; Swin: the mean of the final-norm tokens; EVA, BEiT and GAP ViTs: their
+        ``global_pool``, e.g. the mean of the patch tokens and ``fc_norm``)."""
         return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ class PeftClassifier(nn.Module):
 
 def build_model(
     method: str,
-    backbone: str | VisionTransformer = DEFAULT_BACKBONE,
+    backbone: str | nn.Module = DEFAULT_BACKBONE,
     num_classes: int = 2,
     *,
     pretrained: bool = True,
@@ -55,9 +56,10 @@ def build_model(
     seed: int | None = None,
     **options,
 ) -> PeftClassifier:
-    """Build ``method`` on a timm ViT: frozen backbone, the method's trainable tensors, a fresh head.
+    """Build ``method`` on a timm backbone: frozen backbone, the method's trainable tensors, a fresh head.
 
-    ``backbone`` is a timm model name or a built timm ``VisionTransformer`` (used in place). ``pretrained`` takes
+    ``backbone`` is a timm model name or a built timm model (used in place) of a supported family
+    (:mod:`medpeft.families`: ViT, Swin, EVA, BEiT). ``pretrained`` takes
     timm's hub weights; ``weights`` a local checkpoint instead. ``img_size`` resizes the position embeddings and
     sizes token-indexed parameters. ``seed`` draws every random initial value (a random backbone, the method's new
     tensors, the head) from a generator of its own, leaving the global one untouched: the same seed rebuilds the
@@ -134,7 +136,7 @@ def load_trainable(
     *,
     pretrained: bool = True,
     weights: str | Path | None = None,
-    backbone: str | VisionTransformer | None = None,
+    backbone: str | nn.Module | None = None,
     seed: int | None = None,
 ) -> PeftClassifier:
     """Restore a :func:`save_trainable` file onto ``model``, or onto a fresh model built from its config.

@@ -79,7 +79,7 @@ def model_options(f):
         click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
         click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
                      help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
-        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="A timm ViT name."),
+        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="A timm model name (ViT, Swin, EVA, BEiT)."),
         click.option("--pretrained/--no-pretrained", default=True, show_default=True,
                      help="Start from the hub's pretrained weights."),
         click.option("--weights", type=click.Path(dir_okay=False), help="Local backbone checkpoint (.npz/.pth/.safetensors)."),

@@ -32,7 +32,9 @@ def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None,
                  head: bool = True, maps: bool = True) -> ForwardResult:
     """One eval-mode float32 pass over ``samples`` (square-resized as at test time).
 
-    Features are ``model.forward_features`` (the CLS token after the final norm); probabilities are the head's
+    Features are ``model.forward_features``, the feature the head reads (ViT: the CLS token after the final norm, or
+    the model's GAP / attention pool; Swin: the mean of the final-norm tokens; EVA, BEiT: their ``global_pool``, e.g.
+    the mean patch token after ``fc_norm``); probabilities are the head's
     (sigmoid or softmax, as :func:`medpeft.train.predict`) when ``head``; with ``maps``, forward pre-hooks on the
     modules the method names feed their inputs to its map functions.
     """
@@ -71,7 +73,7 @@ def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None,
 def extract_features(model: PeftClassifier, samples: Samples, task: TaskSpec | None, img_size: int, *,
                      batch_size: int = 32, cache: ResizedImageCache | None = None,
                      device: torch.device | str = "cpu") -> np.ndarray:
-    """The features the head reads (``model.forward_features``: CLS token after the final norm), (n, D) float64.
+    """The features the head reads (``model.forward_features``: see :func:`forward_pass`), (n, D) float64.
 
     Eval mode, no gradients, float32, images square-resized to ``img_size`` as at test time.
     """
@@ -84,6 +86,6 @@ def token_maps(model: PeftClassifier, samples: Samples, task: TaskSpec | None, i
                device: torch.device | str = "cpu") -> dict[int, np.ndarray]:
     """The method's per-token maps per block, averaged over ``samples`` (EPT: the patch-wise scaling
     s_j = Z_j / (Z_j + Σ_l exp P_jl) per query token, CLS first, then the patches in row-major grid order, mean over
-    heads); empty for a method without maps."""
+    heads; a Swin stage's map on the patch grid); empty for a method without maps."""
     return forward_pass(model, samples, task, img_size, batch_size=batch_size, cache=cache, device=device,
                         head=False, maps=True).maps

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..data import ResizedImageCache
 from ..errors import UserError
 from ..experiment import load_run, load_splits
+from ..families import family_of
 from ..metrics import expected_calibration_error, task_metrics
 from ..model import build_model
 from ..record import RunRecord
@@ -102,11 +103,11 @@ def measure(refs: list[RunRef], *, n_splits: int, device, batch_size: int, progr
         common = dict(task=spec.task, exp=spec.exp, seed=spec.seed, labels=test.labels,
                       test_key=(spec.task, tuple(test.names)), multilabel=data.task.multilabel,
                       classes=list(data.task.classes), report_metric=data.task.report_metric,
-                      num_prefix=model.backbone.num_prefix_tokens)
+                      num_prefix=family_of(model.backbone).num_prefix_tokens)
         fwd = forward_pass(model, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device)
         results[ref.name] = Measured(ref.name, ref.label, shots=spec.shots, features=fwd.features,
                                      probs=fwd.probabilities, record=record, maps=fwd.maps, maps_title=fwd.maps_title,
-                                     grid=tuple(model.backbone.patch_embed.grid_size), **common)
+                                     grid=family_of(model.backbone).patch_grid, **common)
         numbers[ref.name] = numbers_of(results[ref.name], n_splits, method=spec.method, run_dir=str(ref.run_dir),
                                        options=spec.options, maps_name=fwd.maps_name)
         key = _pretrain_key(record)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..families import family_of
 from .registry import register
 from .base import Method
 
@@ -14,11 +15,11 @@ from .base import Method
 class ParallelAdapter(nn.Module):
     """``ls(mlp(norm(x))) + scale · up(relu(down(x)))``: the adapter reads the block's post-attention stream ``x``.
 
-    It replaces the block's ``mlp`` and takes over its ``norm2`` and ``ls2`` (both become identities in the
-    block), so the adapter sees the un-normalised residual stream as in AdaptFormer and runs parallel to the
-    whole MLP branch. On LayerScale blocks (DINOv2) its output is therefore *not* multiplied by the frozen
-    γ₂, whose tiny values (~1e-5 at init, often < 0.1 trained) would crush it; on plain ViT blocks ``ls`` is
-    an identity and nothing changes. ``up`` starts at zero, so before training the block's output is the frozen one.
+    It replaces the block's ``mlp`` and takes over its norm and layer scale (the family's
+    :meth:`~medpeft.families.Family.set_mlp_branch`: both become identities in the block), so the adapter sees the
+    un-normalised residual stream as in AdaptFormer and runs parallel to the whole MLP branch. On LayerScale blocks
+    (DINOv2, EVA, BEiT) its output is therefore *not* multiplied by the frozen γ₂, whose tiny values (~1e-5 at init,
+    often < 0.1 trained) would crush it; on plain ViT blocks ``ls`` is an identity and nothing changes. ``up`` starts at zero, so before training the block's output is the frozen one.
     """
 
     def __init__(self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float,
@@ -44,8 +45,8 @@ class ParallelAdapter(nn.Module):
 class Adapter(Method):
     """A down-ReLU-up bottleneck beside each block's MLP branch, output × ``scale``.
 
-    Its width is ``bottleneck`` (default 64), or the feature width D divided by ``reduction`` (the paper's grid
-    {1, 4, 8, 32, 64} is of reductions: 768 / 8 = 96 on ViT-B); give one of the two.
+    Its width is ``bottleneck`` (default 64), or the block's width D divided by ``reduction`` (the paper's grid
+    {1, 4, 8, 32, 64} is of reductions: 768 / 8 = 96 on ViT-B; on Swin D is the stage's width); give one of the two.
     """
 
     name = "adapter"
@@ -64,7 +65,8 @@ class Adapter(Method):
         return self.bottleneck or 64
 
     def inject(self, backbone):
-        for block in backbone.blocks:
-            block.mlp = ParallelAdapter(block.norm2, block.mlp, backbone.embed_dim, self.width(backbone.embed_dim),
-                                        self.scale, getattr(block, "ls2", None))
-            block.norm2 = block.ls2 = nn.Identity()
+        family = family_of(backbone)
+        for i, block in enumerate(family.blocks()):
+            norm, mlp, layer_scale = family.mlp_branch(block)
+            dim = family.dim(i)
+            family.set_mlp_branch(block, ParallelAdapter(norm, mlp, dim, self.width(dim), self.scale, layer_scale))

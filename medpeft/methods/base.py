@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import UserError
@@ -17,7 +16,7 @@ from ..errors import UserError
 
 @dataclasses.dataclass
 class Method:
-    """Base class: the backbone stays frozen and only a linear head on the pooled CLS feature trains.
+    """Base class: the backbone stays frozen and only a linear head on the pooled feature trains.
 
     Subclasses are dataclasses whose fields are the method's options (with defaults). Every check an option
     allows without the model belongs in :meth:`__post_init__` (extend it, calling ``super().__post_init__()``
@@ -52,14 +51,16 @@ class Method:
         """The one-line error for a bad option value: ``method 'lora': option r=0 must be at least 1``."""
         return UserError(f"method {self.full_name!r}: option {option}={getattr(self, option)!r} {problem}")
 
-    def inject(self, backbone: VisionTransformer) -> None:
-        """Add this method's modules to the frozen ``backbone`` in place and unfreeze what it trains."""
+    def inject(self, backbone: nn.Module) -> None:
+        """Add this method's modules to the frozen ``backbone`` in place and unfreeze what it trains. Where the
+        backbone keeps things (blocks, attention, MLP branch, prefix tokens) is asked of its family
+        (:func:`medpeft.families.family_of`), never of its class."""
 
     def make_head(self, in_features: int, num_classes: int) -> nn.Module:
         """The classifier on the pooled feature: ``nn.Linear`` initialised N(0, 0.01²), bias 0 (as mmcls)."""
         return linear_head(in_features, num_classes)
 
-    def frozen_stages(self, backbone: VisionTransformer) -> int:
+    def frozen_stages(self, backbone: nn.Module) -> int:
         """How many leading stages compute exactly what the frozen backbone computes (so evaluation may cache their
         output): stage i < depth is block i, stage depth the final norm and pooling. None here."""
         return 0

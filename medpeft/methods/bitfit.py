@@ -11,11 +11,12 @@ from .base import Method
 @register
 @dataclass
 class BitFit(Method):
-    """Unfreeze every bias: attention (qkv, proj), MLP, LayerNorms and the patch embedding."""
+    """Unfreeze every bias: attention (qkv, or EVA's and BEiT's separate q/v biases; proj), MLP, LayerNorms, patch
+    embedding (and Swin's patch merging norms). Relative position tables and LayerScale γ are no biases."""
 
     name = "bitfit"
 
     def inject(self, backbone):
         for name, param in backbone.named_parameters():
-            if name.endswith(".bias"):
+            if name.endswith((".bias", "_bias")):
                 param.requires_grad_(True)

@@ -1,4 +1,4 @@
-"""``peft:<tuner>``: any Hugging Face ``peft`` weight-space tuner on the ViT's Linear layers."""
+"""``peft:<tuner>``: any Hugging Face ``peft`` weight-space tuner on the backbone's Linear layers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from .base import Method
 
 #: Tuners exercised by the test suite; other ``peft`` tuners with ``target_modules`` are accepted too.
 PEFT_TUNERS = ("lora", "dora", "loha", "lokr", "ia3", "oft", "boft", "vera", "fourierft", "hra")
-#: Every Linear layer inside the transformer blocks (timm names), as a full-match regular expression.
-BLOCK_LINEARS = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+#: Every Linear layer inside the transformer blocks (timm names: ViT, Swin's ``layers.*.blocks``, EVA with fused or
+#: separate q/k/v and packed or split SwiGLU, BEiT), as a full-match regular expression.
+BLOCK_LINEARS = r".*blocks\.\d+\.(attn\.(qkv|q_proj|k_proj|v_proj|proj)|mlp\.(fc1|fc1_g|fc1_x|fc2))"
 DEFAULTS = {
     "dora": {"use_dora": True},
     "ia3": {"feedforward_modules": r".*blocks\.\d+\.mlp\.fc2"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..families import family_of
 from .registry import register
 from .base import Method
 
@@ -16,4 +17,4 @@ class Linear(Method):
     name = "linear"
 
     def frozen_stages(self, backbone):
-        return len(backbone.blocks) + 1
+        return family_of(backbone).depth + 1

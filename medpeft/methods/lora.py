@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..families import family_of
 from .registry import register
 from .base import Method
 
@@ -50,6 +51,10 @@ class LoraQKV(nn.Module):
         diag = torch.block_diag(self.lora_B[0], self.lora_B[1])
         return torch.cat([diag[: self.dim], diag.new_zeros(self.dim, 2 * self.r), diag[self.dim:]])
 
+    def delta_weight(self) -> torch.Tensor:
+        """The update of the fused weight, before scaling: [B_q A_q; 0; B_v A_v] (3D, in)."""
+        return self.up_projection() @ self.lora_A.flatten(0, 1)
+
     def _forward_out_of_place(self, x):
         """The same function where the base layer trains too (its output must stay out of in-place updates)."""
         out = self.base_layer(x)
@@ -57,23 +62,53 @@ class LoraQKV(nn.Module):
         return out + F.linear(h, self.up_projection())
 
 
+class LoraLinear(nn.Module):
+    """``base_layer(x) + alpha / r · x Aᵀ Bᵀ`` (A (r, in), B (out, r) zero-initialised): LoRA on one projection."""
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float):
+        super().__init__()
+        self.base_layer = base_layer
+        self.scaling = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x):
+        return self.base_layer(x) + F.linear(F.linear(x, self.lora_A) * self.scaling, self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update of the weight, before scaling: B A (out, in)."""
+        return self.lora_B @ self.lora_A
+
+
 @register
 @dataclass
 class LoRA(Method):
-    """Low-rank updates of W_q and W_v in every block (B zero-initialised), scaled by ``alpha / r``."""
+    """Low-rank updates of W_q and W_v in every block (B zero-initialised), scaled by ``alpha / r``: on the q and v
+    slices of a fused qkv projection (ViT, Swin's windows, EVA-02 tiny/small, BEiT), or on the q and v projections
+    where they are separate (EVA-02 base/large)."""
 
     name = "lora"
     r: int = field(default=8, metadata={"min": 1})
     alpha: float = 8.0
 
     def inject(self, backbone):
-        for block in backbone.blocks:
-            block.attn.qkv = LoraQKV(block.attn.qkv, self.r, self.alpha)
+        for block in family_of(backbone).blocks():
+            attn = block.attn
+            if getattr(attn, "qkv", None) is not None:
+                attn.qkv = LoraQKV(attn.qkv, self.r, self.alpha)
+            else:
+                attn.q_proj = LoraLinear(attn.q_proj, self.r, self.alpha)
+                attn.v_proj = LoraLinear(attn.v_proj, self.r, self.alpha)
 
     def prepare_export(self, model):
-        """Fold each update into its frozen projection: W + alpha / r · [B_q A_q; 0; B_v A_v]."""
-        for block in model.backbone.blocks:
-            lora = block.attn.qkv
-            with torch.no_grad():
-                lora.base_layer.weight += lora.scaling * lora.up_projection() @ lora.lora_A.flatten(0, 1)
-            block.attn.qkv = lora.base_layer
+        """Fold each update into its frozen projection: W + alpha / r · [B_q A_q; 0; B_v A_v] (or W + alpha / r · B A
+        on a separate q or v projection)."""
+        for block in family_of(model.backbone).blocks():
+            attn = block.attn
+            for name in ("qkv", "q_proj", "v_proj"):
+                lora = getattr(attn, name, None)
+                if isinstance(lora, (LoraQKV, LoraLinear)):
+                    with torch.no_grad():
+                        lora.base_layer.weight += lora.scaling * lora.delta_weight()
+                    setattr(attn, name, lora.base_layer)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..families import family_of
 from .registry import register
 from .base import Method, linear_head
 
@@ -23,4 +24,4 @@ class MLP(Method):
         return nn.Sequential(*hidden, linear_head(in_features, num_classes))
 
     def frozen_stages(self, backbone):
-        return len(backbone.blocks) + 1
+        return family_of(backbone).depth + 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from timm.layers import RmsNorm
 from torch import nn
 
+from ..families import family_of
 from .registry import register
 from .base import Method
 
@@ -27,23 +29,37 @@ class ScaleShift(nn.Module):
 @register
 @dataclass
 class SSF(Method):
-    """γ, β after every operation of the ViT: patch embedding, each LayerNorm, qkv, proj, fc1, fc2, final norm.
+    """γ, β after every operation of the backbone: the patch embedding, every Linear and normalisation layer of the
+    blocks (ViT: norm1, qkv, proj, norm2, fc1, fc2; also Swin's patch merging, EVA's SwiGLU and inner norms) and the
+    final norm.
 
     Initialised to the identity (γ = 1, β = 0) rather than the paper's N(1, 0.02), N(0, 0.02), so the model
-    starts as the frozen backbone.
+    starts as the frozen backbone. EVA's and BEiT's q/v biases are added after the qkv Linear, so after its γ, β.
     """
 
     name = "ssf"
 
     def inject(self, backbone):
-        pe = backbone.patch_embed
-        pe.norm = ScaleShift(pe.norm, backbone.embed_dim)
-        for block in backbone.blocks:
-            attn, mlp = block.attn, block.mlp
-            block.norm1 = ScaleShift(block.norm1, backbone.embed_dim)
-            block.norm2 = ScaleShift(block.norm2, backbone.embed_dim)
-            attn.qkv = ScaleShift(attn.qkv, attn.qkv.out_features)
-            attn.proj = ScaleShift(attn.proj, attn.proj.out_features)
-            mlp.fc1 = ScaleShift(mlp.fc1, mlp.fc1.out_features)
-            mlp.fc2 = ScaleShift(mlp.fc2, mlp.fc2.out_features)
-        backbone.norm = ScaleShift(backbone.norm, backbone.embed_dim)
+        family = family_of(backbone)
+        owner, attr = family.patch_embed_output()
+        setattr(owner, attr, ScaleShift(getattr(owner, attr), family.dim(0)))
+        for i in range(family.depth):
+            for module in family.block_modules(i):
+                for parent, name, layer in _operations(module):
+                    setattr(parent, name, ScaleShift(layer, _width(layer)))
+        for name in family.final_norms():
+            setattr(backbone, name, ScaleShift(getattr(backbone, name), family.feature_dim))
+
+
+def _operations(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) of every Linear and normalisation layer inside ``module``."""
+    found = []
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Linear, nn.LayerNorm, RmsNorm)):
+                found.append((parent, name, child))
+    return found
+
+
+def _width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.normalized_shape[-1]

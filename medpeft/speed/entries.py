@@ -10,6 +10,7 @@ import yaml
 from torch import nn
 
 from ..errors import UserError
+from ..families import family_of
 from ..model import PeftClassifier, build_model
 
 NUM_CLASSES = 10
@@ -39,15 +40,16 @@ def resolve_label(label: str) -> tuple[str, dict]:
 
 
 class InputShift(nn.Module):
-    """``module(x) + shift``: the floor's single trainable tensor, a (D,) vector added to every token."""
+    """The floor's single trainable tensor: a (D,) vector added to every token entering the first block (a forward
+    pre-hook, bound to this module so that a deep copy of the model shifts by its own copy)."""
 
-    def __init__(self, module: nn.Module, dim: int):
+    def __init__(self, first_block: nn.Module, dim: int):
         super().__init__()
-        self.module = module
         self.shift = nn.Parameter(torch.zeros(dim))
+        first_block.register_forward_pre_hook(self._before)
 
-    def forward(self, x):
-        return self.module(x) + self.shift
+    def _before(self, module, args):
+        return (args[0] + self.shift, *args[1:])
 
 
 def build_floor(backbone, num_classes: int = NUM_CLASSES, *, img_size: int | None = None) -> PeftClassifier:
@@ -55,7 +57,8 @@ def build_floor(backbone, num_classes: int = NUM_CLASSES, *, img_size: int | Non
     a forward and a backward through every block and nothing more."""
     model = build_model("linear", backbone, num_classes, pretrained=False, img_size=img_size)
     model.head.requires_grad_(False)
-    model.backbone.norm_pre = InputShift(model.backbone.norm_pre, model.backbone.embed_dim)
+    family = family_of(model.backbone)
+    model.backbone.input_shift = InputShift(family.blocks()[0], family.dim(0))
     model.config = {**model.config, "method": "floor"}
     return model
 

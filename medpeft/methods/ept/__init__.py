@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...backbones import num_tokens
 from ...errors import UserError
+from ...families import family_of
 from ..registry import register
 from ..base import Method, TokenMaps
 from .attention import CONCAT_WAYS, INITS, WAYS, EmbeddedPromptAttention
@@ -26,7 +26,8 @@ class EPT(Method):
     ``layers``: block indices (negative counts from the end), None for all (EPT-deep); ``[0]`` is EPT-shallow.
     ``way``: concat (default), multiply_concat, add, multiply (see :class:`EmbeddedPromptAttention`).
     ``init``: normal(0.02) (default), uniform(±0.08), zero, kaiming, token; for the concat ways only — add
-    starts at 0 and multiply at 1, the frozen model. The prompt has one row per token at the model's image size.
+    starts at 0 and multiply at 1, the frozen model. The prompt has one row per token of its block at the model's
+    image size (CLS and registers included; on Swin, the tokens of the block's stage).
     ``train_prompt=False`` keeps the prompts at their initialisation (frozen; the paper's "prompt gradient off").
     ``fused=False`` materialises the logits as the official code (a reference; same function, more memory).
     """
@@ -47,22 +48,23 @@ class EPT(Method):
             raise self.option_error("layers", "must be a non-empty list of distinct block indices")
 
     def inject(self, backbone):
-        for i in resolve_layers(self.layers, len(backbone.blocks)):
-            block = backbone.blocks[i]
-            block.attn = EmbeddedPromptAttention(block.attn, num_tokens(backbone), self.prompt_length, self.way,
-                                                 self.init, self.fused)
+        family = family_of(backbone)
+        blocks = family.blocks()
+        for i in resolve_layers(self.layers, family.depth):
+            block = blocks[i]
+            block.attn = EmbeddedPromptAttention(block.attn, type(family), family.tokens(i), self.prompt_length,
+                                                 self.way, self.init, self.fused, family.token_index(i))
             block.attn.prompt.requires_grad_(self.train_prompt)
 
     def init_from_data(self, model, images):
         """The ``token`` init: the mean over batch and tokens of the embedded first batch (after the position
-        embedding), added to every prompt row as the official code."""
+        embedding: what the first block receives), added to every prompt row as the official code."""
         waiting = [a for a in _attentions(model) if a.awaiting_token]
         if not waiting:
             return
-        backbone = model.backbone
         with torch.no_grad():
-            tokens = backbone.norm_pre(backbone._pos_embed(backbone.patch_embed(images)))
-            mean = tokens.float().mean(dim=(0, 1))
+            tokens = family_of(model.backbone).embed(images)
+            mean = tokens.float().mean(dim=tuple(range(tokens.dim() - 1)))
         for attn in waiting:
             attn.add_token(mean)
 
@@ -77,8 +79,13 @@ class EPT(Method):
             attn.lse_kernels = False
 
     def token_maps(self, model):
-        probes = {i: (block.attn, lambda x, attn=block.attn: attn.patch_scaling(x).float().mean(dim=1))
-                  for i, block in enumerate(model.backbone.blocks)
+        family = family_of(model.backbone)
+
+        def probe(i, attn):
+            return lambda x: family.on_patch_grid(i, attn.patch_scaling(x, **family.attention_kwargs(i)).float()
+                                                  .mean(dim=1))
+
+        probes = {i: (block.attn, probe(i, block.attn)) for i, block in enumerate(family.blocks())
                   if isinstance(block.attn, EmbeddedPromptAttention) and block.attn.way in CONCAT_WAYS}
         if not probes:
             return None
