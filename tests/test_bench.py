@@ -412,3 +412,24 @@ def test_real_demo_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     assert f"| ept | 0.06 | {100 * ept.test['accuracy']:.1f} | {100 * ept.test['AUC']:.1f} |" in table
     assert ept.spec.img_size == 28 and ept.spec.calibrate == "temperature" and len(ept.split["train"]) == 20
     assert json.loads((tmp_path / "control" / "bench.json").read_text()).get("weights") is None
+
+
+def test_ties_on_the_selection_metric_go_to_the_higher_validation_auc(tmp_path, monkeypatch, fake_runs):
+    auc = {0.001: 0.7, 0.01: 0.9, 0.1: 0.8}  # the same validation accuracy for every candidate
+
+    def run(spec, run_dir, **kwargs):
+        record = fake_record(spec, val_best=0.6)
+        record.result.history = [{"epoch": 1, "lr": spec.train.lr, "train_loss": 1.0, "val_accuracy": 0.6,
+                                  "val_AUC": auc[spec.train.lr] - 0.5},
+                                 {"epoch": 2, "lr": spec.train.lr, "train_loss": 1.0, "val_accuracy": 0.6,
+                                  "val_AUC": auc[spec.train.lr]}]
+        record.result.selected_epoch = 2
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / "run.json", record.to_dict())
+        return record
+
+    monkeypatch.setattr(worker, "run_experiment", run)
+    run_bench(config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}], tasks=["colon"], shots=[1],
+                     exps=[1]), tmp_path, progress=False)
+    (selected,) = [r for r in read_index(tmp_path) if r.selected]
+    assert selected.spec.train.lr == 0.01  # AUC at the selected epoch (2), not at epoch 1

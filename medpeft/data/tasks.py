@@ -30,6 +30,14 @@ class TaskSpec:
         return "mAP" if self.multilabel else "accuracy"
 
     @property
+    def tiebreak_metric(self) -> str:
+        """The validation metric that breaks ties of :attr:`selection_metric` between search candidates: AUC (a
+        ranking over every image, finer than accuracy or mAP on a few images), or mAP / accuracy when AUC selects."""
+        if self.selection_metric != "AUC":
+            return "AUC"
+        return "mAP" if self.multilabel else "accuracy"
+
+    @property
     def selection_metric(self) -> str:
         """The validation metric (a key of :func:`medpeft.metrics.task_metrics`, greater is better) that selects."""
         return self.select_by or self.report_metric
