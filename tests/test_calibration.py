@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medpeft import metrics
 from medpeft.calibration import CalibrationWarning, fit_temperature, nll
-from medpeft.data import make_demo_data, read_names
+from medpeft.data import make_demo_data
 from medpeft.experiment import run_experiment
 from medpeft.record import RunSpec
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medpeft.cli import main
 from medpeft.data import read_names
+
+from helpers import run_cli
 
 OFFICIAL = Path(__file__).parent / "data"
 TINY = ["--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
@@ -32,14 +33,6 @@ def official_root(tmp_path, task, shots=1):
             if not path.exists():
                 Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
     return tmp_path
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 @pytest.mark.parametrize("task,method,classes", [("chest", "ept", 19), ("colon", "vpt", 2), ("endo", "lora", 4)])

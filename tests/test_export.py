@@ -15,7 +15,6 @@ from torch import nn
 
 from medpeft import build_model, methods
 from medpeft.methods import registry
-from medpeft.cli import main
 from medpeft.data import make_demo_data, read_names
 from medpeft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from medpeft.experiment import load_run, run_experiment
@@ -23,6 +22,8 @@ from medpeft.methods import Method
 from medpeft.methods.ept import kernels
 from medpeft.model import save_trainable, saved_names
 from medpeft.record import RunSpec
+
+from helpers import run_cli
 from reference import naive_ept_features
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
@@ -63,14 +64,6 @@ def trained_run(root, out, method, options, task):
                 p.add_(0.3 * torch.randn(p.shape, generator=generator))
     save_trainable(model, out / "trainable.safetensors")
     return out
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def read_csv(path, classes):

@@ -17,12 +17,13 @@ import yaml
 
 import medpeft
 from medpeft.bench import BenchConfig, read_index
-from medpeft.cli import main
 from medpeft.data import get_task, make_demo_data
 from medpeft.experiment import read_record, run_experiment
 from medpeft.record import RunRecord, RunSpec
 from medpeft.tracking import final_metrics
 from medpeft.train import RunResult
+
+from helpers import run_cli
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 from mlflow import MlflowClient  # noqa: E402
@@ -73,14 +74,6 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked") / "data"
     make_demo_data(root)
     return root
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def experiment_runs(client, name, view=ViewType.ACTIVE_ONLY):
@@ -207,7 +200,8 @@ def test_calibrated_test_metrics_are_logged_beside_the_raw_ones():
     record = RunRecord(RunSpec(method="linear", task="colon", data_root="/data", shots=1), get_task("colon"), {},
                        result, {})
     plain = {"test_accuracy": 0.6, "test_ECE": 0.2, "selected_epoch": 2, "val_best": 0.7, "trainable_params": 10,
-             "total_params": 100, "peak_memory_mb": None, "time_train_s": 1.5, "time_val_s": 2.0, "time_test_s": 0.5}
+             "total_params": 100, "peak_memory_mb": None, "added_memory_mb": None, "diverged_epoch": None,
+             "time_train_s": 1.5, "time_val_s": 2.0, "time_test_s": 0.5}
     assert final_metrics(record) == plain
     result.calibration = {"method": "temperature", "temperature": 1.7, "val_nll_before": 0.9, "val_nll_after": 0.6,
                           "test": {"accuracy": 0.6, "ECE": 0.05}}

@@ -14,7 +14,6 @@ Run from the repository root: ``python benchmarks/real/report.py``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,8 @@ import click
 import numpy as np
 from scipy.stats import binomtest, wilcoxon
 
-from medpeft.bench import read_index
+from medpeft.bench import read_index, selection
+from medpeft.bench.selection import group_cells
 from medpeft.files import read_json_lines
 
 HERE = Path(__file__).parent
@@ -36,14 +36,24 @@ SHOTS = (1, 5, 10)
 START, END = "<!-- real-study:start -->", "<!-- real-study:end -->"
 
 
+def selected(bench: Path) -> list:
+    """The bench's runs chosen on validation by this medpeft's rule (:func:`medpeft.bench.selection`; the grid
+    order of the learning rates is ascending), whatever rule wrote ``runs.jsonl``."""
+    records = read_index(bench)
+    chosen = {}
+    for cell in group_cells(records).values():
+        chosen.update(selection(cell, order=lambda r: r.spec.train.lr))
+    return [r for r in records if chosen.get(r.key)]
+
+
 def load(folder: Path) -> dict[str, dict[tuple, dict]]:
     """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr"}}}`` of the selected runs and the floors."""
     rows: dict[str, dict[tuple, dict]] = {}
     for name, prefix in (("bench", ""), ("control", "control: ")):
         if not (folder / name / "runs.jsonl").is_file():
             continue
-        for r in read_index(folder / name):
-            if r.selected and r.test:
+        for r in selected(folder / name):
+            if r.test:
                 cal = (r.result.calibration or {}).get("test") or {}
                 rows.setdefault(prefix + r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
                     **r.test, "ECE_cal": cal.get("ECE", np.nan), "lr": r.spec.train.lr}
@@ -142,7 +152,7 @@ def verdict(name: str, rows: dict[str, dict[tuple, dict]], tests: list[dict]) ->
                 f"{t['losses']} cells, Holm p = {t['p_holm']:.2f})")
 
     floors = [r for r in rows if r.startswith("floor")]
-    lines = [f"- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
+    lines = ["- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
     ranked = sorted((r for r in rows if not r.startswith(("floor", "control"))),
                     key=lambda r: -np.mean([c["accuracy"] for c in rows[r].values()]))
     lines.append(f"- **Best on average over the cells:** {', '.join(ranked[:3])} "
