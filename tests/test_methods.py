@@ -256,3 +256,13 @@ def test_lora_fast_path_is_the_slice_formulation(base_trains):
     g = torch.randn_like(expected)
     for a, b in zip(torch.autograd.grad(layer(x), params, g), torch.autograd.grad(expected, params, g)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_partial_trains_the_final_norm_of_a_gap_vit():
+    import timm
+
+    gap = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, global_pool="avg", fc_norm=True,
+                            num_classes=0)
+    model = build_model("partial", backbone=gap, num_classes=2)
+    trained = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trained == {"blocks", "fc_norm"}  # norm is an identity on a GAP model: fc_norm is its final norm
