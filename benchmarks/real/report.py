@@ -154,10 +154,11 @@ def verdict(name: str, rows: dict[str, dict[tuple, dict]], tests: list[dict]) ->
 
     floors = [r for r in rows if r.startswith("floor")]
     lines = ["- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
-    ranked = sorted((r for r in rows if not r.startswith(("floor", "control"))),
-                    key=lambda r: -np.mean([c["accuracy"] for c in rows[r].values()]))
-    lines.append(f"- **Best on average over the cells:** {', '.join(ranked[:3])} "
-                 f"({', '.join(_mean([c['accuracy'] for c in rows[r].values()]) for r in ranked[:3])} %); EPT ranks "
+    methods = [r for r in rows if not r.startswith(("floor", "control"))]
+    shared = sorted(set.intersection(*(set(rows[r]) for r in methods)))
+    ranked = sorted(methods, key=lambda r: -np.mean([rows[r][c]["accuracy"] for c in shared]))
+    lines.append(f"- **Best on average over the {len(shared)} cells every method has:** {', '.join(ranked[:3])} "
+                 f"({', '.join(_mean([rows[r][c]['accuracy'] for c in shared]) for r in ranked[:3])} %); EPT ranks "
                  f"{ranked.index('ept') + 1} of {len(ranked)}.")
     if "linear" in rows:
         raw = paired(rows["ept"], rows["linear"], "ECE", "ECE_cal")
@@ -192,7 +193,23 @@ def progress(folder: Path) -> str:
     total = len(study["methods"]) * candidates * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps",
                                                                                       "seeds")]))
     done = len(read_json_lines(folder / "bench" / "runs.jsonl"))
-    return "" if done >= total else f"**In progress: {done} of the study's {total} runs are in; the rest are running.**"
+    return "" if done >= total else (
+        f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings (the "
+        f"study runs sampling 1 of every method first); its mean ± std is over the cells it has, and the paired tests "
+        f"use only the cells both rows have.")
+
+
+def cost(folder: Path) -> str:
+    """What the study's runs took: core-hours in all, and the mean wall time of one run per method (one thread)."""
+    seconds: dict[str, list[float]] = {}
+    for r in read_index(folder / "bench"):
+        seconds.setdefault(r.spec.label, []).append(sum(r.result.time_s.values()))
+    if not seconds:
+        return ""
+    hours = sum(map(sum, seconds.values())) / 3600
+    per_run = ", ".join(f"{m} {np.mean(seconds[m]):.0f} s" for m in METHODS if m in seconds)
+    return (f"Cost: {sum(map(len, seconds.values()))} runs, {hours:.1f} core-hours, one thread per run on "
+            f"this project's shared 2-core AMD EPYC (two runs side by side); mean per run (train + validation + test): {per_run}.")
 
 
 def report() -> str:
@@ -207,7 +224,7 @@ def report() -> str:
         order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
         rows = {r: rows[r] for r in order}
         lines, tests = comparisons(rows)
-        out += [f"### {title}", "", progress(HERE / folder), ""] + table(rows) + [""] + chosen(rows) + [""] + lines + [""] + \
+        out += [f"### {title}", "", progress(HERE / folder), "", cost(HERE / folder), ""] + table(rows) + [""] + chosen(rows) + [""] + lines + [""] + \
             verdict(folder, rows, tests) + [""]
     return "\n".join(out)
 

@@ -1,0 +1,78 @@
+"""The real study's report (benchmarks/real/report.py) against numbers recomputed here from the committed files with
+plain json and numpy: validation selection, the table's means, Holm's correction and the paired tests."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "benchmarks" / "real"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("real_report", REAL / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _selected_by_hand(path: Path) -> dict[tuple, dict]:
+    """Per (label, shots, exp): the candidate with the best val_best, ties to the higher val AUC at the selected
+    epoch, then to the smaller learning rate."""
+    cells: dict[tuple, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        s = r["spec"]
+        cells.setdefault((s["label"], s["shots"], s["exp"]), []).append(r)
+    chosen = {}
+    for cell, runs in cells.items():
+        scored = [r for r in runs if r["result"]["val_best"] is not None and math.isfinite(r["result"]["val_best"])]
+        if scored:
+            chosen[cell] = max(scored, key=lambda r: (r["result"]["val_best"],
+                                                      r["result"]["history"][r["result"]["selected_epoch"] - 1]["val_AUC"],
+                                                      -r["spec"]["train"]["lr"]))
+    return chosen
+
+
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
+def test_rows_are_the_validation_selected_runs(report, dataset):
+    rows = report.load(REAL / dataset)
+    by_hand = _selected_by_hand(REAL / dataset / "bench" / "runs.jsonl")
+    assert by_hand, "the committed study has runs"
+    for (label, shots, exp), r in by_hand.items():
+        cell = rows[label][(shots, exp)]
+        assert cell["accuracy"] == r["result"]["test_metrics"]["accuracy"]
+        assert cell["lr"] == r["spec"]["train"]["lr"]
+        assert cell["ECE_cal"] == r["result"]["calibration"]["test"]["ECE"]
+    assert sum(len(v) for k, v in rows.items() if not k.startswith(("floor", "control"))) == len(by_hand)
+
+
+def test_table_mean_and_sample_std(report):
+    rows = {"m": {(10, e): {"accuracy": a, "AUC": 0.5, "ECE": 0.1, "ECE_cal": 0.05} for e, a in
+                  enumerate([0.6, 0.7, 0.8], 1)}}
+    line = report.table(rows)[2]
+    assert "70.0 ± 10.0" in line  # sample std of 60, 70, 80
+    assert line.split("|")[-2].strip() == "3"
+
+
+def test_holm_matches_its_definition(report):
+    p = [0.01, 0.04, 0.03, 0.20]
+    # sorted 0.01, 0.03, 0.04, 0.20 -> 4*0.01, max(.04, 3*.03), max(.09, 2*.04), max(.09, .20)
+    assert report.holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.20])
+    assert report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_paired_counts_and_exact_tests(report):
+    a = {(1, e): {"accuracy": v} for e, v in enumerate([0.71, 0.62, 0.6, 0.93, 0.54], 1)}
+    b = {(1, e): {"accuracy": v} for e, v in enumerate([0.7, 0.6, 0.6, 0.9, 0.5], 1)}
+    b[(5, 1)] = {"accuracy": 0.1}  # not shared: ignored
+    t = report.paired(a, b)
+    assert (t["n"], t["wins"], t["losses"]) == (5, 4, 0)
+    assert t["median"] == pytest.approx(2.0)  # differences 1, 2, 0, 3, 4 points
+    assert t["p_sign"] == pytest.approx(2 * 0.5 ** 4)  # two-sided exact binomial, 4 of 4
+    # Wilcoxon without the zero: ranks 1-4 all positive, W- = 0; exact two-sided p = 2 * P(W- = 0) = 2 / 2**4
+    assert t["p_wilcoxon"] == pytest.approx(0.125)
