@@ -29,6 +29,7 @@ from .evaluate import FeatureCache, predict
 from .train import fit
 
 RUN_FILE = "run.json"
+WEIGHTS_FILE = "trainable.safetensors"
 
 
 def check_spec(spec: RunSpec) -> None:
@@ -61,7 +62,7 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
             result = fit(model, data, spec.train, cache=cache, features=features, calibrate=spec.calibrate,
                          progress=progress, log=lambda line: (log.write(line + "\n"), log.flush()),
                          on_epoch=on_epoch)
-        save_trainable(model, stage / "trainable.safetensors")
+        save_trainable(model, stage / WEIGHTS_FILE)
         if result.test_scores is not None:
             write_submission(stage / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)
         record = RunRecord(spec, data.task, model.config, result, versions(),
@@ -100,7 +101,10 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifie
     run_dir = Path(run_dir)
     record = read_record(run_dir)
     spec = record.spec
-    model = load_trainable(run_dir / "trainable.safetensors", pretrained=spec.pretrained, weights=spec.weights,
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise UserError(f"{run_dir} has no trained weights ({WEIGHTS_FILE}; a run restored from a bench's runs.jsonl "
+                        f"keeps only its record): rerun it, e.g. by deleting the directory and rerunning the bench")
+    model = load_trainable(run_dir / WEIGHTS_FILE, pretrained=spec.pretrained, weights=spec.weights,
                            backbone=spec.backbone, seed=spec.seed)
     return model.to(device).eval(), record
 

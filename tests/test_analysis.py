@@ -13,6 +13,7 @@ from PIL import Image
 from medpeft import UserError, build_model
 from medpeft.analysis import (analyze, class_statistics, command, extract_features, inter_class_scatter,
                               intra_class_scatter, linear_separability, per_class, scatter_ratio, token_maps)
+from medpeft.analysis.runs import WithoutWeights
 from medpeft.bench import BenchConfig, run_bench
 from medpeft.data import Samples, get_task, make_demo_data
 
@@ -253,3 +254,22 @@ def test_runs_of_different_backbones_are_not_pooled(bench, tmp_path):
     with pytest.raises(UserError, match="use different backbones") as err:
         analyze([run, other], tmp_path / "out")
     assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+
+
+def test_runs_restored_without_weights_are_left_out_in_one_line(bench, tmp_path):
+    """A fresh clone has runs.jsonl but no run directories: the bench restores the records, and the analysis
+    measures only the runs that still have their trained weights, saying how many it left out."""
+    from medpeft.bench.runner import collect
+    from medpeft.bench.store import RestoredRuns
+
+    copy = tmp_path / "bench"
+    shutil.copytree(bench, copy, ignore=shutil.ignore_patterns("analysis", ".cache"))
+    shutil.rmtree(copy / "runs" / "linear")
+    with pytest.warns(RestoredRuns, match="2 finished run"):
+        collect(copy)
+    assert (copy / "runs" / "linear" / "colon_1-shot_exp1_seed0" / "run.json").is_file()
+    with pytest.warns(WithoutWeights, match="2 of its 4 runs have no trained weights"):
+        result = analyze([copy], tmp_path / "out", max_points=20, progress=False)
+    assert {r["label"] for r in result["runs"].values()} == {"ept(prompt_length=5)", "pretrain"}
+    with pytest.raises(UserError, match="no trained weights"):
+        analyze([copy / "runs" / "linear" / "colon_1-shot_exp1_seed0"], tmp_path / "out2")

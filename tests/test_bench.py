@@ -433,3 +433,30 @@ def test_ties_on_the_selection_metric_go_to_the_higher_validation_auc(tmp_path, 
                      exps=[1]), tmp_path, progress=False)
     (selected,) = [r for r in read_index(tmp_path) if r.selected]
     assert selected.spec.train.lr == 0.01  # AUC at the selected epoch (2), not at epoch 1
+
+
+def test_a_committed_runs_jsonl_without_run_directories_is_not_redone(tmp_path, fake_runs):
+    """What a repository commits (runs.jsonl, not the run directories) resumes on a fresh clone: the records are
+    restored to run.json files, nothing is rerun, the index is unchanged, and a grown grid runs only what is new."""
+    import shutil
+
+    from medpeft.bench.store import RestoredRuns
+
+    grid = config(tasks=["chest"], shots=[1], exps=[1, 2])
+    run_bench(grid, tmp_path, progress=False)
+    index = (tmp_path / "runs.jsonl").read_text()
+    shutil.rmtree(tmp_path / "runs")
+    fake_runs.clear()
+    with pytest.warns(RestoredRuns, match="4 finished run"):
+        run_bench(grid, tmp_path, progress=False)
+    assert fake_runs == [] and (tmp_path / "runs.jsonl").read_text() == index
+    assert len(list((tmp_path / "runs").glob("**/run.json"))) == 4
+    run_bench(config(tasks=["chest"], shots=[1], exps=[1, 2, 3]), tmp_path, progress=False)
+    assert {c[3] for c in fake_runs} == {3} and len(fake_runs) == 2
+    line = json.loads(index.splitlines()[0])
+    line["run_dir"] = "../outside"  # never written outside the bench folder
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "runs.jsonl").write_text(json.dumps(line) + "\n")
+    run_bench(config(tasks=["chest"], shots=[1], exps=[1], methods=["linear"]), tmp_path / "elsewhere",
+              progress=False)
+    assert not (tmp_path / "outside").exists()

@@ -3,14 +3,19 @@ directories named directly."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..experiment import RUN_FILE, read_record
+from ..errors import Notice, UserError
+from ..experiment import RUN_FILE, WEIGHTS_FILE, read_record
 from ..record import RunRecord
 
 _EXPECTED = "a bench directory (with runs.jsonl) or a run directory (with run.json)"
+
+
+class WithoutWeights(Notice):
+    """Runs of a bench left out of the analysis because only their records exist, said in one line."""
 
 
 @dataclass
@@ -46,7 +51,15 @@ def collect_runs(paths, *, candidates: bool = False) -> list[RunRef]:
             records = [r for r in read_index(path) if candidates or r.selected]
             if not records:
                 raise UserError(f"{path}/runs.jsonl lists no finished run")
-            for record in records:
+            trained = [r for r in records if (path / r.spec.run_dir / WEIGHTS_FILE).is_file()]
+            if not trained:
+                raise UserError(f"{path}: none of its {len(records)} runs has trained weights ({WEIGHTS_FILE}; runs "
+                                "restored from runs.jsonl keep only their records): rerun them to analyse them")
+            if len(trained) < len(records):
+                warnings.warn(f"{path}: {len(records) - len(trained)} of its {len(records)} runs have no trained "
+                              f"weights (restored from runs.jsonl) and are left out of the analysis", WithoutWeights,
+                              stacklevel=2)
+            for record in trained:
                 run_dir = (path / record.spec.run_dir).resolve()
                 refs[run_dir] = RunRef(record.key, record, run_dir)
         elif (path / RUN_FILE).is_file():

@@ -14,7 +14,9 @@
 Run directories are written by whoever runs them (this process, a Ray worker, a SLURM job), each atomically,
 so concurrent writers never collide. ``runs.jsonl`` has a single writer, the bench holding the lock: it appends a
 cell's lines once the cell is complete (its selection is then final) and rewrites the file atomically when a
-finished cell changes (a grid grew and another candidate won).
+finished cell changes (a grid grew and another candidate won). A ``runs.jsonl`` whose run directories are absent (a
+repository commits the index, not the runs) gets their ``run.json`` back from its lines, without the trained
+weights, so a fresh clone resumes instead of redoing them.
 """
 
 from __future__ import annotations
@@ -93,13 +95,14 @@ class BenchStore:
         """
         damaged: list[int] = []
         index = self.out / "runs.jsonl"
-        self._written = {line["key"]: line.get("selected") for line in read_json_lines(index, damaged=damaged)
-                         if isinstance(line, dict) and "key" in line}
+        lines = [line for line in read_json_lines(index, damaged=damaged) if isinstance(line, dict) and "key" in line]
+        self._written = {line["key"]: line.get("selected") for line in lines}
         if damaged:
             self._rebuild = True
             warnings.warn(f"{index}, line {damaged[0]}: damaged ({len(damaged)} line(s)); rebuilt from the run "
                           "directories", DamagedStore, stacklevel=2)
         position = {key: i for i, key in enumerate(self._written)}
+        self._restore(lines)
         found = []
         for path in sorted((self.out / "runs").glob(f"**/{RUN_FILE}")):
             if any(part.startswith(".") for part in path.relative_to(self.out).parts):
@@ -113,6 +116,29 @@ class BenchStore:
         for record in sorted(found, key=lambda r: position.get(r.key, len(position))):
             self.records[record.key] = record
         return self.records
+
+    def _restore(self, lines: list[dict]) -> None:
+        """Write back the ``run.json`` of indexed runs whose run directory is absent (a fresh clone of a repository
+        that commits ``runs.jsonl`` but not the run directories), so that they count as finished and are not redone.
+        Their trained weights are not restored: the analysis and ``predict`` leave such runs out."""
+        restored = 0
+        for line in lines:
+            run_dir = self.out / str(line.get("run_dir", ""))
+            if "run_dir" not in line or run_dir.exists() or not run_dir.resolve().is_relative_to(self.out.resolve()):
+                continue
+            try:
+                record = RunRecord.from_dict({k: v for k, v in line.items() if k != "run_dir"})
+            except (KeyError, TypeError, ValueError, UserError):
+                continue  # not a record: left to the rebuild from the run directories
+            if record.spec.run_dir != line["run_dir"]:
+                continue
+            run_dir.mkdir(parents=True)
+            write_json(run_dir / RUN_FILE, {**record.to_dict(), "selected": None})
+            restored += 1
+        if restored:
+            warnings.warn(f"{self.out / 'runs.jsonl'}: {restored} finished run(s) had no run directory; their records "
+                          "were restored from it (without trained weights), so they are not redone", RestoredRuns,
+                          stacklevel=3)
 
     def add(self, record: RunRecord) -> None:
         self.records[record.key] = record
@@ -152,6 +178,10 @@ class BenchStore:
 
 class DamagedStore(Notice):
     """A damaged file in a bench folder: set aside or rebuilt, and said in one line."""
+
+
+class RestoredRuns(Notice):
+    """Runs of a bench's ``runs.jsonl`` restored to run directories of their own, said in one line."""
 
 
 def _set_aside(run_dir: Path) -> Path:
