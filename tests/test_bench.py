@@ -460,3 +460,28 @@ def test_a_committed_runs_jsonl_without_run_directories_is_not_redone(tmp_path, 
     run_bench(config(tasks=["chest"], shots=[1], exps=[1], methods=["linear"]), tmp_path / "elsewhere",
               progress=False)
     assert not (tmp_path / "outside").exists()
+
+
+def test_a_bench_moved_with_its_data_resumes_and_other_data_is_refused(tmp_path, fake_runs):
+    """bench.json and grid.json hold paths relative to the bench folder: a project moved or cloned elsewhere, its
+    data beside it, resumes; other data is refused, naming the setting."""
+    import shutil
+
+    from medpeft.bench.runner import collect
+
+    first = tmp_path / "first"
+    run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(first / "data")), first / "bench",
+              progress=False)
+    assert json.loads((first / "bench" / "bench.json").read_text())["data_root"] == "../data"
+    assert json.loads((first / "bench" / "grid.json").read_text())["data_root"] == "../data"
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(first, moved)
+    fake_runs.clear()
+    run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(moved / "data")), moved / "bench",
+              progress=False)
+    assert fake_runs == []
+    runs, missing = collect(moved / "bench")
+    assert missing == 0 and {r.spec.data_root for r in runs} == {str(first / "data")}  # as the runs recorded it
+    with pytest.raises(UserError, match=r"other settings \(data_root\)"):
+        run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(tmp_path / "other")), moved / "bench",
+                  progress=False)

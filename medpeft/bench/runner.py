@@ -14,7 +14,7 @@ from ..record import RunRecord, RunSpec
 from .config import TRACKING_KEYS, BenchConfig
 from .executors import Executor, LocalExecutor
 from .selection import choose, group_cells
-from .store import BenchStore
+from .store import BenchStore, located, portable
 from .summary import write_summary
 from .tracking import BenchTracking, open_tracking, tracking_target
 from .worker import RunJob
@@ -95,7 +95,7 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         pending = [s for s in config.specs() if s.key not in finished]
         preflight(pending)
         store.write_setup(config.setup())
-        write_json(out / GRID_FILE, grid_dict(config))
+        write_json(out / GRID_FILE, portable(grid_dict(config), out))
         tracking = open_tracking(target, store)
         if tracking:
             tracking.set_status("RUNNING")
@@ -141,7 +141,7 @@ def collect(out: str | Path) -> tuple[list[RunRecord], int]:
     path = out / GRID_FILE
     if not path.is_file():
         raise UserError(f"{out} holds no bench ({GRID_FILE} is missing): run medpeft bench --out {out} first")
-    grid = _Grid(BenchConfig.from_dict(json.loads(path.read_text()), str(path)))
+    grid = _Grid(BenchConfig.from_dict(located(json.loads(path.read_text()), out), str(path)))
     target = tracking_target(grid.config, out)
     with BenchStore(out) as store:
         finished = store.load()

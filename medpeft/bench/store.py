@@ -2,8 +2,8 @@
 
 ::
 
-    OUT/bench.json               the settings every run shares; a rerun with others is refused
-    OUT/grid.json                the grid itself, for ``medpeft bench --summarize OUT``
+    OUT/bench.json               the settings every run shares (paths relative to OUT); a rerun with others is refused
+    OUT/grid.json                the grid itself (paths relative to OUT), for ``medpeft bench --summarize OUT``
     OUT/runs/<label>/<cell>/...  one run directory per finished run (run.json written last, moved in whole)
     OUT/runs.jsonl               one line per finished run of a complete cell: its record and "selected"
     OUT/failed.jsonl             one line per failed run attempt (key and error)
@@ -67,10 +67,11 @@ class BenchStore:
             self._lock = None
 
     def check_setup(self, setup: dict) -> None:
-        """Refuse when ``bench.json`` holds other shared settings than ``setup``."""
+        """Refuse when ``bench.json`` holds other shared settings than ``setup`` (paths compared relative to OUT)."""
         path = self.out / "bench.json"
         if path.is_file():
-            current, previous = json.loads(dumps(setup)), json.loads(path.read_text())
+            current, previous = portable(json.loads(dumps(setup)), self.out), portable(json.loads(path.read_text()),
+                                                                                       self.out)
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             if changed:
                 raise UserError(f"{self.out} holds runs made with other settings ({', '.join(changed)}): "
@@ -79,7 +80,7 @@ class BenchStore:
     def write_setup(self, setup: dict) -> None:
         """Record the shared settings in ``bench.json`` (once the grid has passed its checks)."""
         if not (self.out / "bench.json").is_file():
-            write_json(self.out / "bench.json", setup)
+            write_json(self.out / "bench.json", portable(setup, self.out))
 
     def run_dir(self, record_or_spec) -> Path:
         spec = getattr(record_or_spec, "spec", record_or_spec)
@@ -174,6 +175,25 @@ class BenchStore:
     def indexed(self) -> list[RunRecord]:
         """The records ``runs.jsonl`` holds (after :meth:`update_index`)."""
         return [self.records[key] for key in self._written if key in self.records]
+
+
+#: Settings that name files: ``bench.json`` and ``grid.json`` hold them relative to the bench folder, so that a bench
+#: committed with its weights and data beside it resumes from a clone anywhere.
+PATH_KEYS = ("data_root", "weights")
+
+
+def portable(settings: dict, out: Path) -> dict:
+    """``settings`` with its absolute :data:`PATH_KEYS` made relative to the bench folder ``out``."""
+    base = Path(out).resolve()
+    return {k: os.path.relpath(v, base) if k in PATH_KEYS and isinstance(v, str) and os.path.isabs(v) else v
+            for k, v in settings.items()}
+
+
+def located(settings: dict, out: Path) -> dict:
+    """The inverse of :func:`portable`: relative :data:`PATH_KEYS` made absolute from the bench folder ``out``."""
+    base = Path(out).resolve()
+    return {k: os.path.normpath(base / v) if k in PATH_KEYS and isinstance(v, str) and not os.path.isabs(v) else v
+            for k, v in settings.items()}
 
 
 class DamagedStore(Notice):
