@@ -226,7 +226,22 @@ def report() -> str:
         lines, tests = comparisons(rows)
         out += [f"### {title}", "", progress(HERE / folder), "", cost(HERE / folder), ""] + table(rows) + [""] + chosen(rows) + [""] + lines + [""] + \
             verdict(folder, rows, tests) + [""]
-    return "\n".join(out)
+    return "\n".join(out + LIMITS)
+
+
+LIMITS = [
+    "### What this study cannot show", "",
+    "- **One backbone, small images.** DINOv2-S/14 (self-supervised on natural images) at 112 px, an 8 × 8 patch grid, "
+    "because the study runs on CPU; the paper's ViT-B at 224 px, and other pretraining, may rank the methods "
+    "differently.",
+    "- **Two binary tasks.** Neither is MedFMC (its images are not available here): no multi-label task, no 19-class "
+    "chest X-ray; PneumoniaMNIST's 28-px originals carry little detail.",
+    "- **Noisy selection and scores.** 20 validation images give accuracy in steps of 5 points, so learning rate and "
+    "epoch are chosen on a coarse, noisy signal; one test accuracy on about 600 images has a 95 % interval of about "
+    "± 4 points; one seed per sampling.",
+    "- **A short grid.** Three learning rates; a method that chose the smallest (or largest) one most often may do "
+    "better beyond it. Other hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults.",
+]
 
 
 @click.command()
