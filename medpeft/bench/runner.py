@@ -161,7 +161,7 @@ def grid_dict(config: BenchConfig) -> dict:
                for e in config.methods]
     tracking = {k: getattr(config, k) for k in TRACKING_KEYS if getattr(config, k) is not None}
     return {"methods": methods, "tasks": config.tasks, "shots": config.shots, "exps": config.exps,
-            "seeds": config.seeds, "refit": config.refit, **config.shared, **tracking}
+            "seeds": config.seeds, "refit": config.refit, **config.portable_shared(), **tracking}
 
 
 def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str], bar: tqdm,
