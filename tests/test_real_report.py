@@ -40,7 +40,7 @@ def _selected_by_hand(path: Path) -> dict[tuple, dict]:
 
 @pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
 def test_rows_are_the_validation_selected_runs(report, dataset):
-    rows = report.load(REAL / dataset)
+    rows = report.load(REAL / dataset, report.read_index(REAL / dataset / "bench"))
     by_hand = _selected_by_hand(REAL / dataset / "bench" / "runs.jsonl")
     assert by_hand, "the committed study has runs"
     for (label, shots, exp), r in by_hand.items():

@@ -37,23 +37,21 @@ SHOTS = (1, 5, 10)
 START, END = "<!-- real-study:start -->", "<!-- real-study:end -->"
 
 
-def selected(bench: Path) -> list:
-    """The bench's runs chosen on validation by this medpeft's rule (:func:`medpeft.bench.selection`; the grid
-    order of the learning rates is ascending), whatever rule wrote ``runs.jsonl``."""
-    records = read_index(bench)
+def selected(records: list) -> list:
+    """The runs chosen on validation by this medpeft's rule (:func:`medpeft.bench.selection`; the grid order of the
+    learning rates is ascending), whatever rule wrote ``runs.jsonl``."""
     chosen = {}
     for cell in group_cells(records).values():
         chosen.update(selection(cell, order=lambda r: r.spec.train.lr))
     return [r for r in records if chosen.get(r.key)]
 
 
-def load(folder: Path) -> dict[str, dict[tuple, dict]]:
-    """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr"}}}`` of the selected runs and the floors."""
+def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
+    """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr"}}}`` of the selected runs of ``study`` (the
+    records of ``folder/bench``) and of the control, and of the floors."""
     rows: dict[str, dict[tuple, dict]] = {}
-    for name, prefix in (("bench", ""), ("control", "control: ")):
-        if not (folder / name / "runs.jsonl").is_file():
-            continue
-        for r in selected(folder / name):
+    for records, prefix in ((study, ""), (read_index(folder / "control"), "control: ")):
+        for r in selected(records):
             if r.test:
                 cal = (r.result.calibration or {}).get("test") or {}
                 rows.setdefault(prefix + r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
@@ -136,7 +134,7 @@ def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dic
     return lines, tests
 
 
-def verdict(name: str, rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
+def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
     """Plain sentences from the numbers: where EPT stands, its calibration, the backbone against the floors."""
     if not tests:
         return []
@@ -186,23 +184,22 @@ def verdict(name: str, rows: dict[str, dict[tuple, dict]], tests: list[dict]) ->
     return lines
 
 
-def progress(folder: Path) -> str:
-    """How many of the runs of ``study.yaml``'s grid the study's ``runs.jsonl`` holds."""
+def progress(folder: Path, done: int) -> str:
+    """What ``done`` runs of the study are of ``study.yaml``'s grid."""
     study = yaml.safe_load((folder / "study.yaml").read_text())
     candidates = int(np.prod([len(v) for v in (study.get("search") or {}).values()]))
     total = len(study["methods"]) * candidates * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps",
                                                                                       "seeds")]))
-    done = len(read_json_lines(folder / "bench" / "runs.jsonl"))
     return "" if done >= total else (
         f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings (the "
         f"study runs sampling 1 of every method first); its mean ± std is over the cells it has, and the paired tests "
         f"use only the cells both rows have.")
 
 
-def cost(folder: Path) -> str:
+def cost(records: list) -> str:
     """What the study's runs took: core-hours in all, and the mean wall time of one run per method (one thread)."""
     seconds: dict[str, list[float]] = {}
-    for r in read_index(folder / "bench"):
+    for r in records:
         seconds.setdefault(r.spec.label, []).append(sum(r.result.time_s.values()))
     if not seconds:
         return ""
@@ -218,14 +215,15 @@ def report() -> str:
            "Test metrics ×100, mean ± sample std over samplings; AUC, ECE and ECE after temperature scaling (fitted "
            "on the validation images) are means over all cells; *cells*: shots × samplings present.", ""]
     for folder, title in DATASETS.items():
-        rows = load(HERE / folder)
+        study = read_index(HERE / folder / "bench")
+        rows = load(HERE / folder, study)
         if not rows:
             continue
         order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
         rows = {r: rows[r] for r in order}
         lines, tests = comparisons(rows)
-        out += [f"### {title}", "", progress(HERE / folder), "", cost(HERE / folder), ""] + table(rows) + [""] + chosen(rows) + [""] + lines + [""] + \
-            verdict(folder, rows, tests) + [""]
+        out += [f"### {title}", "", progress(HERE / folder, len(study)), "", cost(study), ""] + table(rows) + [""] + chosen(rows) + [""] + lines + [""] + \
+            verdict(rows, tests) + [""]
     return "\n".join(out + LIMITS)
 
 
