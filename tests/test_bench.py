@@ -468,6 +468,7 @@ def test_a_bench_moved_with_its_data_resumes_and_other_data_is_refused(tmp_path,
     import shutil
 
     from medpeft.bench.runner import collect
+    from medpeft.bench.store import located
 
     first = tmp_path / "first"
     run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(first / "data")), first / "bench",
@@ -480,6 +481,8 @@ def test_a_bench_moved_with_its_data_resumes_and_other_data_is_refused(tmp_path,
     run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(moved / "data")), moved / "bench",
               progress=False)
     assert fake_runs == []
+    grid = json.loads((moved / "bench" / "grid.json").read_text())
+    assert located(grid, moved / "bench")["data_root"] == str((moved / "data").resolve())  # what --summarize reads
     runs, missing = collect(moved / "bench")
     assert missing == 0 and {r.spec.data_root for r in runs} == {str(first / "data")}  # as the runs recorded it
     with pytest.raises(UserError, match=r"other settings \(data_root\)"):
