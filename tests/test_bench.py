@@ -444,12 +444,13 @@ def test_a_committed_runs_jsonl_without_run_directories_is_not_redone(tmp_path, 
 
     grid = config(tasks=["chest"], shots=[1], exps=[1, 2])
     run_bench(grid, tmp_path, progress=False)
-    index = (tmp_path / "runs.jsonl").read_text()
+    index, summary = (tmp_path / "runs.jsonl").read_text(), (tmp_path / "summary.md").read_text()
     shutil.rmtree(tmp_path / "runs")
     fake_runs.clear()
     with pytest.warns(RestoredRuns, match="4 finished run"):
         run_bench(grid, tmp_path, progress=False)
     assert fake_runs == [] and (tmp_path / "runs.jsonl").read_text() == index
+    assert (tmp_path / "summary.md").read_text() == summary  # metric columns in one order, fresh or restored
     assert len(list((tmp_path / "runs").glob("**/run.json"))) == 4
     run_bench(config(tasks=["chest"], shots=[1], exps=[1, 2, 3]), tmp_path, progress=False)
     assert {c[3] for c in fake_runs} == {3} and len(fake_runs) == 2

@@ -40,7 +40,7 @@ def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
         row = {"label": label, "method": first.spec.method, "options": json.dumps(_base_options(group)),
                "task": task, "shots": shots, "n_runs": len(group), "report_metric": first.task.report_metric,
                "chosen": chosen_summary(group), "refit": any(r.spec.refit for r in group)}
-        for name in first.test:
+        for name in sorted(first.test, key=str.lower):  # one column order, fresh or restored from runs.jsonl
             _mean_std(row, name, [g.test[name] for g in group])
         calibrated = [g.result.calibration for g in group if (g.result.calibration or {}).get("test")]
         if len(calibrated) == len(group):
