@@ -76,3 +76,16 @@ def test_paired_counts_and_exact_tests(report):
     assert t["p_sign"] == pytest.approx(2 * 0.5 ** 4)  # two-sided exact binomial, 4 of 4
     # Wilcoxon without the zero: ranks 1-4 all positive, W- = 0; exact two-sided p = 2 * P(W- = 0) = 2 / 2**4
     assert t["p_wilcoxon"] == pytest.approx(0.125)
+
+
+def test_edges_name_the_methods_that_chose_an_end_of_the_grid(report):
+    def cells(*lrs):
+        return {(1, e): {"lr": lr} for e, lr in enumerate(lrs, 1)}
+
+    rows = {"vpt": cells(6e-4, 6e-4, 6e-4, 6e-2), "lora": cells(6e-2, 6e-2, 6e-3),  # 3 of 4 low; 2 of 3 high
+            "ept": cells(6e-4, 6e-3, 6e-2), "full": cells(6e-4, 6e-4),  # spread; too few cells to tell
+            "control: linear": cells(6e-4, 6e-4, 6e-4)}  # not a method of the study
+    line = report.edges(rows)
+    assert "vpt chose 0.0006 in 3 of 4 cells (below)" in line and "lora chose 0.06 in 2 of 3 cells (above)" in line
+    assert "ept" not in line and "full" not in line and "control" not in line
+    assert report.edges({"ept": cells(6e-3, 6e-3, 6e-3)}) == ""  # one learning rate: no edge to speak of

