@@ -94,8 +94,8 @@ class RunResult:
     metrics and scores of the selected weights, and the run's cost: ``time_s`` splits its wall time into
     ``train`` (the training steps), ``val`` (validation every epoch) and ``test``; ``peak_memory_mb`` is the
     peak during the run (on CPU the whole process's resident size) and ``added_memory_mb`` that peak minus the
-    level at the run's start. ``diverged_epoch``: the epoch whose training loss was not finite (training stopped
-    there; no epoch is selected and the test set is not scored). ``calibration``: the post-hoc calibration fitted on
+    level at the run's start. ``diverged_epoch``: the epoch after which the training loss, a trainable weight or a
+    validation logit was not finite (training stopped there; no epoch is selected and the test set is not scored). ``calibration``: the post-hoc calibration fitted on
     validation, with the test metrics after it (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are
     then the calibrated probabilities."""
 
@@ -143,6 +143,11 @@ def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every trainable parameter is finite (a step can leave NaN weights after a finite loss)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
 def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None = None, *,
         cache: ResizedImageCache | None = None, features: FeatureCache | None = None, calibrate: str = "none",
         progress: bool = True, log: Callable[[str], None] = lambda line: None,
@@ -153,8 +158,8 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     ``requires_grad`` are optimised; before the first step the method may initialise from the first batch
     (:meth:`~medpeft.methods.Method.init_from_data`). Without a val split (``data.val`` None) nothing is
     validated and ``select`` must be ``last``. ``cache`` decodes evaluation images once; ``features`` keeps the
-    output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`). A training loss that is
-    not finite stops training (``diverged_epoch``). ``calibrate="temperature"`` fits a temperature on the selected
+    output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`). A training loss, trainable
+    weight or validation logit that is not finite stops training (``diverged_epoch``). ``calibrate="temperature"`` fits a temperature on the selected
     epoch's validation logits (:mod:`medpeft.calibration`) and scores the test set with it too.
     After each epoch ``log`` gets its line and ``on_epoch`` its history row (e.g. for :mod:`medpeft.tracking`).
     """
@@ -186,14 +191,18 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
             lr = config.lr_at(epoch)
             with clock("train"):
                 train_loss = step.epoch(loader, lr)
-            if not math.isfinite(train_loss):
+            finite = math.isfinite(train_loss) and _finite_weights(model)
+            with clock("val"):
+                logits = None if data.val is None or not finite else predict_logits(model, data.val, task,
+                                                                                     **evaluation)
+            finite = finite and (logits is None or bool(np.isfinite(logits).all()))
+            if not finite:
                 diverged = epoch + 1
                 history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss})
-                log(f"epoch={epoch + 1} lr={lr:.6g} train_loss={train_loss}: diverged, training stopped")
+                log(f"epoch={epoch + 1} lr={lr:.6g} train_loss={train_loss}: diverged (loss, weights or validation "
+                    "logits not finite), training stopped")
                 break
-            with clock("val"):
-                logits = None if data.val is None else predict_logits(model, data.val, task, **evaluation)
-                val = {} if logits is None else evaluate(scores_of(logits, task), data.val, task)
+            val = {} if logits is None else evaluate(scores_of(logits, task), data.val, task)
             history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                             **{f"val_{k}": v for k, v in val.items()}})
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))

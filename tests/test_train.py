@@ -148,3 +148,13 @@ def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp
     assert records[1e6].result.diverged_epoch is not None and not records[1e6].selected
     assert records[0.01].selected
     assert "## Diverged" in (tmp_path / "bench" / "summary.md").read_text()
+
+
+def test_a_step_that_leaves_nan_weights_after_a_finite_loss_is_a_divergence(demo_root, tmp_path):
+    """At lr 1e3 the epoch's loss is still finite (it is computed before each step) but the last step leaves
+    weights that give NaN logits: the run stops as diverged instead of failing in the validation metrics."""
+    s = RunSpec(**{**spec(demo_root, method="full").to_dict(), "task": "colon", "shots": 1,
+                   "train": {"epochs": 3, "lr": 1e3}})
+    record = run_experiment(s, tmp_path / "r", progress=False)
+    assert record.result.diverged_epoch == 1 and record.result.history[0]["train_loss"] is not None
+    assert record.result.val_best is None and record.test is None
