@@ -89,3 +89,19 @@ def test_edges_name_the_methods_that_chose_an_end_of_the_grid(report):
     assert "vpt chose 0.0006 in 3 of 4 cells (below)" in line and "lora chose 0.06 in 2 of 3 cells (above)" in line
     assert "ept" not in line and "full" not in line and "control" not in line
     assert report.edges({"ept": cells(6e-3, 6e-3, 6e-3)}) == ""  # one learning rate: no edge to speak of
+
+
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
+def test_diverged_candidates_are_counted_from_the_records(report, dataset):
+    path = REAL / dataset / "bench" / "runs.jsonl"
+    counts: dict[tuple, int] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r["result"]["diverged_epoch"] is not None:
+            assert not r["selected"]
+            key = (r["spec"]["label"], r["spec"]["train"]["lr"])
+            counts[key] = counts.get(key, 0) + 1
+    text = report.diverged(report.read_index(REAL / dataset / "bench"))
+    for (label, lr), n in counts.items():
+        assert f"{label} at {lr:g} in {n} cell" in text
+    assert text.count(" in ") == len(counts)
