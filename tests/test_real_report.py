@@ -105,3 +105,8 @@ def test_diverged_candidates_are_counted_from_the_records(report, dataset):
     for (label, lr), n in counts.items():
         assert f"{label} at {lr:g} in {n} cell" in text
     assert text.count(" in ") == len(counts)
+
+
+def test_p_values_below_a_thousandth_are_not_printed_as_zero(report):
+    assert report._p(0.0004) == "< 0.001" and report._p(0.0004, "= ") == "< 0.001"
+    assert report._p(0.0123, "= ") == "= 0.012" and report._p(1.0) == "1.000"

@@ -74,6 +74,11 @@ def _mean(values) -> str:
     return f"{100 * np.mean(values):.1f}" if values else "–"
 
 
+def _p(p: float, equals: str = "") -> str:
+    """A p-value to three decimals; below 0.001 as ``< 0.001`` (``equals`` goes before a shown value)."""
+    return "< 0.001" if p < 0.001 else f"{equals}{p:.3f}"
+
+
 def table(rows: dict[str, dict[tuple, dict]]) -> list[str]:
     lines = ["| | 1-shot acc | 5-shot acc | 10-shot acc | AUC | ECE | ECE after T | cells |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -147,7 +152,7 @@ def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dic
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in tests:
         lines.append(f"| {t['other']} | {t['n']} | {t['wins']} | {t['losses']} | {t['median']:+.1f} | "
-                     f"{t['p_wilcoxon']:.3f} | {t['p_holm']:.3f} | {t['p_sign']:.3f} |")
+                     f"{_p(t['p_wilcoxon'])} | {_p(t['p_holm'])} | {_p(t['p_sign'])} |")
     return lines, tests
 
 
@@ -163,9 +168,9 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             return f"{other}: not run"
         if t["p_holm"] < 0.05:
             word = "beats" if t["median"] > 0 else "loses to"
-            return f"EPT {word} {other} (median {t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, Holm p = {t['p_holm']:.3f})"
+            return f"EPT {word} {other} (median {t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
         return (f"EPT and {other} do not differ significantly (median {t['median']:+.1f} points, {t['wins']}–"
-                f"{t['losses']} cells, Holm p = {t['p_holm']:.2f})")
+                f"{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})")
 
     floors = [r for r in rows if r.startswith("floor")]
     lines = ["- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
@@ -179,9 +184,9 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
         raw = paired(rows["ept"], rows["linear"], "ECE", "ECE_cal")
         cal = paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal")
         lines.append(f"- **Calibration.** EPT's own ECE against the temperature-scaled linear probe's: median "
-                     f"{raw['median']:+.1f} points (EPT lower in {raw['losses']} of {raw['n']} cells, Wilcoxon p = "
-                     f"{raw['p_wilcoxon']:.3f}); both temperature-scaled: median {cal['median']:+.1f} (EPT lower in "
-                     f"{cal['losses']} of {cal['n']}, p = {cal['p_wilcoxon']:.3f}). Mean ECE of EPT "
+                     f"{raw['median']:+.1f} points (EPT lower in {raw['losses']} of {raw['n']} cells, Wilcoxon p "
+                     f"{_p(raw['p_wilcoxon'], '= ')}); both temperature-scaled: median {cal['median']:+.1f} (EPT lower in "
+                     f"{cal['losses']} of {cal['n']}, p {_p(cal['p_wilcoxon'], '= ')}). Mean ECE of EPT "
                      f"{_mean([c['ECE'] for c in rows['ept'].values()])} → {_mean([c['ECE_cal'] for c in rows['ept'].values()])} "
                      f"after T; of the linear probe {_mean([c['ECE'] for c in rows['linear'].values()])} → "
                      f"{_mean([c['ECE_cal'] for c in rows['linear'].values()])}.")
@@ -189,7 +194,7 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
     if cls in rows and pix in rows:
         t = paired(rows[cls], rows[pix])
         lines.append(f"- **The backbone.** A converged probe on the frozen features against raw pixels: median "
-                     f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p = {t['p_wilcoxon']:.3f}); "
+                     f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p {_p(t['p_wilcoxon'], '= ')}); "
                      f"the random-init control: {_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % on average.")
     meta = "floor: " + FLOORS["metadata"]
     if meta in rows:
