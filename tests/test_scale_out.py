@@ -113,7 +113,7 @@ def test_a_killed_worker_loses_nothing(cluster, demo_root, local_runs, tmp_path)
         while not killed and time.time() < deadline:
             workers = ray_workers_running_a_run()
             if workers:
-                time.sleep(1.0)  # it has started training
+                time.sleep(0.3)  # it has started its run (a longer wait lets a short run end first on a busy machine)
                 if workers[0].pid in {w.pid for w in ray_workers_running_a_run()}:  # still running a run
                     workers[0].kill()
                     killed.append((workers[0].pid, time.time()))
