@@ -95,8 +95,8 @@ class RunResult:
     ``train`` (the training steps), ``val`` (validation every epoch) and ``test``; ``peak_memory_mb`` is the
     peak during the run (on CPU the whole process's resident size) and ``added_memory_mb`` that peak minus the
     level at the run's start. ``diverged_epoch``: the epoch after which the training loss, a trainable weight or a
-    validation logit was not finite (training stopped there; no epoch is selected and the test set is not scored). ``calibration``: the post-hoc calibration fitted on
-    validation, with the test metrics after it (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are
+    validation logit was not finite (training stopped there; no epoch is selected and the test set is not scored).
+    ``calibration``: the post-hoc calibration fitted on validation, with the test metrics after it (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are
     then the calibrated probabilities."""
 
     history: list[dict[str, Any]]
@@ -159,8 +159,8 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     (:meth:`~medpeft.methods.Method.init_from_data`). Without a val split (``data.val`` None) nothing is
     validated and ``select`` must be ``last``. ``cache`` decodes evaluation images once; ``features`` keeps the
     output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`). A training loss, trainable
-    weight or validation logit that is not finite stops training (``diverged_epoch``). ``calibrate="temperature"`` fits a temperature on the selected
-    epoch's validation logits (:mod:`medpeft.calibration`) and scores the test set with it too.
+    weight or validation logit that is not finite stops training (``diverged_epoch``). ``calibrate="temperature"``
+    fits a temperature on the selected epoch's validation logits (:mod:`medpeft.calibration`) and scores the test set with it too.
     After each epoch ``log`` gets its line and ``on_epoch`` its history row (e.g. for :mod:`medpeft.tracking`).
     """
     config = config or TrainConfig()
