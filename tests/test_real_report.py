@@ -78,17 +78,51 @@ def test_paired_counts_and_exact_tests(report):
     assert t["p_wilcoxon"] == pytest.approx(0.125)
 
 
-def test_edges_name_the_methods_that_chose_an_end_of_the_grid(report):
-    def cells(*lrs):
-        return {(1, e): {"lr": lr} for e, lr in enumerate(lrs, 1)}
+def _lr_cells(*lrs):
+    return {(1, e): {"lr": lr} for e, lr in enumerate(lrs, 1)}
 
-    rows = {"vpt": cells(6e-4, 6e-4, 6e-4, 6e-2), "lora": cells(6e-2, 6e-2, 6e-3),  # 3 of 4 low; 2 of 3 high
-            "ept": cells(6e-4, 6e-3, 6e-2), "full": cells(6e-4, 6e-4),  # spread; too few cells to tell
-            "control: linear": cells(6e-4, 6e-4, 6e-4)}  # not a method of the study
-    line = report.edges(rows)
+
+def test_edges_name_the_methods_that_chose_an_end_of_their_own_grid(report):
+    three, four = [6e-4, 6e-3, 6e-2], [6e-5, 6e-4, 6e-3, 6e-2]
+    rows = {"vpt": _lr_cells(6e-4, 6e-4, 6e-4, 6e-2), "lora": _lr_cells(6e-2, 6e-2, 6e-3),  # 3 of 4 low; 2 of 3 high
+            "ept": _lr_cells(6e-4, 6e-3, 6e-2), "full": _lr_cells(6e-4, 6e-4),  # spread; too few cells to tell
+            "bitfit": _lr_cells(6e-4, 6e-4, 6e-4),  # the lowest of three, not of its own four
+            "ssf": _lr_cells(6e-5, 6e-5, 6e-4),  # the lowest of its four
+            "control: linear": _lr_cells(6e-4, 6e-4, 6e-4)}  # not a method of the study
+    grid = {row: three for row in rows} | {"bitfit": four, "ssf": four}
+    line = report.edges(rows, grid)
     assert "vpt chose 0.0006 in 3 of 4 cells (below)" in line and "lora chose 0.06 in 2 of 3 cells (above)" in line
-    assert "ept" not in line and "full" not in line and "control" not in line
-    assert report.edges({"ept": cells(6e-3, 6e-3, 6e-3)}) == ""  # one learning rate: no edge to speak of
+    assert "ssf chose 6e-05 in 2 of 3 cells (below)" in line
+    assert not any(name in line for name in ("ept", "full", "bitfit", "control"))
+    assert report.edges({"ept": _lr_cells(6e-3, 6e-3, 6e-3)}, {"ept": [6e-3]}) == ""  # one rate: no edge to speak of
+
+
+def test_chosen_counts_each_rate_and_marks_the_rates_a_row_did_not_try(report):
+    rows = {"ept": _lr_cells(6e-4, 6e-4, 6e-2), "bitfit": _lr_cells(6e-5, 6e-4, 6e-5),
+            "floor: raw pixels + LR": {(1, 1): {"accuracy": 0.5}}}
+    grid = {"ept": [6e-4, 6e-3, 6e-2], "bitfit": [6e-5, 6e-4, 6e-3, 6e-2]}
+    lines = report.chosen(rows, grid)
+    assert lines[0] == "| learning rate chosen | 6e-05 | 0.0006 | 0.006 | 0.06 |"
+    assert lines[2:] == ["| ept | – | 2 | 0 | 1 |", "| bitfit | 2 | 1 | 0 | 0 |"]  # no floor row
+
+
+def test_searched_lists_every_rate_a_row_tried(report):
+    records = report.read_index(REAL / "pneumoniamnist" / "bench")
+    by_hand: dict[str, set] = {}
+    for line in (REAL / "pneumoniamnist" / "bench" / "runs.jsonl").read_text().splitlines():
+        s = json.loads(line)["spec"]
+        by_hand.setdefault("c: " + s["label"], set()).add(s["train"]["lr"])
+    assert report.searched(records, "c: ") == {row: sorted(lrs) for row, lrs in by_hand.items()}
+
+
+def test_progress_counts_each_methods_own_search(report, tmp_path):
+    (tmp_path / "study.yaml").write_text(
+        "search: {lr: [1, 2, 3]}\nmethods: [linear, {method: bitfit, search: {lr: [0, 1, 2, 3]}}, "
+        "{method: vp, search: {lr: [1], epochs: [5, 10]}}]\ntasks: [a]\nshots: [1, 5, 10]\nexps: [1, 2]\n"
+        "seeds: [0]\n")
+    total = (3 + 4 + 2) * 3 * 2
+    assert f"{total - 1} of the study's {total} runs" in report.progress(tmp_path, total - 1)
+    assert report.progress(tmp_path, total) == ""
 
 
 @pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])

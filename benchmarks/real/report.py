@@ -90,27 +90,34 @@ def table(rows: dict[str, dict[tuple, dict]]) -> list[str]:
     return lines
 
 
-def chosen(rows: dict[str, dict[tuple, dict]]) -> list[str]:
-    lrs = sorted({c["lr"] for row, cells in rows.items() if not row.startswith(("floor", "control"))
-                  for c in cells.values()})
+def searched(records: list, prefix: str = "") -> dict[str, list[float]]:
+    """``{row: the learning rates its runs tried, ascending}`` (a row's grid, as ``chosen`` and ``edges`` read it)."""
+    grid: dict[str, set] = {}
+    for r in records:
+        grid.setdefault(prefix + r.spec.label, set()).add(r.spec.train.lr)
+    return {row: sorted(lrs) for row, lrs in grid.items()}
+
+
+def chosen(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]]) -> list[str]:
+    """How often each row chose each learning rate; '–' where its grid lacks that rate."""
+    rows = {row: cells for row, cells in rows.items() if not row.startswith("floor")}
+    lrs = sorted({lr for row in rows for lr in grid.get(row, [])})
     lines = ["| learning rate chosen | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
     for row, cells in rows.items():
-        if row.startswith("floor"):
-            continue
         counts = Counter(c["lr"] for c in cells.values())
-        lines.append(f"| {row} | " + " | ".join(str(counts.get(lr, 0)) for lr in lrs) + " |")
+        lines.append(f"| {row} | " + " | ".join(str(counts[lr]) if lr in grid.get(row, []) else "–" for lr in lrs)
+                     + " |")
     return lines
 
 
-def edges(rows: dict[str, dict[tuple, dict]], share: float = 2 / 3) -> str:
-    """The methods that chose the grid's smallest or largest learning rate in at least ``share`` of their cells (at
-    least three): their optimum may lie beyond the grid."""
-    methods = {row: cells for row, cells in rows.items() if row in METHODS and len(cells) >= 3}
-    lrs = sorted({c["lr"] for cells in methods.values() for c in cells.values()})
-    if len(lrs) < 2:
-        return ""
+def edges(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]], share: float = 2 / 3) -> str:
+    """The methods that chose the smallest or largest learning rate of their grid in at least ``share`` of their
+    cells (at least three): their optimum may lie beyond the grid."""
     found = []
-    for row, cells in methods.items():
+    for row, cells in rows.items():
+        lrs = grid.get(row, [])
+        if row not in METHODS or len(cells) < 3 or len(lrs) < 2:
+            continue
         counts = Counter(c["lr"] for c in cells.values())
         for lr, side in ((lrs[0], "below"), (lrs[-1], "above")):
             if counts[lr] >= share * len(cells):
@@ -207,11 +214,12 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
 
 
 def progress(folder: Path, done: int) -> str:
-    """What ``done`` runs of the study are of ``study.yaml``'s grid."""
+    """What ``done`` runs of the study are of ``study.yaml``'s grid (a method's own search, else the shared one)."""
     study = yaml.safe_load((folder / "study.yaml").read_text())
-    candidates = int(np.prod([len(v) for v in (study.get("search") or {}).values()]))
-    total = len(study["methods"]) * candidates * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps",
-                                                                                      "seeds")]))
+    shared = study.get("search") or {}
+    candidates = [int(np.prod([len(v) for v in ((m.get("search", shared) if isinstance(m, dict) else shared) or {})
+                               .values()])) for m in study["methods"]]
+    total = sum(candidates) * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps", "seeds")]))
     return "" if done >= total else (
         f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings (the "
         f"study runs in stages: sampling 1 of every method, then samplings 2–3, 4, 5); its mean ± std is over the "
@@ -248,13 +256,15 @@ def report() -> str:
     for folder, title in DATASETS.items():
         study = read_index(HERE / folder / "bench")
         rows = load(HERE / folder, study)
+        grid = searched(study) | searched(read_index(HERE / folder / "control"), "control: ")
         if not rows:
             continue
         order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
         rows = {r: rows[r] for r in order}
         lines, tests = comparisons(rows)
-        out += [f"### {title}", "", progress(HERE / folder, len(study)), "", cost(study), "", diverged(study), ""] + table(rows) + [""] + chosen(rows) + ["", edges(rows), ""] + lines + [""] + \
-            verdict(rows, tests) + [""]
+        out += [f"### {title}", "", progress(HERE / folder, len(study)), "", cost(study), "", diverged(study), ""]
+        out += table(rows) + [""] + chosen(rows, grid) + ["", edges(rows, grid), ""] + lines + [""]
+        out += verdict(rows, tests) + [""]
     return "\n".join(out + LIMITS)
 
 
@@ -268,8 +278,9 @@ LIMITS = [
     "- **Noisy selection and scores.** 20 validation images give accuracy in steps of 5 points, so learning rate and "
     "epoch are chosen on a coarse, noisy signal; one test accuracy on about 600 images has a 95 % interval of about "
     "± 4 points; one seed per sampling.",
-    "- **A short grid.** Three learning rates; a method that chose the smallest (or largest) one most often may do "
-    "better beyond it (*At the grid's edge* above names them). Other hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults.",
+    "- **A short grid.** Three learning rates per method (four for BitFit and SSF, widened after they chose the "
+    "lowest most often); a method that chose an end of its grid most often may do better beyond it (*At the grid's "
+    "edge* above names them). Other hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults.",
 ]
 
 
