@@ -155,7 +155,8 @@ def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dic
     tests = [{"other": r, **paired(rows["ept"], rows[r])} for r in others]
     for t, p in zip(tests, holm([t["p_wilcoxon"] for t in tests])):
         t["p_holm"] = p
-    lines = ["| EPT − … (accuracy, points) | cells | EPT wins | EPT loses | median | Wilcoxon p | Holm p | sign p |",
+    lines = ["| EPT − … (accuracy, points) | cells | EPT wins | EPT loses | median | Wilcoxon p | Holm p "
+             "| sign p |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t in tests:
         lines.append(f"| {t['other']} | {t['n']} | {t['wins']} | {t['losses']} | {t['median']:+.1f} | "
@@ -175,7 +176,8 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             return f"{other}: not run"
         if t["p_holm"] < 0.05:
             word = "beats" if t["median"] > 0 else "loses to"
-            return f"EPT {word} {other} (median {t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
+            return (f"EPT {word} {other} (median {t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, "
+                    f"Holm p {_p(t['p_holm'], '= ')})")
         return (f"EPT and {other} do not differ significantly (median {t['median']:+.1f} points, {t['wins']}–"
                 f"{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})")
 
@@ -192,22 +194,27 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
         cal = paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal")
         lines.append(f"- **Calibration.** EPT's own ECE against the temperature-scaled linear probe's: median "
                      f"{raw['median']:+.1f} points (EPT lower in {raw['losses']} of {raw['n']} cells, Wilcoxon p "
-                     f"{_p(raw['p_wilcoxon'], '= ')}); both temperature-scaled: median {cal['median']:+.1f} (EPT lower in "
+                     f"{_p(raw['p_wilcoxon'], '= ')}); both temperature-scaled: median {cal['median']:+.1f} "
+                     f"(EPT lower in "
                      f"{cal['losses']} of {cal['n']}, p {_p(cal['p_wilcoxon'], '= ')}). Mean ECE of EPT "
-                     f"{_mean([c['ECE'] for c in rows['ept'].values()])} → {_mean([c['ECE_cal'] for c in rows['ept'].values()])} "
+                     f"{_mean([c['ECE'] for c in rows['ept'].values()])} → "
+                     f"{_mean([c['ECE_cal'] for c in rows['ept'].values()])} "
                      f"after T; of the linear probe {_mean([c['ECE'] for c in rows['linear'].values()])} → "
                      f"{_mean([c['ECE_cal'] for c in rows['linear'].values()])}.")
     cls, pix = "floor: " + FLOORS["cls"], "floor: " + FLOORS["pixels"]
     if cls in rows and pix in rows:
         t = paired(rows[cls], rows[pix])
         lines.append(f"- **The backbone.** A converged probe on the frozen features against raw pixels: median "
-                     f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p {_p(t['p_wilcoxon'], '= ')}); "
-                     f"the random-init control: {_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % on average.")
+                     f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p "
+                     f"{_p(t['p_wilcoxon'], '= ')}); the random-init control: "
+                     f"{_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % "
+                     f"on average.")
     meta = "floor: " + FLOORS["metadata"]
     if meta in rows:
         best = ranked[0]
         t = paired(rows[best], rows[meta])
-        lines.append(f"- **The shortcut.** The file metadata alone: {_mean([c['accuracy'] for c in rows[meta].values()])} % "
+        lines.append(f"- **The shortcut.** The file metadata alone: "
+                     f"{_mean([c['accuracy'] for c in rows[meta].values()])} % "
                      f"on average; the best method ({best}) against it: median {t['median']:+.1f} points "
                      f"({t['wins']}–{t['losses']} cells).")
     return lines
@@ -236,7 +243,8 @@ def cost(records: list) -> str:
     hours = sum(map(sum, seconds.values())) / 3600
     per_run = ", ".join(f"{m} {np.mean(seconds[m]):.0f} s" for m in METHODS if m in seconds)
     return (f"Cost: {sum(map(len, seconds.values()))} runs, {hours:.1f} core-hours, one thread per run on "
-            f"this project's shared 2-core AMD EPYC (two runs side by side); mean per run (train + validation + test): {per_run}.")
+            f"this project's shared 2-core AMD EPYC (two runs side by side); mean per run (train + validation + "
+            f"test): {per_run}.")
 
 
 def diverged(records: list) -> str:
@@ -270,7 +278,8 @@ def report() -> str:
 
 LIMITS = [
     "### What this study cannot show", "",
-    "- **One backbone, small images.** DINOv2-S/14 (self-supervised on natural images) at 112 px, an 8 × 8 patch grid, "
+    "- **One backbone, small images.** DINOv2-S/14 (self-supervised on natural images) at 112 px, an 8 × 8 patch "
+    "grid, "
     "because the study runs on CPU; the paper's ViT-B at 224 px, and other pretraining, may rank the methods "
     "differently.",
     "- **Two binary tasks.** Neither is MedFMC (its images are not available here): no multi-label task, no 19-class "
