@@ -94,7 +94,9 @@ def test_edges_name_the_methods_that_chose_an_end_of_their_own_grid(report):
     assert "vpt chose 0.0006 in 3 of 4 cells (below)" in line and "lora chose 0.06 in 2 of 3 cells (above)" in line
     assert "ssf chose 6e-05 in 2 of 3 cells (below)" in line
     assert not any(name in line for name in ("ept", "full", "bitfit", "control"))
-    assert report.edges({"ept": _lr_cells(6e-3, 6e-3, 6e-3)}, {"ept": [6e-3]}) == ""  # one rate: no edge to speak of
+    none = report.edges({"ept": _lr_cells(6e-4, 6e-3, 6e-2)}, {"ept": three})
+    assert none.startswith("**At the grid's edge:** none") and "67 % of its cells" in none
+    assert "none" in report.edges({"ept": _lr_cells(6e-3, 6e-3, 6e-3)}, {"ept": [6e-3]})  # one rate: no edge
 
 
 def test_chosen_counts_each_rate_and_marks_the_rates_a_row_did_not_try(report):
@@ -144,3 +146,29 @@ def test_diverged_candidates_are_counted_from_the_records(report, dataset):
 def test_p_values_below_a_thousandth_are_not_printed_as_zero(report):
     assert report._p(0.0004) == "< 0.001" and report._p(0.0004, "= ") == "< 0.001"
     assert report._p(0.0123, "= ") == "= 0.012" and report._p(1.0) == "1.000"
+
+
+def _acc_cells(*accuracies, ece=0.1, ece_cal=0.05):
+    return {(1, e): {"accuracy": a, "ECE": ece, "ECE_cal": ece_cal} for e, a in enumerate(accuracies, 1)}
+
+
+def test_overall_verdict_names_what_holds_after_holm(report):
+    n = 8
+    rows = {"linear": _acc_cells(*[0.60] * n, ece=0.20, ece_cal=0.10),
+            "vpt": _acc_cells(*[0.70 + 0.01 * i for i in range(n)]),  # above EPT in every cell
+            "ept": _acc_cells(*[0.60 + 0.01 * i for i in range(n)], ece=0.05, ece_cal=0.10),  # ties linear at i = 0
+            "floor: raw pixels + LR": _acc_cells(*[0.62] * n)}
+    lines, tests = report.comparisons(rows)
+    text = "\n".join(report.overall({"A": (rows, tests)}))
+    # ranks by mean accuracy: vpt 73.5, ept 63.5, linear 60.0
+    assert "it ranks 2 of 3 on A (63.5 %; best vpt, 73.5 %)" in text and "**Is EPT the best method?** No" in text
+    # EPT − vpt = -10 points in all 8 cells: exact Wilcoxon p = 2 / 2**8, Holm ×3 (smallest of three p-values)
+    assert f"EPT loses to vpt on A (median -10.0 points, 0–8 cells, Holm p = {3 * 2 / 2 ** 8:.3f})" in text
+    # EPT − linear = 0, 1, ..., 7 points: the tie dropped, p = 2 / 2**7, Holm ×2 (second smallest) = 0.031
+    assert f"EPT beats linear on A (median +3.5 points, 7–0 cells, Holm p = {2 * 2 / 2 ** 7:.3f})" in text
+    assert "floor raw pixels + LR on A" not in text  # EPT − floor = -2 ... +5 points: not significant
+    # EPT's own ECE 5 vs the scaled probe's 10 in every cell: lower, exact p = 2 / 2**8
+    assert "EPT's own ECE against it: EPT's significantly lower (median -5.0 points, EPT lower in 8 of 8" in text
+    assert "with both temperature-scaled: no significant difference (median +0.0" in text
+    # the floor's 62.0 % is above linear's 60.0 only
+    assert "raw pixels + LR (62.0 %) is above 1 of 3 methods' averages" in text and "EPT's among" not in text
