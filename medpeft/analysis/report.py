@@ -24,12 +24,15 @@ DEFINITIONS = {
 
 
 def mean_std(values) -> tuple[float, float]:
-    """Mean and sample std (ddof=1; nan for one value) of the values that are not None or nan."""
+    """Mean and sample std (ddof=1; nan for one value; exactly 0 for equal values, which numpy's rounded mean
+    would give as ~1e-16) of the values that are not None or nan."""
     values = np.array([np.nan if v is None else v for v in values], dtype=float)
     values = values[~np.isnan(values)]
     if not len(values):
         return float("nan"), float("nan")
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    if len(values) == 1:
+        return float(values[0]), float("nan")
+    return float(values.mean()), float(values.std(ddof=1)) if np.ptp(values) else 0.0
 
 
 def _json_ms(pair: tuple[float, float]) -> dict[str, float | None]:
