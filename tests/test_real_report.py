@@ -172,3 +172,22 @@ def test_overall_verdict_names_what_holds_after_holm(report):
     assert "with both temperature-scaled: no significant difference (median +0.0" in text
     # the floor's 62.0 % is above linear's 60.0 only
     assert "raw pixels + LR (62.0 %) is above 1 of 3 methods' averages" in text and "EPT's among" not in text
+
+
+def test_features_reads_the_analysis_groups(report, tmp_path):
+    def group(label, ratio, ratio_std, scatter, scatter_std, shots=10):
+        return {"label": label, "shots": shots, "n_runs": 5 if shots else 1,
+                "scatter_ratio": {"mean": ratio, "std": ratio_std},
+                "intra_class_scatter": {"mean": scatter, "std": scatter_std}}
+    groups = [group("pretrain", 30.0, None, 100.0, None, shots=None),
+              group("linear", 30.0, 0.0, 100.0, 0.0),  # the pretrained features: not "unlike" them
+              group("ept", 12.0, 0.05, 200.0, 0.2),  # 0.1 % spread, 2× the pretrained scatter
+              group("vp", 7.0, 1.0, 110.0, 20.0),  # spread 18 %
+              group("lora", 29.0, 1.0, 100.5, 0.1)]  # 0.1 % spread but within 1 % of the pretrained scatter
+    (tmp_path / "bench" / "analysis").mkdir(parents=True)
+    (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"groups": groups}))
+    [line] = report.features(tmp_path)
+    assert "pretrained backbone 30.0, EPT 12.0 ± 0.05, lowest vp 7.0." in line and "10-shot" in line
+    assert "ept (intra-class scatter's std over the runs 0.1 % of its mean)" in line
+    assert "vp (" not in line and "lora (" not in line and "linear (" not in line
+    assert report.features(tmp_path / "missing") == []

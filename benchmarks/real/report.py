@@ -1,8 +1,9 @@
 """The real study's tables and verdict, regenerated from its committed files.
 
 Reads, per dataset folder under ``benchmarks/real/`` (``pneumoniamnist``, ``br35h``): ``bench/runs.jsonl`` (the
-study: every candidate run, the validation-selected one marked), ``control/runs.jsonl`` (the random-init control)
-and ``floors/floors.jsonl`` (plain classifiers on the same splits). Writes ``benchmarks/real/results.md`` and puts
+study: every candidate run, the validation-selected one marked), ``control/runs.jsonl`` (the random-init control),
+``floors/floors.jsonl`` (plain classifiers on the same splits) and ``bench/analysis/analysis.json`` (the feature
+analysis of the selected runs), where present. Writes ``benchmarks/real/results.md`` and puts
 the same text in the README between the markers ``<!-- real-study:start -->`` and ``<!-- real-study:end -->``.
 
 Paired comparisons are over the cells the two rows share (shots × sampling; 15 when complete): EPT's test accuracy
@@ -14,6 +15,7 @@ Run from the repository root: ``python benchmarks/real/report.py``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -230,6 +232,38 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
     return lines
 
 
+def features(folder: Path, spread: float = 0.01) -> list[str]:
+    """What ``bench/analysis/analysis.json`` (``medpeft analyze`` on the selected runs) says of the test features:
+    the scatter ratio of the pretrained backbone, EPT's and the lowest; the methods whose features are nearly the
+    same in every run (intra-class scatter within ``spread``) yet unlike the pretrained backbone's."""
+    path = folder / "bench" / "analysis" / "analysis.json"
+    if not path.is_file():
+        return []
+    groups = {g["label"]: g for g in json.loads(path.read_text())["groups"]}
+    if "pretrain" not in groups or "ept" not in groups:
+        return []
+
+    def stat(label: str, key: str = "scatter_ratio") -> tuple[float, float]:
+        return groups[label][key]["mean"], groups[label][key]["std"] or 0.0
+
+    pretrain = stat("pretrain", "intra_class_scatter")[0]
+    shots = {g["shots"] for g in groups.values() if g["shots"]}
+    runs = {g["n_runs"] for g in groups.values() if g["shots"]}
+    lowest = min((m for m in METHODS if m in groups), key=lambda m: stat(m)[0])
+    still = {m: stat(m, "intra_class_scatter") for m in METHODS if m in groups}
+    still = {m: s / w for m, (w, s) in still.items() if s / w < spread and abs(w / pretrain - 1) > spread}
+    line = (f"- **The features** ({'/'.join(map(str, sorted(shots)))}-shot test images, the selected run of "
+            f"{'/'.join(map(str, sorted(runs)))} samplings per method; `bench/analysis/report.md`). Scatter ratio "
+            f"tr Σ_W / tr Σ_B (lower: tighter classes): pretrained backbone {stat('pretrain')[0]:.1f}, EPT "
+            f"{stat('ept')[0]:.1f} ± {stat('ept')[1]:.2g}, lowest {lowest} {stat(lowest)[0]:.1f}.")
+    if still:
+        line += (" Nearly the same in every run, yet unlike the pretrained backbone's: " + ", ".join(
+            f"{m} (intra-class scatter's std over the runs {100 * v:.2g} % of its mean)" for m, v in still.items())
+            + "; what sets "
+            "these features is the prompts' common initialisation (seed 0), which training changes little.")
+    return [line]
+
+
 def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     """The verdict over every dataset (``{name: (rows, tests)}``) in plain words: EPT's rank, the comparisons that
     hold after Holm's correction, its calibration against a temperature-scaled linear probe, the best floor."""
@@ -265,7 +299,8 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
         if best:
             below = [m for m in ranked if means[m] < means[best]]
             floors.append(f"on {dataset}, {best.removeprefix('floor: ')} ({100 * means[best]:.1f} %) is above "
-                          f"{len(below)} of {len(ranked)} methods' averages" + (", EPT's among them" * ("ept" in below)))
+                          f"{len(below)} of {len(ranked)} methods' averages"
+                          + ", EPT's among them" * ("ept" in below))
     lines = ["### Verdict", "",
              "- **Is EPT the best method?** " + ("Yes" if all(r.startswith("1 of") for r in ranks) else "No")
              + ": it ranks " + "; ".join(ranks) + ".",
@@ -332,7 +367,8 @@ def report() -> str:
         lines, tests = comparisons(rows)
         studies[title.split()[0]] = rows, tests
         blocks += [[f"### {title}"], [progress(HERE / folder, len(study))], [cost(study)], [diverged(study)],
-                   table(rows), chosen(rows, grid), [edges(rows, grid)], lines, verdict(rows, tests)]
+                   table(rows), chosen(rows, grid), [edges(rows, grid)], lines,
+                   verdict(rows, tests) + features(HERE / folder)]
     blocks += [overall(studies), LIMITS]
     return "\n\n".join("\n".join(block) for block in blocks if any(block))
 
