@@ -386,7 +386,7 @@ LIMITS = [
     "interval of about ± 4 points; one seed per sampling. With 15 paired cells per dataset, a difference of a few "
     "points is significant only when it is consistent.",
     "- **A short grid.** Three learning rates per method (four for BitFit and SSF, widened after they chose the "
-    "lowest most often); a method that chose an end of its grid most often may do better beyond it (*At the grid's "
+    "lowest most often, and for EPT, widened upwards after its features hardly moved); a method that chose an end of its grid most often may do better beyond it (*At the grid's "
     "edge* above says whether any did). Other hyper-parameters (prompt length, LoRA rank, ...) stay at their "
     "defaults; the paper's `search: paper` grids run with the same command.",
 ]
