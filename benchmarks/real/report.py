@@ -178,6 +178,12 @@ def ranking(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], dict[str, fl
     return sorted(methods, key=lambda r: -means[r]), means, shared
 
 
+def against_scaled_linear(rows: dict[str, dict[tuple, dict]]) -> tuple[dict, dict]:
+    """EPT's ECE against the temperature-scaled linear probe's (:func:`paired`): EPT's own, then EPT's scaled too."""
+    return (paired(rows["ept"], rows["linear"], "ECE", "ECE_cal"),
+            paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal"))
+
+
 def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
     """Plain sentences from the numbers: where EPT stands, its calibration, the backbone against the floors."""
     if not tests:
@@ -202,8 +208,7 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
                  f"({', '.join(f'{100 * means[r]:.1f}' for r in ranked[:3])} %); EPT ranks "
                  f"{ranked.index('ept') + 1} of {len(ranked)}.")
     if "linear" in rows:
-        raw = paired(rows["ept"], rows["linear"], "ECE", "ECE_cal")
-        cal = paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal")
+        raw, cal = against_scaled_linear(rows)
         lines.append(f"- **Calibration.** EPT's own ECE against the temperature-scaled linear probe's: median "
                      f"{raw['median']:+.1f} points (EPT lower in {raw['losses']} of {raw['n']} cells, Wilcoxon p "
                      f"{_p(raw['p_wilcoxon'], '= ')}); both temperature-scaled: median {cal['median']:+.1f} "
@@ -250,8 +255,8 @@ def features(folder: Path, spread: float = 0.01) -> list[str]:
     shots = {g["shots"] for g in groups.values() if g["shots"]}
     runs = {g["n_runs"] for g in groups.values() if g["shots"]}
     lowest = min((m for m in METHODS if m in groups), key=lambda m: stat(m)[0])
-    still = {m: stat(m, "intra_class_scatter") for m in METHODS if m in groups}
-    still = {m: s / w for m, (w, s) in still.items() if s / w < spread and abs(w / pretrain - 1) > spread}
+    still = {m: s / w for m, (w, s) in ((m, stat(m, "intra_class_scatter")) for m in METHODS if m in groups)
+             if s / w < spread and abs(w / pretrain - 1) > spread}
     line = (f"- **The features** ({'/'.join(map(str, sorted(shots)))}-shot test images, the selected run of "
             f"{'/'.join(map(str, sorted(runs)))} samplings per method; `bench/analysis/report.md`). Scatter ratio "
             f"tr Σ_W / tr Σ_B (lower: tighter classes): pretrained backbone {stat('pretrain')[0]:.1f}, EPT "
@@ -259,8 +264,8 @@ def features(folder: Path, spread: float = 0.01) -> list[str]:
     if still:
         line += (" Nearly the same in every run, yet unlike the pretrained backbone's: " + ", ".join(
             f"{m} (intra-class scatter's std over the runs {100 * v:.2g} % of its mean)" for m, v in still.items())
-            + "; what sets "
-            "these features is the prompts' common initialisation (seed 0), which training changes little.")
+            + "; what sets these features is the prompts' common initialisation (seed 0), which training changes "
+            "little.")
     return [line]
 
 
@@ -289,8 +294,7 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
                  f"{t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
                  for t in tests if t["p_holm"] < 0.05]
         if "linear" in rows:
-            raw = paired(rows["ept"], rows["linear"], "ECE", "ECE_cal")
-            both = paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal")
+            raw, both = against_scaled_linear(rows)
             calibration.append(
                 f"on {dataset}, EPT's own ECE against it: {ece(raw)} (median {raw['median']:+.1f} points, EPT "
                 f"lower in {raw['losses']} of {raw['n']} cells, p {_p(raw['p_wilcoxon'], '= ')}); with both "
@@ -386,9 +390,10 @@ LIMITS = [
     "interval of about ± 4 points; one seed per sampling. With 15 paired cells per dataset, a difference of a few "
     "points is significant only when it is consistent.",
     "- **A short grid.** Three learning rates per method (four for BitFit and SSF, widened after they chose the "
-    "lowest most often, and for EPT, widened upwards after its features hardly moved); a method that chose an end of its grid most often may do better beyond it (*At the grid's "
-    "edge* above says whether any did). Other hyper-parameters (prompt length, LoRA rank, ...) stay at their "
-    "defaults; the paper's `search: paper` grids run with the same command.",
+    "lowest most often, and for EPT, widened upwards after its features hardly moved); a method that chose an end "
+    "of its grid most often may do better beyond it (*At the grid's edge* above says whether any did). Other "
+    "hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults; the paper's `search: paper` grids run "
+    "with the same command.",
 ]
 
 
