@@ -177,6 +177,13 @@ def test_analyze_writes_numbers_for_every_run_and_pretrain(bench, analysis):
         record = json.loads((bench / f"runs/ept(prompt_length=5)/{task}_1-shot_exp1_seed0/run.json").read_text())
         assert run["ECE"] == pytest.approx(record["result"]["test_metrics"]["ECE"], abs=1e-5)
         assert len(run["patch_scaling"]["blocks"]) == 12
+        # the prompt's attention mass at the run's init and trained: 1 − s_j, so its mean mirrors patch_scaling's
+        mass = run["prompt_mass"]
+        assert mass["blocks"] == list(range(12)) and set(mass) == {"blocks", "init", "trained"}
+        for when in ("init", "trained"):
+            assert all(0 < lo <= m <= hi < 1 for lo, m, hi in zip(mass[when]["min"], mass[when]["mean"],
+                                                                 mass[when]["max"]))
+        assert "prompt_mass" not in runs[f"linear/{task}/1-shot/exp1/seed0"]
         # linear probing leaves the backbone frozen: its features are pretrain's, so are the numbers
         linear = runs[f"linear/{task}/1-shot/exp1/seed0"]
         assert linear["intra_class_scatter"] == pytest.approx(pretrain[f"pretrain/{task}"]["intra_class_scatter"],

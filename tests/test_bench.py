@@ -238,6 +238,52 @@ def test_refit_reruns_the_chosen_candidate_on_train_and_val(tmp_path, monkeypatc
     assert "(refit on train+val)" in (tmp_path / "summary.md").read_text()
 
 
+def val_by_lr_and_length(spec):
+    """Best lr 0.01 at the default length 100; at lr 0.01, length 10 is better still (and 1 ties 100)."""
+    length = spec.options.get("prompt_length", 100)
+    return val_by_lr(spec) + {1: 0.0, 10: 0.05, 50: -0.1, 100: 0.0}[length] * (spec.train.lr == 0.01)
+
+
+def staged(**kw):
+    return config(**{"methods": [{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]},
+                                  "then": {"prompt_length": [1, 10, 50, 100]}}], "tasks": ["chest"], "shots": [1],
+                     "exps": [1, 2], **kw})
+
+
+def test_a_staged_search_tries_its_values_at_the_chosen_candidate_and_reselects(tmp_path, monkeypatch, fake_runs):
+    seen = []
+    run = fake_experiment(fake_runs, val_by_lr_and_length)
+    monkeypatch.setattr(worker, "run_experiment",
+                        lambda spec, run_dir, **kw: seen.append(dict(spec.candidate)) or run(spec, run_dir, **kw))
+    run_bench(staged(), tmp_path, progress=False)
+    # per cell: the 3 rates, then lengths 1, 10, 50 at the chosen rate 0.01 (100 is the chosen run itself)
+    assert seen[:3] == [{"lr": 0.001}, {"lr": 0.01}, {"lr": 0.1}]
+    assert [c for c in seen if "prompt_length" in c] == [{"lr": 0.01, "prompt_length": n}
+                                                         for n in (1, 10, 50)] * 2
+    records = read_index(tmp_path)
+    assert len(records) == 2 * 6
+    chosen = {r.spec.exp: r.spec.candidate for r in records if r.selected}
+    assert chosen == {1: {"lr": 0.01, "prompt_length": 10}, 2: {"lr": 0.01, "prompt_length": 10}}
+    fake_runs.clear()
+    run_bench(staged(), tmp_path, progress=False)  # resumes: nothing of either stage is redone
+    assert fake_runs == []
+    assert json.loads((tmp_path / "grid.json").read_text())["methods"][0]["then"] == {"prompt_length": [1, 10, 50, 100]}
+
+
+def test_a_staged_search_keeps_the_first_stage_on_ties(tmp_path, monkeypatch, fake_runs):
+    scores = {1: 0.8, 10: 0.8, 50: 0.8, 100: 0.8}
+    monkeypatch.setattr(worker, "run_experiment",
+                        fake_experiment(fake_runs, lambda s: scores[s.options.get("prompt_length", 100)]
+                                        if s.train.lr == 0.01 else 0.5))
+    run_bench(staged(exps=[1]), tmp_path, progress=False)
+    (selected,) = [r for r in read_index(tmp_path) if r.selected]
+    assert selected.spec.candidate == {"lr": 0.01}  # ties go to the first stage, then grid order
+    with pytest.raises(UserError, match="then prompt_length has no values"):
+        config(methods=[{"method": "ept", "then": {"prompt_length": []}}])
+    with pytest.raises(UserError, match="candidate \\{'prompt_length': 0\\}"):
+        config(methods=[{"method": "ept", "then": {"prompt_length": [0]}}])
+
+
 def test_failed_candidates_are_reported_and_the_rest_goes_on(tmp_path, monkeypatch, fake_runs):
     run = fake_experiment(fake_runs, val_by_lr)
 

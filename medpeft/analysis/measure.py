@@ -16,7 +16,7 @@ from ..families import family_of
 from ..metrics import expected_calibration_error, task_metrics
 from ..model import build_model
 from ..record import RunRecord
-from .extract import forward_pass
+from .extract import MassShare, forward_pass
 from .runs import RunRef
 from .report import PRETRAIN
 from .scatter import class_statistics
@@ -44,6 +44,7 @@ class Measured:
     maps_title: str | None = None
     grid: tuple | None = None
     num_prefix: int = 1
+    prompt_mass: dict[str, dict[int, MassShare]] = field(default_factory=dict)
 
 
 def small_blas():
@@ -104,10 +105,19 @@ def measure(refs: list[RunRef], *, n_splits: int, device, batch_size: int, progr
                       test_key=(spec.task, tuple(test.names)), multilabel=data.task.multilabel,
                       classes=list(data.task.classes), report_metric=data.task.report_metric,
                       num_prefix=family_of(model.backbone).num_prefix_tokens)
-        fwd = forward_pass(model, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device)
+        fwd = forward_pass(model, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device,
+                           mass=True)
+        mass = {}
+        if fwd.prompt_mass:  # and at the run's initialisation: the same seed rebuilds it exactly
+            initial = build_model(spec.method, spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
+                                  weights=spec.weights, img_size=img_size, seed=spec.seed, **spec.options)
+            mass = {"init": forward_pass(initial, test, data.task, img_size, batch_size=batch_size, cache=cache,
+                                         device=device, head=False, maps=False, mass=True).prompt_mass,
+                    "trained": fwd.prompt_mass}
+            del initial
         results[ref.name] = Measured(ref.name, ref.label, shots=spec.shots, features=fwd.features,
                                      probs=fwd.probabilities, record=record, maps=fwd.maps, maps_title=fwd.maps_title,
-                                     grid=family_of(model.backbone).patch_grid, **common)
+                                     grid=family_of(model.backbone).patch_grid, prompt_mass=mass, **common)
         numbers[ref.name] = numbers_of(results[ref.name], n_splits, method=spec.method, run_dir=str(ref.run_dir),
                                        options=spec.options, maps_name=fwd.maps_name)
         key = _pretrain_key(record)
@@ -145,4 +155,9 @@ def numbers_of(res: Measured, n_splits: int, maps_name: str | None = None, **ext
         out[maps_name] = {"blocks": layers, "cls_mean": s[:, 0].tolist() if p else None,
                           "patch_mean": s[:, p:].mean(axis=1).tolist(), "patch_min": s[:, p:].min(axis=1).tolist(),
                           "patch_max": s[:, p:].max(axis=1).tolist()}
+    if res.prompt_mass:
+        out["prompt_mass"] = {"blocks": sorted(res.prompt_mass["trained"]),
+                              **{when: {stat: [getattr(shares[i], stat) for i in sorted(shares)]
+                                        for stat in ("mean", "min", "max")}
+                                 for when, shares in res.prompt_mass.items()}}
     return out

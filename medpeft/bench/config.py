@@ -40,14 +40,18 @@ class MethodEntry:
     """A method with options under a label, and optionally a grid searched on validation.
 
     ``search`` maps option names and/or training fields to the values to try (several keys: their product, in
-    order); ``"paper"`` takes :data:`PAPER_GRIDS` (no search for a method without one). Every candidate is checked
-    on construction.
+    order); ``"paper"`` takes :data:`PAPER_GRIDS` (no search for a method without one). ``then`` is a second,
+    staged search of the same form: once a cell's ``search`` candidates have ended, its values are tried at the
+    candidate chosen so far (e.g. the prompt length at the chosen learning rate), and the cell's selection is
+    redone over every candidate of both stages; a value that gives the chosen candidate's own run is not run
+    twice. Every candidate of both stages is checked on construction.
     """
 
     method: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     search: dict[str, list] | str | None = None
+    then: dict[str, list] | None = None
 
     def __post_init__(self):
         get_method(self.method, **self.options)  # unknown methods and options fail before any run starts
@@ -57,17 +61,34 @@ class MethodEntry:
             self.search = dict(PAPER_GRIDS.get(self.method, {}))
         if self.search is not None and not isinstance(self.search, dict):
             raise UserError(f"method {self.label!r}: search must be a mapping of option -> values, or 'paper'")
+        if self.then is not None and not isinstance(self.then, dict):
+            raise UserError(f"method {self.label!r}: then must be a mapping of option -> values")
         self.search = {k: _as_list(v) for k, v in (self.search or {}).items()}
-        for key, values in self.search.items():
-            if not values:
-                raise UserError(f"method {self.label!r}: search {key} has no values")
+        self.then = {k: _as_list(v) for k, v in (self.then or {}).items()}
+        for name, grid in (("search", self.search), ("then", self.then)):
+            for key, values in grid.items():
+                if not values:
+                    raise UserError(f"method {self.label!r}: {name} {key} has no values")
         for candidate in self.candidates():
             self.split(candidate)
+            for follow_up in self.then_candidates(candidate):
+                self.split(follow_up)
 
     def candidates(self) -> list[dict[str, Any]]:
         """The searched values of every candidate, in grid order ([{}] without a search)."""
-        keys = list(self.search)
-        return [dict(zip(keys, values)) for values in itertools.product(*self.search.values())]
+        return grid_product(self.search)
+
+    def then_candidates(self, chosen: dict[str, Any]) -> list[dict[str, Any]]:
+        """The staged search's candidates at the ``chosen`` candidate, in grid order, without those that set
+        exactly what ``chosen`` does (its run already exists); [] without a ``then``."""
+        if not self.then:
+            return []
+        same = self._setting(chosen)
+        return [c for c in ({**chosen, **values} for values in grid_product(self.then)) if self._setting(c) != same]
+
+    def _setting(self, candidate: dict[str, Any]) -> tuple:
+        options, train = self.split(candidate)
+        return get_method(self.method, **options), TrainConfig(**train)
 
     def split(self, candidate: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(method options, training fields) of a candidate, checked."""
@@ -165,6 +186,12 @@ class BenchConfig:
         return next((e for e in self.methods if e.label == label), None)
 
 
+def grid_product(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a search's values, in grid order (the first key varies slowest)."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -172,10 +199,10 @@ def _as_list(value) -> list:
 def _method_entry(item, source: str, default_search) -> MethodEntry:
     if isinstance(item, str):
         return MethodEntry(item, search=default_search)
-    keys = {"method", "options", "label", "search"}
+    keys = {"method", "options", "label", "search", "then"}
     if isinstance(item, dict) and "method" in item and set(item) <= keys:
         return MethodEntry(item["method"], dict(item.get("options") or {}), item.get("label") or "",
-                           item.get("search", default_search))
+                           item.get("search", default_search), item.get("then"))
     raise UserError(f"{source}: a method is a name or a mapping with keys {sorted(keys)}; got {item!r}")
 
 

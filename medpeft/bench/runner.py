@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..experiment import check_spec, load_splits
 from ..files import write_json
 from ..record import RunRecord, RunSpec
-from .config import TRACKING_KEYS, BenchConfig
+from .config import TRACKING_KEYS, BenchConfig, grid_product
 from .executors import Executor, LocalExecutor
 from .selection import choose, group_cells
 from .store import BenchStore, located, portable
@@ -23,7 +23,8 @@ GRID_FILE = "grid.json"  #: the grid as a mapping, for --summarize
 
 
 class _Grid:
-    """The cells of a config: which runs each needs (candidates in grid order, then the refit), and which are due."""
+    """The cells of a config: which runs each needs (the search's candidates in grid order, then those of a staged
+    ``then`` search once the first stage has ended, then the refit), and which are due."""
 
     def __init__(self, config: BenchConfig):
         self.config = config
@@ -34,11 +35,19 @@ class _Grid:
         self.failed: set[str] = set()
 
     def order(self, record: RunRecord) -> int:
+        """A candidate's position: the first stage in grid order, then the staged search's in its grid order."""
         keys = [s.key for s in self.candidates.get(record.spec.cell, [])]
-        return keys.index(record.key) if record.key in keys else len(keys)
+        if record.key in keys:
+            return keys.index(record.key)
+        entry = self.config.entry(record.spec.label)
+        then = list(entry.then) if entry else []
+        values = tuple(record.spec.candidate.get(k) for k in then)
+        grid = [tuple(c.values()) for c in grid_product(entry.then)] if then else []
+        return len(keys) + (grid.index(values) if values in grid else len(grid))
 
     def complete(self, cell: tuple, records: list[RunRecord]) -> bool:
-        """All of the cell's candidates ended (finished or failed), and its refit run too when the config refits."""
+        """All of the cell's candidates of both stages ended (finished or failed), and its refit run too when the
+        config refits."""
         if cell not in self.candidates:
             return True  # a cell of an earlier grid: what is there is all there will be
         if not self.candidates_ended(cell, records):
@@ -47,9 +56,24 @@ class _Grid:
         return refit is None or refit.key in {r.key for r in records} | self.failed
 
     def candidates_ended(self, cell: tuple, records: list[RunRecord]) -> bool:
-        """Every candidate of the cell finished (one of ``records``) or failed."""
+        """Every candidate of the cell, of both stages, finished (one of ``records``) or failed."""
         done = {r.key for r in records} | self.failed
-        return all(s.key in done for s in self.candidates.get(cell, []))
+        if not all(s.key in done for s in self.candidates.get(cell, [])):
+            return False
+        return all(s.key in done for s in self.follow_ups(cell, records))
+
+    def follow_ups(self, cell: tuple, records: list[RunRecord]) -> list[RunSpec]:
+        """The staged search's runs of a cell whose first stage has ended: its ``then`` values at the candidate
+        chosen among the first stage's runs ([] before, without a ``then``, or when no candidate could be chosen)."""
+        first = {s.key for s in self.candidates.get(cell, [])}
+        entry = self.config.entry(cell[0])
+        if not entry or not entry.then or not first <= {r.key for r in records} | self.failed:
+            return []
+        chosen = choose([r for r in records if r.key in first], self.order)
+        if chosen is None:
+            return []
+        _, task, shots, exp, seed = cell
+        return [self.config.spec(entry, c, task, shots, exp, seed) for c in entry.then_candidates(chosen.spec.candidate)]
 
     def refit_spec(self, cell: tuple, records: list[RunRecord]) -> RunSpec | None:
         """The rerun of the cell's chosen candidate on train + val, when the config refits and a candidate won."""
@@ -111,10 +135,10 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         try:
             for spec in pending:
                 executor.submit(spec)
-            refits: set[str] = set()
-            bar.total += _submit_refits(grid, store, executor, refits)
+            submitted: set[str] = set()
+            bar.total += _submit_due(grid, store, executor, submitted)
             executor.flush()
-            _collect(grid, store, executor, refits, bar, tracking)
+            _collect(grid, store, executor, submitted, bar, tracking)
         except BaseException as err:
             if tracking:
                 tracking.set_status("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -151,20 +175,20 @@ def collect(out: str | Path) -> tuple[list[RunRecord], int]:
         if tracking:
             tracking.log_summaries(out)
         missing = [key for key in grid.keys if key not in finished]
-        missing += [spec.key for spec in _due_refits(grid, store) if spec.key not in finished]
+        missing += [spec.key for spec in _due(grid, store) if spec.key not in finished]
         return store.indexed(), len(missing)
 
 
 def grid_dict(config: BenchConfig) -> dict:
     """``config`` as the mapping :meth:`BenchConfig.from_dict` reads (``OUT/grid.json``, for ``--summarize``)."""
-    methods = [{"method": e.method, "options": e.options, "label": e.label, "search": e.search}
-               for e in config.methods]
+    methods = [{"method": e.method, "options": e.options, "label": e.label, "search": e.search,
+                **({"then": e.then} if e.then else {})} for e in config.methods]
     tracking = {k: getattr(config, k) for k in TRACKING_KEYS if getattr(config, k) is not None}
     return {"methods": methods, "tasks": config.tasks, "shots": config.shots, "exps": config.exps,
             "seeds": config.seeds, "refit": config.refit, **config.portable_shared(), **tracking}
 
 
-def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str], bar: tqdm,
+def _collect(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str], bar: tqdm,
              tracking: BenchTracking | None = None) -> None:
     while executor.waits and executor.pending():
         outcome = executor.next()
@@ -176,14 +200,15 @@ def _collect(grid: _Grid, store: BenchStore, executor: Executor, refits: set[str
             grid.failed.add(outcome.spec.key)
             store.fail(outcome.spec.key, outcome.error)
             bar.write(f"failed: {outcome.spec.key}: {outcome.error}")
-        bar.total += _submit_refits(grid, store, executor, refits)
+        bar.total += _submit_due(grid, store, executor, submitted)
         executor.flush()
         _update(grid, store, tracking)
 
 
-def _submit_refits(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str]) -> int:
-    """Submit the refit runs that became due (a cell's candidates all ended); returns how many."""
-    due = [s for s in _due_refits(grid, store) if s.key not in store.records and s.key not in grid.failed
+def _submit_due(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str]) -> int:
+    """Submit the runs that became due (a staged search's or a refit, once what they depend on has ended); returns
+    how many."""
+    due = [s for s in _due(grid, store) if s.key not in store.records and s.key not in grid.failed
            and s.key not in submitted]
     for spec in due:
         executor.submit(spec)
@@ -191,11 +216,15 @@ def _submit_refits(grid: _Grid, store: BenchStore, executor: Executor, submitted
     return len(due)
 
 
-def _due_refits(grid: _Grid, store: BenchStore) -> list[RunSpec]:
-    """The refit runs of the cells whose candidates all ended."""
+def _due(grid: _Grid, store: BenchStore) -> list[RunSpec]:
+    """The runs that depend on others: each cell's staged-search runs once its first stage has ended, and its refit
+    run once every candidate has."""
     due = []
     for cell, records in group_cells(store.records.values()).items():
-        if cell in grid.candidates and grid.candidates_ended(cell, records):
+        if cell not in grid.candidates:
+            continue
+        due += grid.follow_ups(cell, records)
+        if grid.candidates_ended(cell, records):
             refit = grid.refit_spec(cell, records)
             due += [refit] if refit is not None else []
     return due

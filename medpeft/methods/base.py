@@ -75,6 +75,11 @@ class Method:
         """Per-token quantities the analysis draws over the patch grid (e.g. EPT's patch-wise scaling); None here."""
         return None
 
+    def prompt_mass(self, model: nn.Module) -> dict[int, tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
+        """Per block whose attention logits carry a prompt: ``(module, fn)``, where ``fn(module_input)`` gives the
+        share of each attention row's softmax mass that the prompt's columns take (B, heads, tokens); {} here."""
+        return {}
+
     def prepare_export(self, model: nn.Module) -> None:
         """Called on a loaded model about to be exported to ONNX (never trained again): rewrite in place what the
         exporter cannot trace as plain operations computing the same function (fold weight updates into the

@@ -85,11 +85,25 @@ class EPT(Method):
             return lambda x: family.on_patch_grid(i, attn.patch_scaling(x, **family.attention_kwargs(i)).float()
                                                   .mean(dim=1))
 
-        probes = {i: (block.attn, probe(i, block.attn)) for i, block in enumerate(family.blocks())
-                  if isinstance(block.attn, EmbeddedPromptAttention) and block.attn.way in CONCAT_WAYS}
+        probes = {i: (attn, probe(i, attn)) for i, attn in _concat_attentions(family).items()}
         if not probes:
             return None
         return TokenMaps("patch_scaling", "patch-wise scaling $s_j = Z_j / (Z_j + \\sum_l e^{P_{jl}})$", probes)
+
+    def prompt_mass(self, model):
+        """The concat ways' prompt columns take 1 − s_j of row j's softmax mass (:meth:`token_maps`' s_j)."""
+        family = family_of(model.backbone)
+
+        def probe(i, attn):
+            return lambda x: 1 - attn.patch_scaling(x, **family.attention_kwargs(i)).float()
+
+        return {i: (attn, probe(i, attn)) for i, attn in _concat_attentions(family).items()}
+
+
+def _concat_attentions(family) -> dict[int, EmbeddedPromptAttention]:
+    """The prompted attentions of the concat ways by block index."""
+    return {i: block.attn for i, block in enumerate(family.blocks())
+            if isinstance(block.attn, EmbeddedPromptAttention) and block.attn.way in CONCAT_WAYS}
 
 
 def _attentions(model) -> list[EmbeddedPromptAttention]:
