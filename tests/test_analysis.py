@@ -203,7 +203,7 @@ def test_analyze_writes_readable_figures_and_a_report(analysis):
     for png in pngs:
         assert f"]({png.name})" in report
     kinds = {f["kind"] for f in result["figures"]}
-    assert {"pca", "tsne", "patch_scaling", "convergence", "results", "reliability", "scatter"} <= kinds
+    assert {"pca", "tsne", "patch_scaling", "prompt_mass", "convergence", "results", "reliability", "scatter"} <= kinds
     assert all((out / f["file"]).is_file() and f["caption"] for f in result["figures"])
 
 

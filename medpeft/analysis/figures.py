@@ -212,6 +212,29 @@ def patch_scaling_maps(path: Path, layers: list[int], scaling: np.ndarray, grid:
     _save(fig, path)
 
 
+def mass_curves(path: Path, lines: dict[str, dict], *, title: str) -> None:
+    """Prompt mass share per block: ``lines[name] = {"layers": [...], "init"/"trained": {"mean", "min", "max"}}``;
+    init dashed, trained solid with its min–max band, one colour per line."""
+    from matplotlib import colormaps
+
+    fig = _figure(7.5, 4.2)
+    ax = fig.subplots()
+    colors = colormaps["viridis"](np.linspace(0.0, 0.85, len(lines)))
+    for (name, line), color in zip(lines.items(), colors):
+        x = np.asarray(line["layers"])
+        ax.plot(x, line["init"]["mean"], "--", color=color, alpha=0.8)
+        ax.plot(x, line["trained"]["mean"], "o-", color=color, label=name, markersize=3)
+        ax.fill_between(x, line["trained"]["min"], line["trained"]["max"], color=color, alpha=0.12)
+    ax.plot([], [], "--", color="grey", label="at initialisation")
+    ax.set_xlabel("block")
+    ax.set_ylabel("share of attention mass on the prompt")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+
+
 def convergence_curves(path: Path, series: dict[str, list[dict[str, list[float]]]], panels: list[tuple[str, str]],
                        colors: dict[str, str], *, title: str) -> None:
     """Per panel (key, y label): each method's mean over its runs per epoch, the min–max band across runs.

@@ -91,6 +91,7 @@ def draw(results: dict[str, Measured], numbers: dict[str, dict], gallery: Galler
             convergence_figure(gallery, cell)
             reliability_figure(gallery, cell)
             map_figures(gallery, cell)
+            mass_figure(gallery, cell)
         results_figure(gallery, results, numbers)
 
 
@@ -223,6 +224,34 @@ def map_figures(gallery: Gallery, cell: Cell) -> None:
         figures.patch_scaling_maps(path, layers, s, first.grid, first.num_prefix,
                                    title=f"{label}: {first.maps_title} per block ({cell.where}, mean over test images, "
                                          f"heads and {len(members)} run(s))")
+
+
+def mass_figure(gallery: Gallery, cell: Cell) -> None:
+    """The share of attention mass the prompt takes per block, at init and trained, one line per method and prompt
+    length (mean over the runs of that length)."""
+    groups: dict[str, list[Measured]] = {}
+    for r in cell.runs:
+        if r.prompt_mass:
+            length = r.record.model["options"].get("prompt_length")
+            groups.setdefault(r.label if length is None else f"{r.label}, L = {length}", []).append(r)
+    if not groups:
+        return
+    lines = {}
+    for name, members in sorted(groups.items(), key=lambda kv: (kv[0].split(",")[0], _length(kv[1][0]))):
+        layers = sorted(members[0].prompt_mass["trained"])
+        lines[name] = {when: {stat: np.mean([[getattr(r.prompt_mass[when][i], stat) for i in layers]
+                                             for r in members], axis=0) for stat in ("mean", "min", "max")}
+                       for when in ("init", "trained")}
+        lines[name]["layers"] = layers
+    path = gallery.add("prompt_mass", f"prompt_mass_{cell.tag}.png",
+                       f"Share of each attention row's softmax mass that the prompt takes, per block ({cell.where}): "
+                       "dashed at the runs' initialisation, solid trained, the band its min–max over test images, "
+                       "heads and tokens (mean over the runs of each prompt length).", cell.where)
+    figures.mass_curves(path, lines, title=f"Attention mass absorbed by the prompt ({cell.where})")
+
+
+def _length(res: Measured) -> int:
+    return res.record.model["options"].get("prompt_length") or 0
 
 
 def results_figure(gallery: Gallery, results: dict[str, Measured], numbers: dict) -> None:
