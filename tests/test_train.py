@@ -9,10 +9,11 @@ import torch
 
 from medpeft import UserError, metrics
 from medpeft.data import get_task, load_dataset, make_demo_data
+from medpeft.evaluate import predict
 from medpeft.experiment import load_run, read_record, run_experiment
 from medpeft.record import RunRecord, RunSpec
-from medpeft.evaluate import predict
-from medpeft.train import TrainConfig, loss_fn
+from medpeft.train import loss_fn
+from medpeft.types import TrainConfig
 
 
 def test_cosine_schedule_matches_the_paper():

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..experiment import RUN_FILE, read_record
 from ..files import append_line, json_line, read_json_lines
-from ..record import RunSpec
+from ..record import RUN_FILE, RunSpec, read_record
 from .executors import Executor, Outcome, cpu_threads
 from .worker import RunJob, execute
 
