@@ -151,7 +151,8 @@ def load_trainable(
     with torch.no_grad():
         for name, tensor in state.items():
             if params[name].shape != tensor.shape:
-                raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}")
+                raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model "
+                                f"{tuple(params[name].shape)}")
             params[name].copy_(tensor)
     model.method.after_load(model)
     return model

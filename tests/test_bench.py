@@ -25,7 +25,8 @@ def fake_record(spec, val_best=0.5):
                                                                                         "AUC": rng.uniform()}
     result = RunResult([{"epoch": 1, "lr": 0.1, "train_loss": 1.0}], 1, val_best, test, None,
                        100 + len(spec.method), 1000, {"train": 1.0, "val": 0.5, "test": 0.5}, 10.0 + spec.exp, "cpu")
-    return RunRecord(spec, get_task(spec.task), ModelConfig(spec.method, {}, "vit_tiny_patch16_224", 2, 32), result, {"medpeft": "test"})
+    return RunRecord(spec, get_task(spec.task), ModelConfig(spec.method, {}, "vit_tiny_patch16_224", 2, 32), result,
+                     {"medpeft": "test"})
 
 
 caches = []  # the cache each fake run received

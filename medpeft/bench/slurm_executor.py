@@ -66,8 +66,8 @@ def in_flight(folder: str | Path) -> set[str]:
 class SlurmExecutor(Executor):
     """Runs as a SLURM job array (``cluster="local"``: as local processes through submitit, to try a setup without
     SLURM). ``runs_per_job`` runs share one job, one after the other (few-shot runs are short; a job per run would
-    spend its time queueing), each with the job's ``cpus_per_run`` cores; ``time_min`` is a job's limit. ``wait``: collect the runs as their jobs end; otherwise return once
-    they are submitted."""
+    spend its time queueing), each with the job's ``cpus_per_run`` cores; ``time_min`` is a job's limit. ``wait``:
+    collect the runs as their jobs end; otherwise return once they are submitted."""
 
     name = "slurm"
     node_cache = True

@@ -1,4 +1,5 @@
-"""``medpeft demo`` (the real demo or the offline toy) and ``medpeft floors`` (plain classifiers on a bench's splits)."""
+"""``medpeft demo`` (the real demo or the offline toy) and ``medpeft floors`` (plain classifiers on a bench's
+splits)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from .options import Command
 @click.command("speed", cls=Command)
 @click.option("--methods", help="Comma-separated entries of speed.yaml (default all); any method name runs at its "
                                 "defaults; floor always runs.")
-@click.option("--backbone", default="vit_small_patch16_224", show_default=True, help="A timm model name: ViT, Swin, EVA or BEiT (random init).")
+@click.option("--backbone", default="vit_small_patch16_224", show_default=True,
+              help="A timm model name: ViT, Swin, EVA or BEiT (random init).")
 @click.option("--img-size", type=int, default=384, show_default=True)
 @click.option("--batch", type=int, default=2, show_default=True, help="Batch of the timed steps.")
 @click.option("--memory-batch", type=int, default=4, show_default=True, help="Batch of the memory measurement.")

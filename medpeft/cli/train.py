@@ -54,8 +54,9 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 
     data_root = absolute_path(get_dataset(task).root(data_root))
     spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
-                   options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=absolute_path(weights),
-                   img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe),
+                   options=parse_options(opts), backbone=backbone, pretrained=pretrained,
+                   weights=absolute_path(weights), img_size=img_size, test_list=test_list, val_per_class=val_per_class,
+                   train=TrainConfig(**recipe),
                    calibrate=calibrate)
     check_out(out, overwrite)
     check_writable_dir(Path(out).parent, "--out", shown=out)
