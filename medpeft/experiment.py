@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
 from .backbones import check_backbone
 from .data import DatasetSplits, ResizedImageCache, Samples, check_files, get_dataset, load_dataset
 from .errors import ParameterError, UserError
@@ -37,6 +36,7 @@ from .record import (
 )
 from .tracking import RunListener, track_run
 from .train import fit
+from .version import __version__
 
 
 def check_spec(spec: RunSpec) -> None:

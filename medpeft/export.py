@@ -21,15 +21,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import __version__
 from .data import eval_dataset
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
 from .evaluate import probabilities
 from .experiment import list_samples, load_run, read_record
 from .files import write_bytes
+from .version import __version__
 
-MODEL_FILE = "model.onnx"  #: the default export of a run, in its directory
 OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
 #: The tracing exporter, which ``dynamo=True`` replaced as the default in torch 2.9 (older torch has no ``dynamo``).

@@ -319,7 +319,7 @@ def save_imported(state: dict[str, torch.Tensor], out: str | Path, *, arch: str,
     """Write ``state`` as safetensors with metadata: arch, img_size, source file, medpeft version."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .version import __version__
 
     metadata = {"arch": arch, "img_size": str(img_size), "source": str(source), "medpeft_version": __version__}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

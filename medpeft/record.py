@@ -28,6 +28,7 @@ from .types import ModelConfig, RunResult, TrainConfig
 RECORD_VERSION = 1
 RUN_FILE = "run.json"  #: a run directory's record
 WEIGHTS_FILE = "trainable.safetensors"  #: a run directory's trained tensors
+MODEL_FILE = "model.onnx"  #: the default export of a run, in its directory
 
 
 def submission_name(task: str, shots: int | str) -> str:

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .errors import UserError
 from .methods import get_method
 from .record import RunRecord, RunSpec, submission_name
+from .version import __version__
 
 #: How the store is first reached: one try, 10 seconds at most.
 PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..bench import read_index
 from ..errors import ParameterError
 from ..files import write_json, write_text
 from ..train import resolve_device
+from ..version import __version__
 from . import figures
 from .measure import check_one_backbone, measure
 from .plots import Gallery, draw

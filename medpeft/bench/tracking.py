@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .. import __version__
 from ..errors import UserError
 from ..record import RunRecord
 from ..tracking import (
@@ -29,6 +28,7 @@ from ..tracking import (
     logged_runs,
     terminate,
 )
+from ..version import __version__
 from .config import BenchConfig
 from .store import BenchStore
 

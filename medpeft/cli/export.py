@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..export import MODEL_FILE
+from ..record import MODEL_FILE
 from .options import Command
 
 

@@ -113,7 +113,8 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(out.parent, "--out", shown=out)
     if engine == "onnx":
-        from ..export import MODEL_FILE, predict_list_onnx
+        from ..export import predict_list_onnx
+        from ..record import MODEL_FILE
 
         names, scores = predict_list_onnx(run_dir, list_file, onnx_file or Path(run_dir) / MODEL_FILE,
                                           data_root=data_root, batch_size=batch_size)
