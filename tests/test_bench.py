@@ -255,7 +255,7 @@ def staged(**kw):
 def test_a_staged_search_tries_its_values_at_the_chosen_candidate_and_reselects(tmp_path, monkeypatch, fake_runs):
     seen = []
     run = fake_experiment(fake_runs, val_by_lr_and_length)
-    monkeypatch.setattr(worker, "run_experiment",
+    monkeypatch.setattr(experiment, "run_experiment",
                         lambda spec, run_dir, **kw: seen.append(dict(spec.candidate)) or run(spec, run_dir, **kw))
     run_bench(staged(), tmp_path, progress=False)
     # per cell: the 3 rates, then lengths 1, 10, 50 at the chosen rate 0.01 (100 is the chosen run itself)
@@ -274,7 +274,7 @@ def test_a_staged_search_tries_its_values_at_the_chosen_candidate_and_reselects(
 
 def test_a_staged_search_keeps_the_first_stage_on_ties(tmp_path, monkeypatch, fake_runs):
     scores = {1: 0.8, 10: 0.8, 50: 0.8, 100: 0.8}
-    monkeypatch.setattr(worker, "run_experiment",
+    monkeypatch.setattr(experiment, "run_experiment",
                         fake_experiment(fake_runs, lambda s: scores[s.options.get("prompt_length", 100)]
                                         if s.train.lr == 0.01 else 0.5))
     run_bench(staged(exps=[1]), tmp_path, progress=False)
