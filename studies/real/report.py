@@ -1,6 +1,7 @@
 """The real study's tables and verdict, regenerated from its committed files.
 
-Reads, per dataset folder under ``benchmarks/real/`` (where ``benchmarks/real/run.sh`` writes the study) (``pneumoniamnist``, ``br35h``): ``bench/runs.jsonl`` (the
+Reads, per dataset folder under ``benchmarks/real/`` (``pneumoniamnist``, ``br35h``; ``benchmarks/real/run.sh``
+writes them): ``bench/runs.jsonl`` (the
 study: every candidate run, the validation-selected one marked), ``control/runs.jsonl`` (the random-init control),
 ``floors/floors.jsonl`` (plain classifiers on the same splits) and ``bench/analysis/analysis.json`` (the feature
 analysis of the selected runs), where present. Writes ``benchmarks/real/results.md`` and puts
