@@ -89,8 +89,8 @@ REAL_FLOORS = ["pixels", "metadata", "cls"]
 #: How much the real demo's numbers vary, as measured (docs/reproducibility.md); printed under its table.
 VARIES = ("Repeatable on one machine with one thread count and torch build (1 and 2 threads gave identical tables); "
           "across CPUs (AVX2, AVX-512, AMX) the prompt methods move: measured, EPT's accuracy 61.0-68.7, VPT's "
-          "65.0-66.8, ECE after T by up to 4.6 points; linear, LoRA, the control and the floors did not move between the two CPUs "
-          "where they were measured.")
+          "65.0-66.8, ECE after T by up to 4.6 points; linear, LoRA, the control and the floors did not move "
+          "between the two CPUs where they were measured.")
 
 
 def real_demo_config(weights: str | Path | None, epochs: int = 10, methods: dict[str, float] | None = None
