@@ -63,7 +63,7 @@ def _pretrain_key(record: RunRecord) -> tuple:
 def _backbone_setup(record: RunRecord) -> tuple:
     """What a run's frozen backbone is (a random init of any seed counts as one setup)."""
     spec = record.spec
-    return spec.backbone, spec.pretrained, spec.weights, record.model["img_size"]
+    return spec.backbone, spec.pretrained, spec.weights, record.model.img_size
 
 
 def check_one_backbone(refs: list[RunRef]) -> None:
