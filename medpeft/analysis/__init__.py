@@ -8,12 +8,15 @@ This package measures that on any run:
   :func:`scatter_ratio`, :func:`linear_separability`, :func:`class_statistics`;
 - what a model gives (:mod:`.extract`): :func:`extract_features`, :func:`token_maps` (the method's per-token maps,
   such as EPT's patch-wise scaling), :func:`prompt_mass` (the attention mass a prompt takes, per block);
+- paired comparisons of two methods (:mod:`.paired`): :func:`paired_comparison` (wins, median, Wilcoxon and sign
+  tests), :func:`holm`;
 - :func:`analyze` / ``medpeft analyze`` (:mod:`.analyze`): which runs (:mod:`.runs`), their numbers
   (:mod:`.measure`), figures (:mod:`.plots`, drawn by :mod:`.figures`) and the report (:mod:`.report`).
 """
 
 from .analyze import analyze
 from .extract import MassShare, extract_features, forward_pass, prompt_mass, token_maps
+from .paired import PairedComparison, holm, paired_comparison
 from .report import report_markdown
 from .runs import RunRef, collect_runs
 from .scatter import (
@@ -26,7 +29,7 @@ from .scatter import (
 )
 
 __all__ = [
-    "MassShare", "RunRef", "analyze", "class_statistics", "collect_runs", "extract_features", "forward_pass",
-    "inter_class_scatter", "intra_class_scatter", "linear_separability", "per_class", "prompt_mass",
-    "report_markdown", "scatter_ratio", "token_maps",
+    "MassShare", "PairedComparison", "RunRef", "analyze", "class_statistics", "collect_runs", "extract_features",
+    "forward_pass", "holm", "inter_class_scatter", "intra_class_scatter", "linear_separability", "paired_comparison",
+    "per_class", "prompt_mass", "report_markdown", "scatter_ratio", "token_maps",
 ]

