@@ -12,7 +12,8 @@ import click
 from .calibration import METHODS as CALIBRATIONS
 from .data import DATASETS, MEDFMC_TASKS
 from .errors import Notice, UserError
-from .options import absolute_path, int_list, model_options, parse_options, shots_value, train_config_options
+from .options import (absolute_path, conformal_options, conformal_settings, int_list, model_options, parse_options,
+                      shots_value, train_config_options)
 from .train import TrainConfig
 
 
@@ -43,6 +44,7 @@ def methods():
 @train_config_options()
 @click.option("--calibrate", type=click.Choice(CALIBRATIONS), default="none", show_default=True,
               help="Post-hoc calibration fitted on validation after the epoch is selected (temperature scaling).")
+@conformal_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
@@ -51,7 +53,8 @@ def methods():
               help="Log the run to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db).")
 @click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name].")
 def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
-          calibrate, out, overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
+          calibrate, conformal, alpha, randomized, mondrian, raps_lambda, raps_k_reg, out, overwrite, feature_cache,
+          mlflow_uri, mlflow_experiment, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from .evaluate import FeatureCache
     from .experiment import run_experiment
@@ -65,7 +68,9 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
     spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=absolute_path(weights),
                    img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe),
-                   calibrate=calibrate)
+                   calibrate=calibrate,
+                   conformal=conformal_settings(conformal, alpha=alpha, randomized=randomized, mondrian=mondrian,
+                                                raps_lambda=raps_lambda, raps_k_reg=raps_k_reg))
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(Path(out).parent, "--out", shown=out)
@@ -87,9 +92,49 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
         click.echo(f"temperature {result.calibration['temperature']:.4g} (val NLL "
                    f"{result.calibration['val_nll_before']:.4f} -> {result.calibration['val_nll_after']:.4f}); "
                    "calibrated test " + ", ".join(f"{k} {100 * v:.2f}" for k, v in after.items()))
+    if result.conformal is not None:
+        click.echo(conformal_line(result.conformal))
     click.echo(f"wrote {out}")
     if tracker is not None and not tracker.stopped:
         click.echo(f"logged to MLflow at {mlflow_uri}: experiment {experiment!r}, run {tracker.run_id}")
+
+
+def conformal_line(conformal) -> str:
+    """One line about a run's conformal result: its settings and test coverage, mean set size and singletons."""
+    settings = [f"α {conformal.alpha:g}", f"n_cal {conformal.n_cal}"] + (["Mondrian"] if conformal.mondrian else []) \
+        + (["randomised"] if conformal.randomized else []) + ([f"after {conformal.after}"] if conformal.after else [])
+    test = conformal.test
+    found = "" if test is None else (f": test coverage {100 * test['coverage']:.2f}%, mean set size "
+                                     f"{test['mean_set_size']:.3f}, singletons {100 * test['singleton_rate']:.2f}%")
+    return f"conformal {conformal.method} ({', '.join(settings)}){found}"
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--calibrate", type=click.Choice(CALIBRATIONS),
+              help="Temperature scaling, or none [each run's own setting].")
+@conformal_options
+def posthoc(path, calibrate, conformal, **settings):
+    """Recompute post-hoc results (temperature, conformal) of a run or a bench from its kept logits."""
+    from .bench.runner import GRID_FILE, recompute
+    from .posthoc import LOGITS_FILE, recompute_run
+
+    settings = conformal_settings(conformal, **settings)
+    if (Path(path) / GRID_FILE).is_file():
+        runs, skipped = recompute(path, calibrate=calibrate, conformal=settings)
+        if skipped:
+            click.echo(f"skipped {len(skipped)} run(s) without {LOGITS_FILE} (made before medpeft kept logits; rerun "
+                       f"them to include them): {', '.join(skipped)}")
+        click.echo(f"recomputed {len(runs) - len(skipped)} run(s); {Path(path) / 'runs.jsonl'} and "
+                   f"{Path(path) / 'summary.md'} rewritten")
+        return
+    record = recompute_run(path, calibrate=calibrate, conformal=settings)
+    if record is None:
+        raise UserError(f"{path} has no {LOGITS_FILE} (a run made before medpeft kept logits, or not a run "
+                        "directory): rerun it")
+    if record.result.conformal is not None:
+        click.echo(conformal_line(record.result.conformal))
+    click.echo(f"rewrote {Path(path) / 'run.json'}")
 
 
 @cli.command()
@@ -107,7 +152,8 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
               help="--engine onnx: the exported model [RUN_DIR/model.onnx].")
 def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine, onnx_file):
     """Write a MedFMC submission CSV for any image list with a trained run."""
-    from .experiment import predict_list, read_record, submission_name, write_submission
+    from .experiment import list_sets, predict_list, read_record, sets_path, submission_name, write_sets, \
+        write_submission
     from .files import check_writable_dir
     from .train import resolve_device
 
@@ -129,6 +175,11 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
                                      batch_size=batch_size)
     write_submission(out, names, scores)
     click.echo(f"wrote {out} ({len(names)} rows × {scores.shape[1]} classes)")
+    if record.result.conformal is not None:
+        sets = list_sets(record, scores)
+        write_sets(sets_path(out), names, sets, record.task)
+        click.echo(f"wrote {sets_path(out)} (each image's conformal set, {record.result.conformal.method} at "
+                   f"α {record.result.conformal.alpha:g})")
 
 
 @cli.command()

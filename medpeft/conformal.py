@@ -13,7 +13,8 @@ tie. Scores, of probabilities p (softmax; or temperature-scaled when the run ask
 - ``lac``: 1 − p_k (least ambiguous set-valued classifier, Sadinle et al. 2019);
 - ``aps``: Σ_{j: p_j ≥ p_k} p_j, the mass of every class at least as likely as k (Romano et al. 2020); randomised:
   Σ_{j: p_j > p_k} p_j + u · p_k with u ~ U(0, 1) drawn once per image. Tied classes share one score, so they enter
-  a set together;
+  a set together. The non-randomised score is computed as 1 − Σ_{j: p_j < p_k} p_j (the same for probabilities
+  that sum to 1), so that the least likely class scores exactly 1 whatever the rounding of the sum;
 - ``raps``: the APS score plus λ · (r_k − k_reg)⁺, r_k the rank of k (Angelopoulos et al. 2021): 1 + #{p_j > p_k}
   randomised, #{p_j ≥ p_k} not.
 
@@ -137,7 +138,7 @@ def class_scores(probs, config: ConformalConfig, u=None) -> np.ndarray:
         scores, rank = above + np.asarray(u, dtype=np.float64)[:, None] * p, 1 + greater.sum(-1)
     else:
         at_least = p[:, None, :] >= p[:, :, None]
-        scores, rank = (p[:, None, :] * at_least).sum(-1), at_least.sum(-1)
+        scores, rank = 1 - (p[:, None, :] * ~at_least).sum(-1), at_least.sum(-1)
     if config.method == "raps":
         scores = scores + config.raps_lambda * np.maximum(rank - config.raps_k_reg, 0)
     return scores

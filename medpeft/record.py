@@ -15,6 +15,7 @@ from typing import Any
 
 from .backbones import DEFAULT_BACKBONE
 from .calibration import METHODS as CALIBRATIONS
+from .conformal import Conformal, ConformalConfig
 from .data import TaskSpec, parse_shots
 from .errors import UserError
 from .methods import get_method
@@ -54,8 +55,9 @@ class RunSpec:
     ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
     ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
-    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`). The method,
-    its options and the recipe are checked on construction.
+    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`); ``conformal``:
+    conformal prediction calibrated on validation, after the temperature when both are asked
+    (:mod:`medpeft.conformal`; None: none). The method, its options and the recipe are checked on construction.
     """
 
     method: str
@@ -75,10 +77,15 @@ class RunSpec:
     candidate: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
     calibrate: str = "none"
+    conformal: ConformalConfig | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.conformal, str):  # a bench config's `conformal: aps`
+            self.conformal = None if self.conformal == "none" else {"method": self.conformal}
+        if isinstance(self.conformal, dict):
+            self.conformal = ConformalConfig.from_dict(self.conformal)
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
         if self.val_per_class is not None and self.val_per_class < 1:
             raise UserError(f"--val-per-class {self.val_per_class} must be at least 1")
@@ -165,9 +172,12 @@ class RunRecord:
         return self.result.test_metrics
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; the raw test scores are left out (they are in the run's submission file)."""
-        result = dataclasses.asdict(dataclasses.replace(self.result, test_scores=None))
-        result.pop("test_scores")
+        """JSON-ready; the raw test scores and the logits are left out (they are in the run's submission file and
+        ``logits.npz``)."""
+        result = dataclasses.asdict(dataclasses.replace(self.result, test_scores=None, val_logits=None,
+                                                        test_logits=None))
+        for name in ("test_scores", "val_logits", "test_logits"):
+            result.pop(name)
         return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
                 "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)}, "model": self.model, "result": result,
                 "versions": self.versions, "worker": self.worker, "split": self.split, "selected": self.selected}
@@ -181,6 +191,13 @@ class RunRecord:
         task = values["task"]
         return cls(spec=RunSpec.from_dict(values["spec"]),
                    task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
-                   model=values["model"], result=RunResult(**values["result"], test_scores=None),
+                   model=values["model"], result=_result(values["result"]),
                    versions=values["versions"], worker=values.get("worker") or {}, split=values.get("split") or {},
                    selected=values.get("selected"))
+
+
+def _result(values: dict[str, Any]) -> RunResult:
+    """A :class:`RunResult` from its JSON form (a record written before conformal prediction has none)."""
+    conformal = values.get("conformal")
+    return RunResult(**{**values, "conformal": None if conformal is None else Conformal.from_dict(conformal)},
+                     test_scores=None)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .calibration import fit_temperature
+from .conformal import Conformal
 from .data import DatasetSplits, ResizedImageCache, TaskSpec, train_dataset
 from .errors import UserError
 from .evaluate import FeatureCache, autocast, evaluate, predict_logits, scores_of
@@ -97,7 +98,9 @@ class RunResult:
     level at the run's start. ``diverged_epoch``: the epoch after which the training loss, a trainable weight or a
     validation logit was not finite (training stopped there; no epoch is selected and the test set is not scored).
     ``calibration``: the post-hoc calibration fitted on validation, with the test metrics after it (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are
-    then the calibrated probabilities."""
+    then the calibrated probabilities. ``conformal``: conformal prediction calibrated on validation
+    (:mod:`medpeft.conformal`, a post-hoc step after ``fit``). ``val_logits`` (the selected epoch's) and
+    ``test_logits`` are what post-hoc steps start from (kept in the run's ``logits.npz``, not in ``run.json``)."""
 
     history: list[dict[str, Any]]
     selected_epoch: int
@@ -112,6 +115,9 @@ class RunResult:
     added_memory_mb: float | None = None
     diverged_epoch: int | None = None
     calibration: dict[str, Any] | None = None
+    conformal: Conformal | None = None
+    val_logits: np.ndarray | None = None
+    test_logits: np.ndarray | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,7 +214,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
             on_epoch(dict(history[-1]))
             best.update(epoch + 1, val, model, logits)
-        test_scores = test_metrics = calibration = None
+        test_scores = test_metrics = calibration = logits = None
         if diverged is None:
             model.load_state_dict(best.state, strict=False)
             if calibrate == "temperature":
@@ -228,7 +234,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     return RunResult(history, None if diverged else best.epoch,
                      best.score if data.val is not None and diverged is None else None, test_metrics, test_scores,
                      trainable, total_params, clock.seconds, memory.peak_mb, str(device), memory.added_mb, diverged,
-                     calibration)
+                     calibration, val_logits=None if diverged else best.logits, test_logits=logits)
 
 
 

@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from medpeft.conformal import (ConformalConfig, ConformalWarning, calibrate, conformal_quantile, prediction_sets,
-                               quantile_rank, set_metrics, temper)
+from medpeft.conformal import (
+    ConformalConfig,
+    ConformalWarning,
+    calibrate,
+    conformal_quantile,
+    prediction_sets,
+    quantile_rank,
+    set_metrics,
+    temper,
+)
 from medpeft.errors import UserError
 
 CAL = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
@@ -216,3 +224,32 @@ def test_per_label_coverage_for_multilabel(n_cal):
     _, per_label = coverages(expit(z), labels, n_cal, cfg("aps", randomized=True), multilabel=True)
     for c in range(3):
         assert_in_band(per_label[:, c], n_cal, 0.1)
+
+
+@pytest.mark.parametrize("n_cal", [20, 100])
+def test_lac_sets_equal_mapies_on_prefit_probabilities(n_cal):
+    """MAPIE's split conformal classifier, given the probabilities as a prefit model, finds the same LAC sets (its
+    APS conventions differ: randomised, last label; hence the exact formulas here)."""
+    mapie = pytest.importorskip("mapie.classification")
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class Probabilities(ClassifierMixin, BaseEstimator):
+        def fit(self, x, y):
+            self.classes_ = np.arange(x.shape[1])
+            return self
+
+        def predict_proba(self, x):
+            return x
+
+        def predict(self, x):
+            return x.argmax(1)
+
+    rng = np.random.default_rng(n_cal)
+    probs, labels = softmax(rng.normal(0, 2, (n_cal + 200, 4)), axis=1), rng.integers(0, 4, n_cal + 200)
+    reference = mapie.SplitConformalClassifier(Probabilities().fit(probs, labels), confidence_level=0.9,
+                                               conformity_score="lac", prefit=True)
+    reference.conformalize(probs[:n_cal], labels[:n_cal])
+    _, expected = reference.predict_set(probs[n_cal:])
+    qhat = calibrate(probs[:n_cal], labels[:n_cal], cfg("lac"), multilabel=False)
+    np.testing.assert_array_equal(prediction_sets(probs[n_cal:], qhat, cfg("lac"), multilabel=False),
+                                  expected[:, :, 0])
