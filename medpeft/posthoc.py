@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .calibration import fit_temperature
+from .calibration import calibrate_logits
 from .conformal import Conformal, ConformalConfig, conformal_step
 from .data import TaskSpec
 from .errors import UserError
 from .evaluate import scores_of
 from .metrics import task_metrics
+from .types import Calibration
 
 LOGITS_FILE = "logits.npz"
 
@@ -57,41 +57,38 @@ class KeptLogits:
             raise UserError(f"{path} is not a medpeft logits file ({err}): rerun the run") from None
 
 
-def probabilities(logits: np.ndarray, task: TaskSpec, temperature: float | None = None) -> np.ndarray:
-    """The probabilities of ``logits / temperature`` as a run computes them (:func:`~medpeft.evaluate.scores_of`)."""
-    return scores_of(logits if temperature is None else logits / temperature, task)
+def probabilities(logits: np.ndarray, task: TaskSpec, calibration: Calibration | None = None) -> np.ndarray:
+    """The probabilities of ``logits``, calibrated when given, as a run computes them
+    (:func:`~medpeft.evaluate.scores_of`)."""
+    return scores_of(logits if calibration is None else calibration.apply(logits), task)
 
 
-def temperature_step(kept: KeptLogits, task: TaskSpec) -> dict[str, Any]:
-    """Temperature scaling fitted on validation: ``{method, temperature, val_nll_before, val_nll_after, note,
-    test}`` (``test``: the test metrics after it, when the test list is labelled)."""
-    fitted = fit_temperature(kept.val, kept.val_labels, task.multilabel)
-    calibration = {"method": "temperature", **dataclasses.asdict(fitted)}
-    if kept.test is not None and kept.test_labels is not None:
-        scores = probabilities(kept.test, task, fitted.temperature)
-        calibration["test"] = task_metrics(scores, kept.test_labels, task.multilabel)
+def calibration_step(kept: KeptLogits, task: TaskSpec, calibrate: str) -> Calibration | None:
+    """The calibration ``calibrate`` (:data:`medpeft.calibration.CHOICES`) fitted on validation, with the test
+    metrics after it when the test list is labelled; None for ``none``."""
+    calibration = calibrate_logits(calibrate, kept.val, kept.val_labels, task.multilabel)
+    if calibration is not None and kept.test is not None and kept.test_labels is not None:
+        calibration.test = task_metrics(probabilities(kept.test, task, calibration), kept.test_labels,
+                                        task.multilabel)
     return calibration
 
 
-def conformal_of(kept: KeptLogits, task: TaskSpec, config: ConformalConfig, *, temperature: float | None = None,
+def conformal_of(kept: KeptLogits, task: TaskSpec, config: ConformalConfig, *, calibration: Calibration | None = None,
                  seed: int = 0) -> Conformal:
-    """Conformal sets calibrated on validation and scored on test, after ``temperature`` when given."""
-    return conformal_step(probabilities(kept.val, task, temperature), kept.val_labels,
-                          None if kept.test is None else probabilities(kept.test, task, temperature),
+    """Conformal sets calibrated on validation and scored on test, after ``calibration`` when given."""
+    return conformal_step(probabilities(kept.val, task, calibration), kept.val_labels,
+                          None if kept.test is None else probabilities(kept.test, task, calibration),
                           kept.test_labels, config, multilabel=task.multilabel, classes=list(task.classes), seed=seed,
-                          after=None if temperature is None else "temperature")
+                          after=None if calibration is None else calibration.method)
 
 
 def apply(kept: KeptLogits, task: TaskSpec, *, calibrate: str, conformal: ConformalConfig | None,
-          seed: int) -> tuple[dict[str, Any] | None, Conformal | None, np.ndarray | None]:
-    """(calibration, conformal, test probabilities) of a run: ``calibrate`` ``temperature`` fits a temperature,
-    then conformal runs after it. The test probabilities are the calibrated ones where a temperature was fitted."""
-    if calibrate not in ("none", "temperature"):
-        raise UserError(f"--calibrate {calibrate!r}: choose from ['none', 'temperature']")
-    calibration = temperature_step(kept, task) if calibrate == "temperature" else None
-    temperature = None if calibration is None else calibration["temperature"]
-    result = None if conformal is None else conformal_of(kept, task, conformal, temperature=temperature, seed=seed)
-    scores = None if kept.test is None else probabilities(kept.test, task, temperature)
+          seed: int) -> tuple[Calibration | None, Conformal | None, np.ndarray | None]:
+    """(calibration, conformal, test probabilities) of a run: ``calibrate`` fits a calibration, then conformal runs
+    after it. The test probabilities are the calibrated ones where a calibration was fitted."""
+    calibration = calibration_step(kept, task, calibrate)
+    result = None if conformal is None else conformal_of(kept, task, conformal, calibration=calibration, seed=seed)
+    scores = None if kept.test is None else probabilities(kept.test, task, calibration)
     return calibration, result, scores
 
 
@@ -100,8 +97,9 @@ def recompute_run(run_dir: str | Path, *, calibrate: str | None = None,
     """Recompute a finished run's post-hoc results from its ``logits.npz`` and rewrite its ``run.json``, submission
     and sets files; returns its record, or None for a run without kept logits. ``calibrate`` and ``conformal``
     replace the run's own settings (None: keep them; ``"none"``: drop the step)."""
-    from .experiment import RUN_FILE, read_record, write_test_files
+    from .experiment import write_test_files
     from .files import write_json
+    from .record import RUN_FILE, read_record
 
     run_dir = Path(run_dir)
     if not (run_dir / LOGITS_FILE).is_file():

@@ -13,7 +13,7 @@ from medpeft.data import get_task
 from medpeft.files import write_json
 from medpeft.posthoc import LOGITS_FILE, KeptLogits
 from medpeft.record import RunRecord, RunSpec
-from medpeft.train import RunResult
+from medpeft.types import ModelConfig, RunResult
 
 
 def synthetic_run(label, shots, exp, scale):
@@ -25,7 +25,7 @@ def synthetic_run(label, shots, exp, scale):
                       y[40:])
     spec = RunSpec(method="linear", task="colon", data_root="/data", shots=shots, exp=exp, label=label)
     result = RunResult([], 1, 0.5, {}, None, 1, 1, {"train": 0.0}, None, "cpu")
-    return RunRecord(spec, get_task("colon"), {}, result, {}), kept
+    return RunRecord(spec, get_task("colon"), ModelConfig("linear", {}, "custom", 2, 32), result, {}), kept
 
 
 def naive(kept, score, alpha, temperature):
@@ -67,7 +67,7 @@ def test_coverage_table_per_method_and_shot_before_and_after_temperature(tmp_pat
     table = coverage_markdown(rows)
     assert table.count("\n") == 2 + len(rows) and "| ept | colon | 1 | 2 | 0.1 | aps |" in table
 
-    for i, (record, kept) in enumerate(runs[:2]):
+    for i, (record, _) in enumerate(runs[:2]):
         (tmp_path / str(i)).mkdir()
         write_json(tmp_path / str(i) / "run.json", record.to_dict())
     kept_of_first = runs[0][1]

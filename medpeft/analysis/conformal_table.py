@@ -12,9 +12,8 @@ import numpy as np
 
 from ..calibration import CalibrationWarning
 from ..conformal import ConformalConfig, ConformalWarning
-from ..experiment import read_record
-from ..posthoc import LOGITS_FILE, KeptLogits, conformal_of, temperature_step
-from ..record import RunRecord, shots_order
+from ..posthoc import LOGITS_FILE, KeptLogits, calibration_step, conformal_of
+from ..record import RunRecord, read_record, shots_order
 
 
 def kept_runs(run_dirs) -> tuple[list[tuple[RunRecord, KeptLogits]], list[str]]:
@@ -39,11 +38,11 @@ def coverage_table(runs: list[tuple[RunRecord, KeptLogits]], alphas=(0.1, 0.2),
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (CalibrationWarning, ConformalWarning))
-            temperature = temperature_step(kept, record.task)["temperature"]
+            calibrated = calibration_step(kept, record.task, "temperature")
             for alpha, score in itertools.product(alphas, scores):
                 values = {}
-                for when, t in (("before", None), ("after", temperature)):
-                    test = conformal_of(kept, record.task, ConformalConfig(score, alpha), temperature=t,
+                for when, calibration in (("before", None), ("after", calibrated)):
+                    test = conformal_of(kept, record.task, ConformalConfig(score, alpha), calibration=calibration,
                                         seed=record.spec.seed).test
                     values.update({f"coverage_{when}": test["coverage"], f"set_size_{when}": test["mean_set_size"]})
                 key = (record.spec.label, record.spec.task, record.spec.shots, alpha, score)
