@@ -200,8 +200,13 @@ def assert_in_band(values, n, alpha, exact=True):
 def test_marginal_coverage_over_random_splits(n_cal, config):
     probs, labels = synthetic(n_cal)
     covered, _ = coverages(probs, labels, n_cal, config)
-    # non-randomised APS ties at 1 (the least likely class's score is the whole mass): conservative, not exact
-    assert_in_band(covered, n_cal, config.alpha, exact=config.method == "lac" or config.randomized)
+    if config.method == "aps" and not config.randomized:
+        # non-randomised APS ties at exactly 1 (the least likely class's score is the whole mass): the upper bound,
+        # which needs scores without ties, does not apply; coverage is at least 1 − α
+        mean, se = covered.mean(), covered.std() / np.sqrt(len(covered))
+        assert mean >= 1 - config.alpha - 3 * se, (mean, se)
+        return
+    assert_in_band(covered, n_cal, config.alpha)
 
 
 def test_mondrian_covers_every_class_where_marginal_sets_do_not():
