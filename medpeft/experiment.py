@@ -2,7 +2,9 @@
 
 A run directory holds ``run.json`` (the :class:`~medpeft.record.RunRecord`: spec, task, model, validation curve,
 selected epoch, test metrics, cost), ``log.txt`` (one line per epoch), ``trainable.safetensors`` (the trained
-tensors) and ``<task>_<K>-shot_submission.csv`` (the test list in the MedFMC submission format). It is written
+tensors), ``logits.npz`` (the selected epoch's validation logits and the test logits, for post-hoc steps:
+:mod:`medpeft.posthoc`), ``<task>_<K>-shot_submission.csv`` (the test list in the MedFMC submission format) and,
+with conformal prediction, ``<task>_<K>-shot_sets.csv`` (each test image's prediction set). It is written
 in a hidden sibling and moved into place when the run finishes: a run directory is always complete.
 """
 
@@ -19,23 +21,28 @@ import numpy as np
 import torch
 
 from .backbones import check_backbone
-from .data import DatasetSplits, ResizedImageCache, Samples, check_files, get_dataset, load_dataset
+from .conformal import Conformal, prediction_sets, temper
+from .data import DatasetSplits, ResizedImageCache, Samples, TaskSpec, check_files, get_dataset, load_dataset
 from .errors import ParameterError, UserError
 from .evaluate import FeatureCache, predict
 from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
+from .posthoc import LOGITS_FILE, KeptLogits, conformal_of
 from .record import (
     RUN_FILE,
     WEIGHTS_FILE,
     RunRecord,
     RunSpec,
     read_record,
+    sets_path,
     split_names,
     submission_name,
+    write_sets,
     write_submission,
 )
 from .tracking import RunListener, track_run
 from .train import fit
+from .types import RunResult
 from .version import __version__
 
 
@@ -69,12 +76,40 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
                          progress=progress, log=lambda line: (log.write(line + "\n"), log.flush()),
                          on_epoch=on_epoch)
         save_trainable(model, stage / WEIGHTS_FILE)
+        kept = kept_logits(result, data)
+        if kept is not None:
+            kept.save(stage / LOGITS_FILE)
+            if spec.conformal is not None:
+                result.conformal = conformal_of(kept, data.task, spec.conformal, calibration=result.calibration,
+                                                seed=spec.seed)
         if result.test_scores is not None:
-            write_submission(stage / submission_name(spec.task, spec.shots), data.test.names, result.test_scores)
+            write_test_files(stage, spec, data.task, data.test.names, result.test_scores, result.conformal)
         record = RunRecord(spec, data.task, model.config, result, versions(),
                            {**where(result.device), **(worker or {})}, split_names(data))
         write_json(stage / RUN_FILE, record.to_dict())
     return record
+
+
+def kept_logits(result: RunResult, data: DatasetSplits) -> KeptLogits | None:
+    """What post-hoc steps need of a finished run (None without validation logits: no val split, or diverged)."""
+    if result.val_logits is None:
+        return None
+    test = data.test if result.test_logits is not None else None
+    return KeptLogits(result.val_logits, list(data.val.names), data.val.labels, result.test_logits,
+                      None if test is None else list(test.names), None if test is None else test.labels)
+
+
+def write_test_files(run_dir: Path, spec: RunSpec, task: TaskSpec, names: list[str], scores: np.ndarray,
+                     conformal: Conformal | None) -> None:
+    """The run's submission CSV of its test ``scores`` and, with ``conformal``, its prediction sets (computed from
+    the same ``scores``: calibrated when the run fitted a temperature)."""
+    write_submission(run_dir / submission_name(spec.task, spec.shots), names, scores)
+    path = sets_path(run_dir / submission_name(spec.task, spec.shots))
+    if conformal is not None:
+        sets = prediction_sets(scores, conformal.qhat, conformal.config, multilabel=task.multilabel, seed=spec.seed)
+        write_sets(path, names, sets, task)
+    elif path.is_file():
+        path.unlink()
 
 
 def check_out(out: str | Path, overwrite: bool = False) -> None:
@@ -123,6 +158,16 @@ def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str |
     scores = predict(model, samples, record.task, img_size=model.config.img_size, batch_size=batch_size,
                      device=device, progress=progress)
     return samples.names, scores
+
+
+def list_sets(record: RunRecord, scores: np.ndarray) -> np.ndarray:
+    """The conformal sets of a run for a list's probabilities ``scores`` (uncalibrated, as :func:`predict_list`
+    gives them): the run's temperature applied first where its conformal step came after one."""
+    conformal = record.result.conformal
+    if conformal.after == "temperature":
+        scores = temper(scores, record.result.calibration.temperature, record.task.multilabel)
+    return prediction_sets(scores, conformal.qhat, conformal.config, multilabel=record.task.multilabel,
+                           seed=record.spec.seed)
 
 
 def list_samples(record: RunRecord, list_file: str | Path, data_root: str | None = None) -> Samples:

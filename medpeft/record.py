@@ -9,6 +9,7 @@ never imports the training loop.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -20,6 +21,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE
 from .calibration import CHOICES as CALIBRATIONS
+from .conformal import ConformalConfig
 from .data import TaskSpec, parse_shots
 from .errors import ParameterError, UserError
 from .methods import get_method
@@ -41,6 +43,33 @@ def write_submission(path: str | Path, names: list[str], scores: np.ndarray) -> 
     with open(path, "w", newline="\n") as f:
         for name, row in zip(names, scores):
             f.write(name + "," + ",".join(f"{p:.8f}" for p in row) + "\n")
+
+
+#: The two states of a label of a multi-label task, as the sets file names them.
+STATES = ("absent", "present")
+
+
+def sets_path(submission: str | Path) -> Path:
+    """The prediction sets' CSV beside a submission CSV: ``chest_1-shot_submission.csv`` → ``chest_1-shot_sets.csv``,
+    ``x.csv`` → ``x_sets.csv``."""
+    submission = Path(submission)
+    return submission.with_name(submission.stem.removesuffix("_submission") + "_sets.csv")
+
+
+def write_sets(path: str | Path, names: list[str], sets: np.ndarray, task: TaskSpec) -> None:
+    """Prediction sets, one image a row after a header (CSV, quoted where needed). Multi-class: ``name,set,size``,
+    the set's classes joined by ``|`` (empty: no class). Multi-label: ``name,<class>,...``, each label's set of
+    ``absent``/``present``."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if sets.ndim == 2:
+            writer.writerow(["name", "set", "size"])
+            writer.writerows([name, "|".join(c for c, inside in zip(task.classes, row) if inside), int(row.sum())]
+                             for name, row in zip(names, sets))
+            return
+        writer.writerow(["name", *task.classes])
+        writer.writerows([name, *("|".join(s for s, inside in zip(STATES, label) if inside) for label in row)]
+                         for name, row in zip(names, sets))
 
 
 def method_label(method: str, options: dict[str, Any]) -> str:
@@ -74,8 +103,9 @@ class RunSpec:
     ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
     ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
-    validation after the epoch is selected (``none`` or a name of :data:`medpeft.calibration.CALIBRATORS`). The method,
-    its options and the recipe are checked on construction.
+    validation after the epoch is selected (``none`` or a name of :data:`medpeft.calibration.CALIBRATORS`);
+    ``conformal``: conformal prediction calibrated on validation, after the calibration when both are asked
+    (:mod:`medpeft.conformal`; None: none). The method, its options and the recipe are checked on construction.
     """
 
     method: str
@@ -95,10 +125,15 @@ class RunSpec:
     candidate: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
     calibrate: str = "none"
+    conformal: ConformalConfig | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
+        if isinstance(self.conformal, str):  # a bench config's `conformal: aps`
+            self.conformal = None if self.conformal == "none" else {"method": self.conformal}
+        if isinstance(self.conformal, dict):
+            self.conformal = ConformalConfig.from_dict(self.conformal)
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
         if self.val_per_class is not None and self.val_per_class < 1:
             raise ParameterError("val_per_class", "{val_per_class} {value} must be at least 1",
@@ -187,7 +222,7 @@ class RunRecord:
         return self.result.test_metrics
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; the raw test scores are left out (they are in the run's submission file)."""
+        """JSON-ready; the raw test scores and the logits are left out (in the submission file and ``logits.npz``)."""
         return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
                 "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)},
                 "model": self.model.to_dict(), "result": self.result.to_dict(), "versions": self.versions,

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -263,8 +264,9 @@ def run_params(spec: RunSpec) -> dict[str, Any]:
 
 
 def final_metrics(record: RunRecord) -> dict[str, float]:
-    """The test metrics (``test_<metric>``; calibrated: ``test_calibrated_<metric>``), the selection, size, time
-    and memory of a finished run."""
+    """The test metrics (``test_<metric>``; calibrated: ``test_calibrated_<metric>``), the conformal sets' test
+    coverage, mean size and singleton rate (``conformal_<name>``, with α, n_cal and a single q̂), the selection,
+    size, time and memory of a finished run."""
     result = record.result
     values = {f"test_{k}": v for k, v in (record.test or {}).items()}
     calibration = result.calibration
@@ -273,6 +275,13 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
         values.update(calibration_temperature=calibration.temperature,
                       calibration_val_nll_before=calibration.val_nll_before,
                       calibration_val_nll_after=calibration.val_nll_after)
+    conformal = result.conformal
+    if conformal is not None:
+        values.update({f"conformal_{k}": (conformal.test or {}).get(k) for k in ("coverage", "mean_set_size",
+                                                                                  "singleton_rate")})
+        values.update(conformal_alpha=conformal.alpha, conformal_n_cal=conformal.n_cal,
+                      **({"conformal_qhat": conformal.qhat} if isinstance(conformal.qhat, float)
+                         and math.isfinite(conformal.qhat) else {}))
     values.update(selected_epoch=result.selected_epoch, val_best=result.val_best,
                   trainable_params=result.trainable_params, total_params=result.total_params,
                   peak_memory_mb=result.peak_memory_mb, added_memory_mb=result.added_memory_mb,

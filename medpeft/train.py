@@ -128,7 +128,7 @@ def _fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig, device
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
             on_epoch(dict(history[-1]))
             best.update(epoch + 1, val, model, logits)
-        test_scores = test_metrics = calibration = None
+        test_scores = test_metrics = calibration = logits = None
         if diverged is None:
             model.load_state_dict(best.state, strict=False)
             if data.val is not None:
@@ -146,7 +146,7 @@ def _fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig, device
     return RunResult(history, None if diverged else best.epoch,
                      best.score if data.val is not None and diverged is None else None, test_metrics, test_scores,
                      trainable, total_params, clock.seconds, memory.peak_mb, str(device), memory.added_mb, diverged,
-                     calibration)
+                     calibration, val_logits=None if diverged else best.logits, test_logits=logits)
 
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .conformal import Conformal
 from .errors import ParameterError, UserError
 
 
@@ -145,7 +146,10 @@ class RunResult:
     level at the run's start. ``diverged_epoch``: the epoch after which the training loss, a trainable weight or a
     validation logit was not finite (training stopped there; no epoch is selected and the test set is not scored).
     ``calibration``: the post-hoc calibration fitted on validation, with the test metrics after it
-    (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are then the calibrated probabilities."""
+    (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are then the calibrated probabilities.
+    ``conformal``: conformal prediction calibrated on validation (:mod:`medpeft.conformal`, a post-hoc step after
+    ``fit``). ``val_logits`` (the selected epoch's) and ``test_logits`` are what post-hoc steps start from (kept in
+    the run's ``logits.npz``, not in ``run.json``)."""
 
     history: list[dict[str, Any]]
     selected_epoch: int | None
@@ -160,16 +164,25 @@ class RunResult:
     added_memory_mb: float | None = None
     diverged_epoch: int | None = None
     calibration: Calibration | None = None
+    conformal: Conformal | None = None
+    val_logits: np.ndarray | None = None
+    test_logits: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, as in ``run.json``; the raw test scores are left out (they are in the submission file)."""
-        values = dataclasses.asdict(dataclasses.replace(self, test_scores=None, calibration=None))
-        values.pop("test_scores")
+        """JSON-ready, as in ``run.json``; the raw test scores and the logits are left out (they are in the
+        submission file and ``logits.npz``)."""
+        values = dataclasses.asdict(dataclasses.replace(self, test_scores=None, calibration=None, val_logits=None,
+                                                        test_logits=None))
+        for name in ("test_scores", "val_logits", "test_logits"):
+            values.pop(name)
         values["calibration"] = None if self.calibration is None else self.calibration.to_dict()
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunResult:
-        """From :meth:`to_dict`'s output (the test scores are not in it: None)."""
+        """From :meth:`to_dict`'s output (the test scores are not in it: None; a record written before conformal
+        prediction has none)."""
+        conformal = values.get("conformal")
         return cls(**{**values, "calibration": Calibration.from_dict(values.get("calibration")),
+                      "conformal": None if conformal is None else Conformal.from_dict(conformal),
                       "test_scores": None})

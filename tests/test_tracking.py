@@ -207,3 +207,19 @@ def test_calibrated_test_metrics_are_logged_beside_the_raw_ones():
     assert final_metrics(record) == {**plain, "test_calibrated_accuracy": 0.6, "test_calibrated_ECE": 0.05,
                                      "calibration_temperature": 1.7, "calibration_val_nll_before": 0.9,
                                      "calibration_val_nll_after": 0.6}
+
+
+def test_conformal_coverage_and_set_size_are_logged():
+    from medpeft.conformal import Conformal
+
+    result = RunResult([], 2, 0.7, {"accuracy": 0.6}, None, 10, 100, {"train": 1.0}, None, "cpu")
+    result.conformal = Conformal("aps", 0.1, 20, 0.93, test={"coverage": 0.91, "mean_set_size": 1.4,
+                                                             "singleton_rate": 0.6, "per_class_coverage": {}})
+    record = RunRecord(RunSpec(method="linear", task="colon", data_root="/data", shots=1), get_task("colon"), {},
+                       result, {})
+    logged = final_metrics(record)
+    assert {k: logged[k] for k in logged if k.startswith("conformal_")} == {
+        "conformal_coverage": 0.91, "conformal_mean_set_size": 1.4, "conformal_singleton_rate": 0.6,
+        "conformal_alpha": 0.1, "conformal_n_cal": 20, "conformal_qhat": 0.93}
+    result.conformal.qhat = [0.9, float("inf")]  # Mondrian: one per class, not a metric
+    assert "conformal_qhat" not in final_metrics(record)

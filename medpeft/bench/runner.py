@@ -7,9 +7,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..conformal import ConformalConfig
 from ..errors import UserError
 from ..experiment import check_spec, load_splits
 from ..files import write_json
+from ..posthoc import recompute_run
 from ..record import RunRecord, RunSpec
 from .config import TRACKING_KEYS, BenchConfig, grid_product
 from .executors import Executor, LocalExecutor
@@ -158,9 +160,10 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         return store.indexed()
 
 
-def collect(out: str | Path) -> tuple[list[RunRecord], int]:
+def collect(out: str | Path, *, rewrite: bool = False) -> tuple[list[RunRecord], int]:
     """Gather the finished run directories of the bench in ``out`` into ``runs.jsonl`` and its summaries, running
-    nothing (``medpeft bench --summarize``); returns the indexed runs and how many runs of the grid are missing."""
+    nothing (``medpeft bench --summarize``); returns the indexed runs and how many runs of the grid are missing.
+    ``rewrite``: write ``runs.jsonl`` whole (its runs' records changed in place)."""
     out = Path(out)
     path = out / GRID_FILE
     if not path.is_file():
@@ -169,6 +172,8 @@ def collect(out: str | Path) -> tuple[list[RunRecord], int]:
     target = tracking_target(grid.config, out)
     with BenchStore(out) as store:
         finished = store.load()
+        if rewrite:
+            store.rewrite_index()
         grid.failed = set(store.failures()) - set(finished)
         tracking = open_tracking(target, store)
         _update(grid, store, tracking)
@@ -177,6 +182,23 @@ def collect(out: str | Path) -> tuple[list[RunRecord], int]:
         missing = [key for key in grid.keys if key not in finished]
         missing += [spec.key for spec in _due(grid, store) if spec.key not in finished]
         return store.indexed(), len(missing)
+
+
+def recompute(out: str | Path, *, calibrate: str | None = None,
+              conformal: ConformalConfig | str | None = None) -> tuple[list[RunRecord], list[str]]:
+    """Recompute the post-hoc results of every finished run of the bench in ``out`` from its kept logits
+    (:func:`medpeft.posthoc.recompute_run`; the same arguments), then ``runs.jsonl`` and the summaries; returns the
+    indexed runs and the run directories skipped for want of ``logits.npz`` (runs from before it was kept)."""
+    out = Path(out)
+    if not (out / GRID_FILE).is_file():
+        raise UserError(f"{out} holds no bench ({GRID_FILE} is missing): pass a bench folder or a run directory")
+    skipped = []
+    with BenchStore(out) as store:
+        for record in store.load().values():
+            if recompute_run(store.run_dir(record), calibrate=calibrate, conformal=conformal) is None:
+                skipped.append(record.spec.run_dir)
+    runs, _ = collect(out, rewrite=True)
+    return runs, skipped
 
 
 def grid_dict(config: BenchConfig) -> dict:

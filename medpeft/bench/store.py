@@ -140,6 +140,10 @@ class BenchStore:
                           "were restored from it (without trained weights), so they are not redone", RestoredRuns,
                           stacklevel=3)
 
+    def rewrite_index(self) -> None:
+        """Have the next :meth:`update_index` write ``runs.jsonl`` whole (its records changed in place)."""
+        self._rebuild = True
+
     def add(self, record: RunRecord) -> None:
         self.records[record.key] = record
 

@@ -1,7 +1,8 @@
 """A bench's tables: ``summary.csv`` (one row per method × task × shot) and ``summary.md`` (what a paper shows).
 
 Only selected runs count (one per cell: the validation-chosen candidate, or the only run): mean and sample std
-(ddof=1) of every test metric over experiments and seeds.
+(ddof=1) of every test metric over experiments and seeds, and of the conformal sets' coverage, mean size and
+singleton rate where every run of a row has them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
             for name in changed_by_calibration(first.task):
                 if name in first.test:
                     _mean_std(row, f"{name}_cal", [c.test[name] for c in calibrated])
+        conformal = [g.result.conformal for g in group if g.result.conformal is not None and g.result.conformal.test]
+        if len(conformal) == len(group):
+            row["conformal"] = "; ".join(dict.fromkeys(conformal_label(c) for c in conformal))
+            for name in CONFORMAL_METRICS:
+                _mean_std(row, f"conformal_{name}", [c.test[name] for c in conformal])
         params = sorted({g.result.trainable_params for g in group})
         row["trainable_params"] = params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}"
         row["time_s"] = float(np.mean([sum(g.result.time_s.values()) for g in group]))
@@ -56,6 +62,17 @@ def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
             row[name] = max(values) if values else float("nan")
         rows.append(row)
     return rows
+
+
+#: What a summary shows of conformal sets (:mod:`medpeft.conformal`).
+CONFORMAL_METRICS = ("coverage", "mean_set_size", "singleton_rate")
+
+
+def conformal_label(conformal) -> str:
+    """A conformal result's settings in a few words: ``aps α=0.1 Mondrian randomised after temperature``."""
+    return " ".join([conformal.method, f"α={conformal.alpha:g}"] + (["Mondrian"] if conformal.mondrian else [])
+                    + (["randomised"] if conformal.randomized else [])
+                    + ([f"after {conformal.after}"] if conformal.after else []))
 
 
 def _mean_std(row: dict[str, Any], name: str, values: list[float]) -> None:
@@ -139,7 +156,8 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
                      f"{np.mean([r['time_s'] for r in present if r]):.1f} | "
                      f"{_max([r['added_memory_mb'] for r in present if r])} |")
     lines += chosen_markdown(records, cells)
-    metric_names = list(dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean")))
+    metric_names = list(dict.fromkeys(k[:-5] for r in rows for k in r
+                                      if k.endswith("_mean") and not k.startswith("conformal_")))
     lines += ["", "## Every metric", "", "| method | task | shots | runs | " + " | ".join(metric_names) + " |",
               "|---|---|---|---|" + "---|" * len(metric_names)]
     for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
@@ -148,9 +166,30 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
     if any(name.endswith("_cal") for name in metric_names):
         lines += ["", "`ECE_cal`, `Brier_cal`: the test metrics after temperature scaling fitted on validation "
                   "(`calibrate: temperature`); `temperature`: the fitted T."]
+    lines += conformal_markdown(rows, labels)
     lines += diverged_markdown(records)
     lines += ["", "The calibration analysis of these runs: `medpeft analyze OUT --out OUT/analysis`."]
     return "\n".join(lines) + "\n"
+
+
+def conformal_markdown(rows: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    """The rows' conformal sets: coverage and singleton rate ×100 and the mean set size, mean ± std over runs."""
+    rows = [r for r in rows if "conformal" in r]
+    if not rows:
+        return []
+    lines = ["", "## Conformal prediction", "",
+             "Prediction sets calibrated on each run's validation images: the share of test images whose set holds "
+             "the true class (×100; multi-label: of image × label sets holding the label's state), the mean set "
+             "size, and the share of sets with one class (×100).", "",
+             "| method | task | shots | runs | conformal | coverage | mean set size | singletons |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
+        size, spread = r["conformal_mean_set_size_mean"], r["conformal_mean_set_size_std"]
+        size = f"{size:.3f}" if np.isnan(spread) else f"{size:.3f} ± {spread:.3f}"
+        lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | {r['conformal']} | "
+                     f"{_pm(r['conformal_coverage_mean'], r['conformal_coverage_std'])} | {size} | "
+                     f"{_pm(r['conformal_singleton_rate_mean'], r['conformal_singleton_rate_std'])} |")
+    return lines
 
 
 def diverged_markdown(records: list[RunRecord]) -> list[str]:

@@ -21,7 +21,7 @@ from .data import splits
 from .demo import demo, floors
 from .export import export, weights
 from .speed import command as speed_command
-from .train import methods, predict, train
+from .train import methods, posthoc, predict, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -30,7 +30,7 @@ def cli():
     """Parameter-efficient fine-tuning of ViTs for few-shot medical image classification."""
 
 
-for _command in (methods, train, predict, demo, splits, analyze_command, bench_command, floors, export,
+for _command in (methods, train, posthoc, predict, demo, splits, analyze_command, bench_command, floors, export,
                  speed_command, weights):
     cli.add_command(_command)
 

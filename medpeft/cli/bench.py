@@ -11,6 +11,8 @@ from .options import (
     Command,
     absolute_path,
     backbone_options,
+    conformal_options,
+    conformal_settings,
     int_list,
     mlflow_options,
     parse_options,
@@ -40,6 +42,7 @@ EXECUTOR_OPTIONS = {
 @click.option("--refit/--no-refit", default=None, help="Rerun each chosen candidate on train + val and report it.")
 @backbone_options(defaults=False)
 @run_options(defaults=False)
+@conformal_options
 @click.option("--epochs", type=int)
 @click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE", help="TrainConfig field (repeatable).")
 @click.option("--decode-once/--no-decode-once", default=True, show_default=True,
@@ -66,7 +69,8 @@ EXECUTOR_OPTIONS = {
               help="Collect the finished runs of the bench in this folder into runs.jsonl and its summary; run "
                    "nothing.")
 def command(config_file, method_names, tasks, data_root, shots, exps, seeds, search, refit, backbone, pretrained,
-            weights, img_size, val_per_class, calibrate, epochs, train_opts, decode_once, feature_cache, out,
+            weights, img_size, val_per_class, calibrate, conformal, alpha, randomized, mondrian, raps_lambda,
+            raps_k_reg, epochs, train_opts, decode_once, feature_cache, out,
             mlflow_uri, mlflow_experiment, executor_name, summarize, **executor_options):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
     from ..bench import BenchConfig, make_executor, read_config, run_bench
@@ -90,8 +94,12 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
         "seeds": seeds and int_list(seeds), "search": search, "refit": refit, "backbone": backbone,
         "pretrained": pretrained, "weights": weights, "img_size": img_size, "val_per_class": val_per_class,
         "calibrate": calibrate, "mlflow": mlflow_uri, "mlflow_experiment": mlflow_experiment,
+        "conformal": conformal_settings(conformal, alpha=alpha, randomized=randomized, mondrian=mondrian,
+                                        raps_lambda=raps_lambda, raps_k_reg=raps_k_reg),
     }
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    if raw.get("conformal") == "none":
+        del raw["conformal"]
     raw["train"] = {**(raw.get("train") or {}), **parse_options(train_opts, "--train-opt"),
                     **({"epochs": epochs} if epochs is not None else {})}
     for key in ("data_root", "weights"):

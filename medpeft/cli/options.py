@@ -177,3 +177,37 @@ def train_config_options(defaults: bool = True):
         return f
 
     return decorate
+
+
+def conformal_options(f):
+    """``--conformal lac|aps|raps|none`` and its settings (given ones only: each defaults to None)."""
+    from ..conformal import SCORES
+
+    for decorator in reversed([
+        click.option("--conformal", type=click.Choice(["none", *SCORES]),
+                     help="Conformal prediction sets calibrated on validation (after --calibrate temperature when "
+                          "both): lac, aps or raps."),
+        click.option("--alpha", type=float, help="--conformal: sets hold the true class with probability ≥ 1 − α "
+                                                 "[0.1]."),
+        click.option("--randomized/--no-randomized", default=None,
+                     help="--conformal aps/raps: randomised scores (smaller sets; seeded by the run's seed) [no]."),
+        click.option("--mondrian/--no-mondrian", default=None,
+                     help="--conformal: one threshold per class (multi-label: per label and state) [no]."),
+        click.option("--raps-lambda", type=float, help="--conformal raps: penalty per rank beyond k_reg [0.01]."),
+        click.option("--raps-k-reg", type=int, help="--conformal raps: ranks without penalty [1]."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def conformal_settings(conformal: str | None, **given) -> dict | str | None:
+    """The conformal settings given on the command line (``given``: the other options' values by
+    :class:`~medpeft.conformal.ConformalConfig` field): a mapping of fields, ``"none"``, or None when ``--conformal``
+    was not given (then no other conformal option may be)."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if conformal in (None, "none"):
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise click.UsageError(f"{flags} appl{'ies' if len(given) == 1 else 'y'} with --conformal lac|aps|raps")
+        return conformal
+    return {"method": conformal, **given}

@@ -1,4 +1,5 @@
-"""``medpeft methods``, ``medpeft train`` and ``medpeft predict``: one run, and what a trained run predicts."""
+"""``medpeft methods``, ``medpeft train``, ``medpeft posthoc`` and ``medpeft predict``: one run, its post-hoc
+results recomputed from kept logits, and what a trained run predicts."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from pathlib import Path
 
 import click
 
+from ..calibration import CHOICES as CALIBRATIONS
 from ..data import DATASETS
 from .options import (
     DATA_ROOT_HELP,
     Command,
     absolute_path,
+    conformal_options,
+    conformal_settings,
     mlflow_options,
     model_options,
     parse_options,
@@ -37,11 +41,13 @@ def methods():
 @model_options
 @train_config_options()
 @run_options()
+@conformal_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @mlflow_options("the run")
 def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
-          calibrate, out, overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
+          calibrate, feature_cache, conformal, alpha, randomized, mondrian, raps_lambda, raps_k_reg, out, overwrite,
+          mlflow_uri, mlflow_experiment, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from ..data import get_dataset
     from ..errors import UserError
@@ -56,8 +62,9 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
     spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
                    options=parse_options(opts), backbone=backbone, pretrained=pretrained,
                    weights=absolute_path(weights), img_size=img_size, test_list=test_list, val_per_class=val_per_class,
-                   train=TrainConfig(**recipe),
-                   calibrate=calibrate)
+                   train=TrainConfig(**recipe), calibrate=calibrate,
+                   conformal=conformal_settings(conformal, alpha=alpha, randomized=randomized, mondrian=mondrian,
+                                                raps_lambda=raps_lambda, raps_k_reg=raps_k_reg))
     check_out(out, overwrite)
     check_writable_dir(Path(out).parent, "--out", shown=out)
     if mlflow_experiment and not mlflow_uri:
@@ -77,9 +84,50 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
         click.echo(f"{calibration.method} {calibration.temperature:.4g} (val NLL {calibration.val_nll_before:.4f} -> "
                    f"{calibration.val_nll_after:.4f}); calibrated test "
                    + ", ".join(f"{k} {100 * v:.2f}" for k, v in (calibration.test or {}).items()))
+    if result.conformal is not None:
+        click.echo(conformal_line(result.conformal))
     click.echo(f"wrote {out}")
     if tracker is not None and not tracker.stopped:
         click.echo(f"logged to MLflow at {mlflow_uri}: experiment {experiment!r}, run {tracker.run_id}")
+
+
+def conformal_line(conformal) -> str:
+    """One line about a run's conformal result: its settings and test coverage, mean set size and singletons."""
+    settings = [f"α {conformal.alpha:g}", f"n_cal {conformal.n_cal}"] + (["Mondrian"] if conformal.mondrian else []) \
+        + (["randomised"] if conformal.randomized else []) + ([f"after {conformal.after}"] if conformal.after else [])
+    test = conformal.test
+    found = "" if test is None else (f": test coverage {100 * test['coverage']:.2f}%, mean set size "
+                                     f"{test['mean_set_size']:.3f}, singletons {100 * test['singleton_rate']:.2f}%")
+    return f"conformal {conformal.method} ({', '.join(settings)}){found}"
+
+
+@click.command(cls=Command)
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--calibrate", type=click.Choice(CALIBRATIONS),
+              help="Temperature scaling, or none [each run's own setting].")
+@conformal_options
+def posthoc(path, calibrate, conformal, **settings):
+    """Recompute post-hoc results (temperature, conformal) of a run or a bench from its kept logits."""
+    from ..bench.runner import GRID_FILE, recompute
+    from ..errors import UserError
+    from ..posthoc import LOGITS_FILE, recompute_run
+
+    settings = conformal_settings(conformal, **settings)
+    if (Path(path) / GRID_FILE).is_file():
+        runs, skipped = recompute(path, calibrate=calibrate, conformal=settings)
+        if skipped:
+            click.echo(f"skipped {len(skipped)} run(s) without {LOGITS_FILE} (made before medpeft kept logits; rerun "
+                       f"them to include them): {', '.join(skipped)}")
+        click.echo(f"recomputed {len(runs) - len(skipped)} run(s); {Path(path) / 'runs.jsonl'} and "
+                   f"{Path(path) / 'summary.md'} rewritten")
+        return
+    record = recompute_run(path, calibrate=calibrate, conformal=settings)
+    if record is None:
+        raise UserError(f"{path} has no {LOGITS_FILE} (a run made before medpeft kept logits, or not a run "
+                        "directory): rerun it")
+    if record.result.conformal is not None:
+        click.echo(conformal_line(record.result.conformal))
+    click.echo(f"rewrote {Path(path) / 'run.json'}")
 
 
 @click.command(cls=Command)
@@ -99,9 +147,9 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine, onnx_file):
     """Write a MedFMC submission CSV for any image list with a trained run."""
     from ..errors import UserError
-    from ..experiment import predict_list
+    from ..experiment import list_sets, predict_list
     from ..files import check_writable_dir
-    from ..record import read_record, submission_name, write_submission
+    from ..record import read_record, sets_path, submission_name, write_sets, write_submission
     from ..train import resolve_device
 
     if onnx_file and engine != "onnx":
@@ -123,3 +171,7 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
                                      batch_size=batch_size)
     write_submission(out, names, scores)
     click.echo(f"wrote {out} ({len(names)} rows × {scores.shape[1]} classes)")
+    conformal = record.result.conformal
+    if conformal is not None:
+        write_sets(sets_path(out), names, list_sets(record, scores), record.task)
+        click.echo(f"wrote {sets_path(out)} (each image's conformal set, {conformal.method} at α {conformal.alpha:g})")

@@ -1,0 +1,276 @@
+"""Split conformal prediction on kept logits: prediction sets that hold the true class with probability ≥ 1 − α.
+
+The validation images of a run are the calibration set (Vovk et al. 2005; Angelopoulos & Bates 2021). A *score*
+s(x, k) says how unusual class k is for image x; on the n validation images the scores of the true classes give
+
+    q̂ = the ⌈(n + 1)(1 − α)⌉-th smallest score   (the ⌈(n + 1)(1 − α)⌉ / n empirical quantile, "higher")
+
+and the set of an image is every class k with s(x, k) ≤ q̂. When ⌈(n + 1)(1 − α)⌉ > n (α < 1 / (n + 1)), no score
+bounds the set: q̂ = ∞, every class is in every set, and a :class:`ConformalWarning` says the smallest α this n
+allows. Exchangeable validation and test images give coverage ≥ 1 − α, and ≤ 1 − α + 1 / (n + 1) when scores do not
+tie. Scores, of probabilities p (softmax; or temperature-scaled when the run asks for both):
+
+- ``lac``: 1 − p_k (least ambiguous set-valued classifier, Sadinle et al. 2019);
+- ``aps``: Σ_{j: p_j ≥ p_k} p_j, the mass of every class at least as likely as k (Romano et al. 2020); randomised:
+  Σ_{j: p_j > p_k} p_j + u · p_k with u ~ U(0, 1) drawn once per image. Tied classes share one score, so they enter
+  a set together. The non-randomised score is computed as 1 − Σ_{j: p_j < p_k} p_j (the same for probabilities
+  that sum to 1), so that the least likely class scores exactly 1 whatever the rounding of the sum;
+- ``raps``: the APS score plus λ · (r_k − k_reg)⁺, r_k the rank of k (Angelopoulos et al. 2021): 1 + #{p_j > p_k}
+  randomised, #{p_j ≥ p_k} not.
+
+``mondrian`` (class-conditional) takes one q̂ per class, from the validation images of that class, so coverage holds
+within every class. Multi-label tasks get per-label sets: each label is its own two-class problem (absent, present)
+with probabilities (1 − σ, σ), its own q̂ (Mondrian: per label and state) and a set ⊆ {absent, present}.
+Randomised scores draw u from ``numpy.random.default_rng([seed, 0])`` for validation and ``[seed, 1]`` for test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import Notice, UserError
+
+SCORES = ("lac", "aps", "raps")
+#: Slack on (n + 1)(1 − α) before its ceiling: 20 · (1 − 0.1) is 18.000000000000004 in floating point.
+_EPS = 1e-9
+
+
+class ConformalWarning(Notice):
+    """Too few validation images for the asked α: every class is in every set."""
+
+
+@dataclass
+class ConformalConfig:
+    """What to compute: the score, α, randomised or not, Mondrian or not, and RAPS's λ and k_reg."""
+
+    method: str = "lac"
+    alpha: float = 0.1
+    randomized: bool = False
+    mondrian: bool = False
+    raps_lambda: float = 0.01
+    raps_k_reg: int = 1
+
+    def __post_init__(self):
+        if self.method not in SCORES:
+            raise UserError(f"--conformal {self.method!r}: choose from {list(SCORES)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise UserError(f"--alpha {self.alpha!r} must be a number strictly between 0 and 1 (e.g. 0.1)")
+        if isinstance(self.raps_lambda, bool) or not isinstance(self.raps_lambda, (int, float)) \
+                or not self.raps_lambda >= 0:
+            raise UserError(f"--raps-lambda {self.raps_lambda!r} must be a number ≥ 0")
+        if isinstance(self.raps_k_reg, bool) or not isinstance(self.raps_k_reg, int) or self.raps_k_reg < 0:
+            raise UserError(f"--raps-k-reg {self.raps_k_reg!r} must be an integer ≥ 0")
+        self.alpha, self.raps_lambda = float(self.alpha), float(self.raps_lambda)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ConformalConfig:
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise UserError(f"unknown conformal option(s) {unknown}; valid: {valid}")
+        return cls(**values)
+
+
+@dataclass
+class Conformal:
+    """A conformal result: the settings, the calibration size, q̂ (a number; per class with Mondrian; per label for
+    multi-label, per label and state with both; ∞ where n is too small), what ran before it (``after``:
+    ``temperature`` or None) and the test set's coverage, mean set size, singleton rate and coverage per class."""
+
+    method: str
+    alpha: float
+    n_cal: int
+    qhat: Any
+    randomized: bool = False
+    mondrian: bool = False
+    raps_lambda: float | None = None
+    raps_k_reg: int | None = None
+    after: str | None = None
+    note: str | None = None
+    test: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Conformal:
+        """From its JSON form (where ∞ was written as null)."""
+        return cls(**{**values, "qhat": _infinite_nulls(values["qhat"])})
+
+    @property
+    def config(self) -> ConformalConfig:
+        return ConformalConfig(self.method, self.alpha, self.randomized, self.mondrian,
+                               0.01 if self.raps_lambda is None else self.raps_lambda,
+                               1 if self.raps_k_reg is None else self.raps_k_reg)
+
+
+def _infinite_nulls(value):
+    if value is None:
+        return math.inf
+    if isinstance(value, list):
+        return [_infinite_nulls(v) for v in value]
+    return value
+
+
+def quantile_rank(n: int, alpha: float) -> int:
+    """⌈(n + 1)(1 − α)⌉: the rank of q̂ among n calibration scores (> n: none, q̂ = ∞)."""
+    return math.ceil((n + 1) * (1 - alpha) - _EPS)
+
+
+def conformal_quantile(scores, alpha: float) -> float:
+    """q̂ of calibration ``scores``: the :func:`quantile_rank`-th smallest, or ∞ when that rank exceeds n."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rank = quantile_rank(len(scores), alpha)
+    return math.inf if rank > len(scores) else float(np.sort(scores)[rank - 1])
+
+
+def class_scores(probs, config: ConformalConfig, u=None) -> np.ndarray:
+    """s(x, k) of every image and class (n, K) from probabilities (n, K); ``u`` (n,) for randomised scores."""
+    p = np.asarray(probs, dtype=np.float64)
+    if config.method == "lac":
+        return 1 - p
+    greater = p[:, None, :] > p[:, :, None]  # [i, k, j]: p_j > p_k
+    above = (p[:, None, :] * greater).sum(-1)
+    if config.randomized:
+        scores, rank = above + np.asarray(u, dtype=np.float64)[:, None] * p, 1 + greater.sum(-1)
+    else:
+        at_least = p[:, None, :] >= p[:, :, None]
+        scores, rank = 1 - (p[:, None, :] * ~at_least).sum(-1), at_least.sum(-1)
+    if config.method == "raps":
+        scores = scores + config.raps_lambda * np.maximum(rank - config.raps_k_reg, 0)
+    return scores
+
+
+def _draws(n_shape, config: ConformalConfig, seed: int, stream: int):
+    return np.random.default_rng([seed, stream]).random(n_shape) if config.randomized else None
+
+
+def _calibrate_classes(probs, labels, config: ConformalConfig, u, names: list[str]) -> tuple[Any, list[tuple]]:
+    """q̂ (one, or per class with Mondrian) of one multi-class problem, and the (group, n) too small for α
+    (``names``: the class names; without Mondrian the group is the whole set)."""
+    scores = class_scores(probs, config, u)[np.arange(len(labels)), labels]
+    if not config.mondrian:
+        qhat = conformal_quantile(scores, config.alpha)
+        return qhat, [] if math.isfinite(qhat) else [("all", len(scores))]
+    qhats = [conformal_quantile(scores[labels == k], config.alpha) for k in range(probs.shape[1])]
+    return qhats, [(names[k], int((labels == k).sum())) for k, q in enumerate(qhats) if not math.isfinite(q)]
+
+
+def _sets(probs, qhat, config: ConformalConfig, u) -> np.ndarray:
+    return class_scores(probs, config, u) <= np.asarray(qhat, dtype=np.float64)
+
+
+def _binary(probs: np.ndarray, label: int) -> np.ndarray:
+    """Label ``label`` of multi-label probabilities as a two-class problem: (P(absent), P(present))."""
+    return np.stack([1 - probs[:, label], probs[:, label]], axis=1)
+
+
+def calibrate(probs, labels, config: ConformalConfig, *, multilabel: bool, classes=None, seed: int = 0):
+    """q̂ from validation probabilities and labels ((n,) class indices, or (n, C) 0/1 for multi-label): a float,
+    a per-class list (Mondrian), a per-label list (multi-label) or a per-label list of [absent, present] (both).
+    Too few images for α: that q̂ is ∞, with one :class:`ConformalWarning` line."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    if probs.ndim != 2 or len(probs) == 0 or len(labels) != len(probs):
+        raise UserError(f"conformal prediction needs (n, C) validation probabilities and n labels, got {probs.shape}"
+                        f" and {labels.shape}")
+    classes = [str(c) for c in classes] if classes is not None else [str(k) for k in range(probs.shape[1])]
+    u = _draws(labels.shape, config, seed, 0)
+    if not multilabel:
+        qhat, few = _calibrate_classes(probs, labels.astype(np.int64), config, u, classes)
+    else:
+        qhat, few = [], []
+        for c, name in enumerate(classes):
+            q, small = _calibrate_classes(_binary(probs, c), labels[:, c].astype(np.int64), config,
+                                          None if u is None else u[:, c], [f"{name} absent", f"{name} present"])
+            qhat.append(q)
+            few += small[:1] if not config.mondrian else small
+    if few:
+        _warn_too_few(few, len(labels), config, multilabel)
+    return qhat
+
+
+def prediction_sets(probs, qhat, config: ConformalConfig, *, multilabel: bool, seed: int = 0) -> np.ndarray:
+    """Boolean sets: (n, K), k in the set of image i; multi-label (n, C, 2), [absent, present] of each label."""
+    probs = np.asarray(probs, dtype=np.float64)
+    u = _draws(probs.shape if multilabel else len(probs), config, seed, 1)
+    if not multilabel:
+        return _sets(probs, qhat, config, u)
+    return np.stack([_sets(_binary(probs, c), qhat[c], config, None if u is None else u[:, c])
+                     for c in range(probs.shape[1])], axis=1)
+
+
+def set_metrics(sets: np.ndarray, labels, classes) -> dict[str, Any]:
+    """Coverage (the share of sets holding the true class; multi-label: of (image, label) sets holding the label's
+    true state), mean set size, singleton rate and coverage per class (multi-label: per label; None where the test
+    set has no image of a class)."""
+    labels = np.asarray(labels).astype(np.int64)
+    if sets.ndim == 2:
+        covered = sets[np.arange(len(labels)), labels]
+        per_class = [covered[labels == k] for k in range(sets.shape[1])]
+    else:
+        covered = np.take_along_axis(sets, labels[:, :, None], axis=2)[:, :, 0]
+        per_class = list(covered.T)
+    sizes = sets.sum(-1)
+    return {"coverage": float(covered.mean()), "mean_set_size": float(sizes.mean()),
+            "singleton_rate": float((sizes == 1).mean()),
+            "per_class_coverage": {name: float(c.mean()) if len(c) else None for name, c in zip(classes, per_class)}}
+
+
+def conformal_step(val_probs, val_labels, test_probs, test_labels, config: ConformalConfig, *, multilabel: bool,
+                   classes, seed: int = 0, after: str | None = None) -> Conformal:
+    """Calibrate on validation and score the test set (``test_labels`` None: no test metrics)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConformalWarning)
+        qhat = calibrate(val_probs, val_labels, config, multilabel=multilabel, classes=classes, seed=seed)
+    note = None
+    for w in caught:
+        note = str(w.message)
+        warnings.warn(w.message, w.category, stacklevel=2)
+    test = None
+    if test_labels is not None and test_probs is not None and len(test_probs):
+        sets = prediction_sets(test_probs, qhat, config, multilabel=multilabel, seed=seed)
+        test = set_metrics(sets, test_labels, classes)
+    raps = config.method == "raps"
+    return Conformal(config.method, config.alpha, len(val_labels), qhat, config.randomized, config.mondrian,
+                     config.raps_lambda if raps else None, config.raps_k_reg if raps else None, after, note, test)
+
+
+def _warn_too_few(few: list[tuple], n: int, config: ConformalConfig, multilabel: bool) -> None:
+    """One line: which calibration groups are too small for α, the n that α needs and the smallest α each allows."""
+    whole = "every label's set is {absent, present}" if multilabel else "every class is in every set"
+    if not config.mondrian:
+        message = (f"{n} validation images are too few for α = {config.alpha:g} (it needs n ≥ "
+                   f"{_needed(config.alpha)}; the smallest α for n = {n} is 1/(n + 1) = {1 / (n + 1):.3g}): {whole}")
+    else:
+        smallest = min(size for _, size in few)
+        groups = ", ".join(f"{name} (n = {size})" for name, size in few)
+        message = (f"Mondrian: too few validation images for α = {config.alpha:g} (it needs n ≥ "
+                   f"{_needed(config.alpha)} per group) in {groups}; the smallest α for n = {smallest} is "
+                   f"1/(n + 1) = {1 / (smallest + 1):.3g}: those groups' classes are in every set")
+    warnings.warn(f"conformal: {message}", ConformalWarning, stacklevel=3)
+
+
+def _needed(alpha: float) -> int:
+    """The smallest n with ⌈(n + 1)(1 − α)⌉ ≤ n."""
+    return math.ceil(1 / alpha - 1 - _EPS)
+
+
+def temper(probs, temperature: float, multilabel: bool) -> np.ndarray:
+    """Probabilities of logits / T from probabilities (for lists scored without their logits, as ``predict``):
+    p^(1/T) renormalised (softmax) or p^(1/T) / (p^(1/T) + (1 − p)^(1/T)) (sigmoid); exact limits at 0 and 1."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        if multilabel:
+            a, b = np.log(p) / temperature, np.log1p(-p) / temperature
+            top = np.maximum(a, b)
+            return np.exp(a - top) / (np.exp(a - top) + np.exp(b - top))
+        z = np.log(p) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+__all__ = ["SCORES", "Conformal", "ConformalConfig", "ConformalWarning", "calibrate", "class_scores",
+           "conformal_quantile", "conformal_step", "prediction_sets", "quantile_rank", "set_metrics", "temper"]
