@@ -12,7 +12,8 @@ import click
 from .calibration import METHODS as CALIBRATIONS
 from .data import DATASETS, MEDFMC_TASKS
 from .errors import Notice, UserError
-from .options import absolute_path, int_list, model_options, parse_options, shots_value, train_config_options
+from .options import (absolute_path, backbone_name, int_list, model_options, parse_options, shots_value,
+                      train_config_options)
 from .train import TrainConfig
 
 
@@ -51,7 +52,7 @@ def methods():
               help="Log the run to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db).")
 @click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name].")
 def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
-          calibrate, out, overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
+          mean, std, calibrate, out, overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from .evaluate import FeatureCache
     from .experiment import run_experiment
@@ -63,9 +64,10 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 
     data_root = absolute_path(get_dataset(task).root(data_root))
     spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
-                   options=parse_options(opts), backbone=backbone, pretrained=pretrained, weights=absolute_path(weights),
-                   img_size=img_size, test_list=test_list, val_per_class=val_per_class, train=TrainConfig(**recipe),
-                   calibrate=calibrate)
+                   options=parse_options(opts), backbone=backbone_name(backbone, weights), pretrained=pretrained,
+                   weights=absolute_path(weights), img_size=img_size, test_list=test_list, val_per_class=val_per_class,
+                   train=TrainConfig(**recipe), calibrate=calibrate, mean=list(mean) if mean else None,
+                   std=list(std) if std else None)
     if (Path(out) / "run.json").is_file() and not overwrite:
         raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(Path(out).parent, "--out", shown=out)
@@ -168,6 +170,7 @@ def _register_commands() -> None:
     from .analysis import command as analyze_command
     from .bench.command import command as bench_command
     from .floors import command as floors_command
+    from .foundation_models import command as models_command
     from .export import command as export_command
     from .onnx_import import command as weights_command
     from .speed import command as speed_command
@@ -175,6 +178,7 @@ def _register_commands() -> None:
     cli.add_command(analyze_command)
     cli.add_command(bench_command)
     cli.add_command(floors_command)
+    cli.add_command(models_command)
     cli.add_command(export_command)
     cli.add_command(speed_command)
     cli.add_command(weights_command)

@@ -12,9 +12,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbones import DEFAULT_BACKBONE, create_backbone, feature_dim
+from .backbones import DEFAULT_BACKBONE, build_backbone, feature_dim
 from .errors import UserError
 from .methods import Method, get_method
+from .preprocessing import Preprocessing
 
 
 class PeftClassifier(nn.Module):
@@ -23,17 +24,19 @@ class PeftClassifier(nn.Module):
     ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier; ``method`` the
     :class:`~medpeft.methods.Method` that built it. ``config`` records how it was built (method, options, backbone,
     classes, image size); ``added`` names the parameters the method added (trainable or not) — with the trainable
-    ones, what :func:`save_trainable` writes.
+    ones, what :func:`save_trainable` writes. ``preprocessing`` is what the backbone's weights expect of an image
+    (:mod:`medpeft.preprocessing`; also in ``config``).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, method: Method, config: dict[str, Any],
-                 added: frozenset[str] = frozenset()):
+                 added: frozenset[str] = frozenset(), preprocessing: Preprocessing = Preprocessing()):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.method = method
-        self.config = config
+        self.config = {**config, "preprocessing": preprocessing.to_dict()}
         self.added = added
+        self.preprocessing = preprocessing
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature the head reads: the backbone's own pooling (:meth:`~medpeft.families.Family.pool`; ViT: the CLS
@@ -54,6 +57,8 @@ def build_model(
     weights: str | Path | None = None,
     img_size: int | None = None,
     seed: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
     **options,
 ) -> PeftClassifier:
     """Build ``method`` on a timm backbone: frozen backbone, the method's trainable tensors, a fresh head.
@@ -63,14 +68,15 @@ def build_model(
     timm's hub weights; ``weights`` a local checkpoint instead. ``img_size`` resizes the position embeddings and
     sizes token-indexed parameters. ``seed`` draws every random initial value (a random backbone, the method's new
     tensors, the head) from a generator of its own, leaving the global one untouched: the same seed rebuilds the
-    same model whatever ran before; None draws from torch's global generator. ``options`` are the method's own
+    same model whatever ran before; None draws from torch's global generator. ``mean``/``std`` override the
+    normalisation the weights state (:func:`~medpeft.backbones.build_backbone`). ``options`` are the method's own
     (see ``available_methods``).
     """
     if num_classes < 1:
         raise UserError(f"num_classes={num_classes} must be at least 1")
     spec = get_method(method, **options)
     with _seeded(seed):
-        model = create_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
+        model, preprocessing = build_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
         model.requires_grad_(False)
         frozen = {id(p) for p in model.parameters()}
         spec.inject(model)
@@ -83,7 +89,8 @@ def build_model(
         "img_size": int(model.patch_embed.img_size[0]),
     }
     added = frozenset(f"backbone.{n}" for n, p in model.named_parameters() if id(p) not in frozen)
-    return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()})
+    return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()},
+                          preprocessing.override(mean, std))
 
 
 @contextlib.contextmanager
@@ -165,4 +172,9 @@ def load_trainable(
                 raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}")
             params[name].copy_(tensor)
     model.method.after_load(model)
+    if "preprocessing" in config:  # what it was trained with (files written before it was recorded: ImageNet's)
+        model.preprocessing = Preprocessing.from_dict(config["preprocessing"])
+    else:
+        model.preprocessing = Preprocessing(img_size=config["img_size"], source="ImageNet statistics (not recorded)")
+    model.config["preprocessing"] = model.preprocessing.to_dict()
     return model

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import yaml
 
-from .backbones import DEFAULT_BACKBONE
+from .backbones import AUTO, DEFAULT_BACKBONE
 from .errors import UserError
 from .train import TrainConfig
 
@@ -74,19 +74,33 @@ def absolute_path(path: str | None) -> str | None:
 
 
 def model_options(f):
-    """The options that say which model to build."""
+    """The options that say which model to build (see :func:`backbone_name` for ``--backbone``'s default)."""
     for decorator in reversed([
         click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
         click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
                      help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
-        click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="A timm model name (ViT, Swin, EVA, BEiT)."),
+        click.option("--backbone", help=f"A timm model name (ViT, Swin, EVA, BEiT) or one of `medpeft models`; "
+                                         f"{AUTO!r}: the architecture --weights states [{DEFAULT_BACKBONE}; with "
+                                         f"--weights: {AUTO}]."),
         click.option("--pretrained/--no-pretrained", default=True, show_default=True,
                      help="Start from the hub's pretrained weights."),
-        click.option("--weights", type=click.Path(dir_okay=False), help="Local backbone checkpoint (.npz/.pth/.safetensors)."),
+        click.option("--weights", type=click.Path(), help="Local backbone checkpoint: a file (.npz/.pth/.bin/"
+                     ".safetensors) or a folder saved by transformers, open_clip or timm (config and weights)."),
+        click.option("--mean", type=float, nargs=3, help="Normalisation mean (R G B, of pixels in [0, 1]) instead of "
+                                                         "the one the weights state."),
+        click.option("--std", type=float, nargs=3, help="Normalisation std (R G B) instead of the weights'."),
         click.option("--img-size", type=int, help="Input size (resizes position embeddings and EPT's prompt rows)."),
     ]):
         f = decorator(f)
     return f
+
+
+def backbone_name(backbone: str | None, weights: str | None) -> str:
+    """``--backbone`` as given, else :data:`~medpeft.backbones.AUTO` with ``--weights`` (a checkpoint that does not
+    state its architecture falls back to the default backbone) and the default backbone without."""
+    if backbone:
+        return backbone
+    return AUTO if weights else DEFAULT_BACKBONE
 
 
 def train_config_options(defaults: bool = True):

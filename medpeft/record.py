@@ -18,6 +18,7 @@ from .calibration import METHODS as CALIBRATIONS
 from .data import TaskSpec, parse_shots
 from .errors import UserError
 from .methods import get_method
+from .preprocessing import Preprocessing
 from .train import RunResult, TrainConfig
 
 RECORD_VERSION = 1
@@ -54,8 +55,9 @@ class RunSpec:
     ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
     ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
-    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`). The method,
-    its options and the recipe are checked on construction.
+    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`). ``mean``/``std``
+    override the normalisation the backbone's weights state (``--mean/--std``; None: theirs). The method, its options
+    and the recipe are checked on construction.
     """
 
     method: str
@@ -75,6 +77,8 @@ class RunSpec:
     candidate: dict[str, Any] = field(default_factory=dict)
     refit: bool = False
     calibrate: str = "none"
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -86,6 +90,10 @@ class RunSpec:
             raise UserError(f"--calibrate {self.calibrate!r}: choose from {list(CALIBRATIONS)}")
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
+        try:
+            Preprocessing().override(self.mean, self.std)
+        except UserError as err:
+            raise UserError(f"--mean/--std: {err}") from None
         if not self.label:
             self.label = method_label(self.method, self.options)
 

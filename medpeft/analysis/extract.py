@@ -50,7 +50,8 @@ def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None,
             sums[i] = s if i not in sums else sums[i] + s
         handles.append(module.register_forward_pre_hook(hook))
     features, probs = [], []
-    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task), batch_size=batch_size)
+    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean,
+                                     std=model.preprocessing.std), batch_size=batch_size)
     try:
         for images, _, _ in loader:
             feats = model.forward_features(images.to(device)).float()
