@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -143,10 +144,11 @@ def _from_checkpoint(backbone: str, ckpt: Checkpoint, img_size: int | None) -> t
     if ckpt.preprocessing is not None:
         return model, ckpt.preprocessing
     entry = get_foundation_model(backbone)
+    size = int(model.patch_embed.img_size[0])  # the checkpoint's, not the tag's default
     if entry is not None and entry.mean is not None:
-        return model, Preprocessing(entry.mean, entry.std, entry.resolution, None, f"`medpeft models` entry {backbone}")
-    return model, from_timm_cfg(model.pretrained_cfg, f"timm pretrained_cfg of {name} (no preprocessing in "
-                                                      f"{ckpt.path.name})")
+        return model, Preprocessing(entry.mean, entry.std, size, None, f"`medpeft models` entry {backbone}")
+    cfg = from_timm_cfg(model.pretrained_cfg, f"timm pretrained_cfg of {name} (no preprocessing in {ckpt.path.name})")
+    return model, dataclasses.replace(cfg, img_size=size)
 
 
 def check_backbone(backbone: str, *, img_size: int | None = None, weights: str | Path | None = None) -> None:
