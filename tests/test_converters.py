@@ -219,3 +219,35 @@ def test_preprocessing_comes_from_the_checkpoint(tmp_path):
     assert overridden.mean == (0.5,) * 3 and overridden.std == stated.std and overridden.overridden
     _, random_init = build_backbone("test_vit", pretrained=False)
     assert random_init.mean == IMAGENET_MEAN and random_init.std != OPENAI_CLIP_STD
+
+
+def test_timm_hub_folder_gives_the_reference_features(tmp_path):
+    """A folder timm's own ``save_for_hf`` writes (as UNI and Virchow are published): ``config.json`` with the
+    architecture, its arguments and ``pretrained_cfg``; the normalisation comes from the latter."""
+    import timm
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(0)
+    reference = _perturbed(timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32, reg_tokens=2,
+                                             no_embed_class=True, init_values=1e-5))
+    save_for_hf(reference, str(tmp_path), data_config={"mean": (0.7, 0.6, 0.5), "std": (0.2, 0.25, 0.3)})
+    assert json.loads((tmp_path / "config.json").read_text())["architecture"] == "test_vit"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    model, preprocessing = build_backbone(AUTO, weights=tmp_path)
+    assert _relative(_features(model, x), _features(reference, x)) <= 1e-5 and model.num_reg_tokens == 2
+    assert preprocessing.mean == (0.7, 0.6, 0.5) and preprocessing.std == (0.2, 0.25, 0.3)
+
+
+def test_the_feature_cache_key_holds_the_normalisation():
+    from medpeft import build_model
+    from medpeft.data import Samples, TASKS  # noqa: F401
+    from medpeft.evaluate import FeatureCache
+
+    import numpy as np
+
+    samples = Samples(["a"], [np.zeros((8, 8, 3), np.uint8)], np.array([0]))
+    keys = set()
+    for mean in (None, [0.5, 0.5, 0.5]):
+        model = build_model("linear", "test_vit", 2, pretrained=False, img_size=32, seed=0, mean=mean)
+        keys.add(FeatureCache().key(model, 7, samples, img_size=32, batch_size=4, device=torch.device("cpu"), bf16=False))
+    assert len(keys) == 2

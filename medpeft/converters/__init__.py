@@ -115,8 +115,10 @@ def _timm_hub(folder: Path, weights: Path, config: dict[str, Any]) -> Checkpoint
     base = config["architecture"]
     if not timm.is_model(base):
         raise UserError(f"{folder / 'config.json'}: architecture {base!r} is not a timm model")
+    size = (config.get("model_args") or {}).get("img_size")
+    size = size[0] if isinstance(size, (list, tuple)) else size
     args = {k: v for k, v in (config.get("model_args") or {}).items()
-            if isinstance(v, (int, float, bool)) or k == "global_pool"}
+            if (isinstance(v, (int, float, bool)) or k == "global_pool") and k not in ("num_classes", "pretrained")}
     state, layout = to_timm_layout(read_state(weights))
     with torch.device("meta"):
         named = timm.create_model(base, pretrained=False, num_classes=0, **args)
@@ -125,7 +127,7 @@ def _timm_hub(folder: Path, weights: Path, config: dict[str, Any]) -> Checkpoint
                           preprocessing=from_timm_cfg(config.get("pretrained_cfg") or {}, str(folder / "config.json")))
     arch = Architecture(**{**Architecture.of_model(named).known(), **shape_facts(state).known()})
     cfg = config.get("pretrained_cfg") or {}
-    size = args.get("img_size") or (cfg.get("input_size") or [None])[-1]
+    size = size or (cfg.get("input_size") or [None])[-1]
     return Checkpoint(folder, state, f"timm {base}", arch, True, base, size,
                       from_timm_cfg(cfg, str(folder / "config.json")))
 
