@@ -87,12 +87,14 @@ def main(out, seeds, vits_runs):
     run_bench(grid(XRAYS, "vit_small_patch16_224", 112, ["full"], ["medmnist"], [1], [1], list(range(vits_runs)),
                    val_per_class=10), work / "vits", executor=vits, progress=False)
     v = vits.readings
-    report["vits"] = {"runs": len(v), "readings_mb": v, "growth_per_run_mb": float(np.polyfit(range(1, len(v)), v[1:], 1)[0])}
+    report["vits"] = {"runs": len(v), "readings_mb": v,
+                      "growth_per_run_mb": float(np.polyfit(range(1, len(v)), v[1:], 1)[0])}
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Resident memory of one bench process", "",
              f"{report['machine']}, torch {report['torch']}, {report['threads']} threads; "
              "`python benchmarks/bench_memory.py --out benchmarks/memory`.", "",
-             "| grid | runs | after run 20 (MB) | after the last run (MB) | difference (MB) |", "|---|---:|---:|---:|---:|",
+             "| grid | runs | after run 20 (MB) | after the last run (MB) | difference (MB) |",
+             "|---|---:|---:|---:|---:|",
              f"| small (ViT-Ti 32 px, 5 methods) | {len(r)} | {r[19]:.0f} | {r[-1]:.0f} | {r[-1] - r[19]:+.0f} |", "",
              f"Full fine-tuning of ViT-S/16 at 112 px on PneumoniaMNIST, {len(v)} runs: resident after each run "
              + ", ".join(f"{x:.0f}" for x in v) + f" MB; growth {report['vits']['growth_per_run_mb']:+.1f} MB per run "

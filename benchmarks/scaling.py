@@ -37,7 +37,8 @@ def grid(data_root: Path, runs: int, epochs: int, img_size: int) -> BenchConfig:
     (the demo data has two samplings) × seeds 0…"""
     return BenchConfig.from_dict({
         "methods": METHODS, "tasks": ["colon"], "data_root": str(data_root), "shots": [5],
-        "exps": [1, 2], "seeds": list(range(max(1, runs // (2 * len(METHODS))))), "backbone": "vit_tiny_patch16_224", "pretrained": False,
+        "exps": [1, 2], "seeds": list(range(max(1, runs // (2 * len(METHODS))))),
+        "backbone": "vit_tiny_patch16_224", "pretrained": False,
         "img_size": img_size, "train": {"epochs": epochs, "batch_size": 4},
     }, "scaling grid")
 

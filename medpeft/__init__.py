@@ -3,12 +3,12 @@
 from .errors import UserError
 from .methods import available_methods
 from .model import PeftClassifier, build_model, count_parameters, load_trainable, save_trainable
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "PeftClassifier",
     "UserError",
+    "__version__",
     "available_methods",
     "build_model",
     "count_parameters",

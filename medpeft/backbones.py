@@ -51,10 +51,11 @@ def build_backbone(
     DINOv2's original layout, MAE's) or a folder saved by ``transformers``, open_clip or timm
     (:mod:`medpeft.converters`). The checkpoint's architecture, as far as it states it, must be the named one's (a
     one-line error says what differs); ``backbone`` :data:`AUTO` takes it from a checkpoint whose config states it
-    all (another checkpoint is read as :data:`DEFAULT_BACKBONE`). ``img_size`` resizes the position embeddings; without it a named backbone with ``weights`` is built at the
-    checkpoint's own size (not timm's default: 518 px for DINOv2 would resample a 224 px checkpoint's grid and run
-    ~6x slower). The preprocessing is the checkpoint's config's, else the timm tag's ``pretrained_cfg`` for
-    pretrained or local weights, else (random init) ImageNet's statistics.
+    all (another checkpoint is read as :data:`DEFAULT_BACKBONE`). ``img_size`` resizes the position embeddings;
+    without it a named backbone with ``weights`` is built at the checkpoint's own size (not timm's default: 518 px
+    for DINOv2 would resample a 224 px checkpoint's grid and run ~6x slower). The preprocessing is the checkpoint's
+    config's, else the timm tag's ``pretrained_cfg`` for pretrained or local weights, else (random init) ImageNet's
+    statistics.
     """
     if isinstance(backbone, torch.nn.Module):
         model = backbone
@@ -73,7 +74,8 @@ def build_backbone(
     return model, preprocessing
 
 
-def _named_backbone(backbone: str, *, pretrained: bool, weights, img_size: int | None) -> tuple[nn.Module, Preprocessing]:
+def _named_backbone(backbone: str, *, pretrained: bool, weights,
+                    img_size: int | None) -> tuple[nn.Module, Preprocessing]:
     from .foundation_models import fetch, get_foundation_model
 
     entry = get_foundation_model(backbone)

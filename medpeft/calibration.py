@@ -1,4 +1,5 @@
-"""Post-hoc calibration: temperature scaling (Guo et al., 2017), fitted on the validation set.
+"""Post-hoc calibration, fitted on the validation set after training: a registry of calibrators
+(:data:`CALIBRATORS`), and temperature scaling (Guo et al., 2017).
 
 One temperature T > 0 divides every logit. T is chosen to minimise the validation negative log-likelihood of the
 training loss: softmax cross-entropy (mean over images) for single-label tasks, binary cross-entropy summed over
@@ -9,15 +10,15 @@ so accuracy, AUC and mAP are unchanged; ECE, Brier and NLL change.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit, log_softmax
 
 from .errors import Notice, UserError
+from .types import Calibration
 
-METHODS = ("none", "temperature")
 #: The search interval of log T: T in [1e-3, 1e3].
 LOG_T_BOUNDS = (-3 * np.log(10), 3 * np.log(10))
 
@@ -34,16 +35,6 @@ def nll(logits, targets, multilabel: bool, temperature: float = 1.0) -> float:
     if multilabel:
         return float(-(targets * log_expit(z) + (1 - targets) * log_expit(-z)).sum(axis=1).mean())
     return float(-log_softmax(z, axis=1)[np.arange(len(z)), targets.astype(np.int64)].mean())
-
-
-@dataclass
-class Temperature:
-    """A fitted temperature and the validation NLL before (T = 1) and after; ``note`` says why T was left at 1."""
-
-    temperature: float
-    val_nll_before: float
-    val_nll_after: float
-    note: str | None = None
 
 
 def _degenerate(logits: np.ndarray, targets: np.ndarray, multilabel: bool) -> str | None:
@@ -63,7 +54,7 @@ def _degenerate(logits: np.ndarray, targets: np.ndarray, multilabel: bool) -> st
     return None
 
 
-def fit_temperature(logits, targets, multilabel: bool) -> Temperature:
+def fit_temperature(logits, targets, multilabel: bool) -> Calibration:
     """The temperature minimising the validation NLL (:func:`nll`), searched over log T in
     :data:`LOG_T_BOUNDS` (a convex problem in 1/T). A validation set that cannot determine it (one class, every
     prediction already right, or the optimum at the edge of the interval) gives T = 1 with a
@@ -81,7 +72,21 @@ def fit_temperature(logits, targets, multilabel: bool) -> Temperature:
         edge = min(abs(found.x - b) for b in LOG_T_BOUNDS) < 1e-3
         if found.success and not edge:
             t = float(np.exp(found.x))
-            return Temperature(t, before, nll(logits, targets, multilabel, t))
+            return Calibration("temperature", t, before, nll(logits, targets, multilabel, t))
         note = "the validation NLL has no minimum for T in [1e-3, 1e3]"
     warnings.warn(f"temperature scaling: {note}; T = 1 (no calibration)", CalibrationWarning, stacklevel=2)
-    return Temperature(1.0, before, before, note)
+    return Calibration("temperature", 1.0, before, before, note)
+
+
+#: The post-hoc calibrators by name: each fits a :class:`~medpeft.types.Calibration` on validation logits and
+#: targets (``fit(logits, targets, multilabel)``). A new calibrator is one entry here.
+CALIBRATORS: dict[str, Callable[[np.ndarray, np.ndarray, bool], Calibration]] = {"temperature": fit_temperature}
+#: Every choice of the ``calibrate`` parameter: ``none`` (no post-hoc step), then :data:`CALIBRATORS`.
+CHOICES = ("none", *CALIBRATORS)
+
+
+def calibrate_logits(name: str, logits, targets, multilabel: bool) -> Calibration | None:
+    """The calibrator ``name`` fitted on validation ``logits`` and ``targets``; None for ``none``."""
+    if name not in CHOICES:
+        raise UserError(f"calibrator {name!r}: choose from {list(CHOICES)}")
+    return None if name == "none" else CALIBRATORS[name](logits, targets, multilabel)

@@ -21,7 +21,7 @@ from .bench import BenchConfig, run_bench
 from .data import IMAGENET_MEAN, IMAGENET_STD, make_demo_data
 from .data.demo import upstream_images
 from .errors import UserError
-from .train import seed_everything
+from .seeding import seeded
 
 DEMO_BACKBONE = "vit_tiny_patch16_224"
 DEMO_SIZE = 64
@@ -35,24 +35,24 @@ def pretrain_backbone(path: str | Path, *, steps: int = 80, batch_size: int = 32
     path = Path(path)
     if path.is_file():
         return path
-    seed_everything(seed)
-    rng = np.random.default_rng(seed)
-    images, labels = upstream_images(rng, 4096)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    y = torch.from_numpy(labels)
-    model = timm.create_model(DEMO_BACKBONE, num_classes=16, img_size=DEMO_SIZE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1)
-    model.train()
-    for _ in range(steps):
-        idx = torch.from_numpy(rng.integers(0, len(x), batch_size))
-        batch = torch.where(torch.rand(batch_size, 1, 1, 1) < 0.5, x[idx], x[idx].flip(-1))
-        loss = F.cross_entropy(model(batch), y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    with seeded(seed):
+        rng = np.random.default_rng(seed)
+        images, labels = upstream_images(rng, 4096)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
+        x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        y = torch.from_numpy(labels)
+        model = timm.create_model(DEMO_BACKBONE, num_classes=16, img_size=DEMO_SIZE)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+        model.train()
+        for _ in range(steps):
+            idx = torch.from_numpy(rng.integers(0, len(x), batch_size))
+            batch = torch.where(torch.rand(batch_size, 1, 1, 1) < 0.5, x[idx], x[idx].flip(-1))
+            loss = F.cross_entropy(model(batch), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
@@ -150,7 +150,7 @@ def real_demo_table(runs, control, floors) -> str:
         for label in dict.fromkeys(r.spec.label for r in records):
             mine = [r for r in records if r.spec.label == label and r.selected and r.test]
             if mine:
-                calibrated = [r.result.calibration["test"] for r in mine if r.result.calibration]
+                calibrated = [r.result.calibration.test for r in mine if r.result.calibration]
                 rows.append(f"| {label}{what} | {mine[0].spec.train.lr:g} | " + cells([r.test for r in mine],
                                                                                      calibrated) + " |")
         return rows

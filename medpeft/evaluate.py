@@ -49,10 +49,10 @@ class FeatureCache:
     """Outputs of a model's frozen prefix for whole evaluation lists, by (prefix weights, list, settings).
 
     The key holds a fingerprint of every tensor of the prefix (so other weights never hit), the number of frozen
-    stages, the image size, the normalisation (mean, std), batch size, device type and autocast, and the list's images (file path, modification
-    time and size, or the bytes of an array source). In memory at most ``memory_mb`` of entries are kept (least
-    recently used out first); with ``directory`` each entry is also one ``.npy`` file there, read back
-    memory-mapped by any process and run.
+    stages, the image size, the normalisation (mean, std), batch size, device type and autocast, and the list's
+    images (file path, modification time and size, or the bytes of an array source). In memory at most ``memory_mb``
+    of entries are kept (least recently used out first); with ``directory`` each entry is also one ``.npy`` file
+    there, read back memory-mapped by any process and run.
     """
 
     def __init__(self, directory: str | Path | None = None, memory_mb: float = 1024):

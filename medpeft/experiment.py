@@ -8,28 +8,35 @@ in a hidden sibling and moved into place when the run finishes: a run directory 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import __version__
 from .backbones import check_backbone
 from .data import DatasetSplits, ResizedImageCache, Samples, check_files, get_dataset, load_dataset
-from .errors import UserError
+from .errors import ParameterError, UserError
+from .evaluate import FeatureCache, predict
 from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
-from .record import RunRecord, RunSpec, split_names
-from .evaluate import FeatureCache, predict
+from .record import (
+    RUN_FILE,
+    WEIGHTS_FILE,
+    RunRecord,
+    RunSpec,
+    read_record,
+    split_names,
+    submission_name,
+    write_submission,
+)
+from .tracking import RunListener, track_run
 from .train import fit
-
-RUN_FILE = "run.json"
-WEIGHTS_FILE = "trainable.safetensors"
+from .version import __version__
 
 
 def check_spec(spec: RunSpec) -> None:
@@ -50,8 +57,7 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     ``on_epoch`` gets each epoch's history row (a tracker's hook, :mod:`medpeft.tracking`).
     """
     out = Path(out)
-    if (out / RUN_FILE).is_file() and not overwrite:
-        raise UserError(f"{out} already holds a run: pass --overwrite to replace it, or choose another --out")
+    check_out(out, overwrite)
     check_spec(spec)
     data = load_splits(spec)
     data.check_images()
@@ -72,29 +78,26 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     return record
 
 
+def check_out(out: str | Path, overwrite: bool = False) -> None:
+    """That ``out`` can take a new run: it holds none, or ``overwrite`` replaces it."""
+    if (Path(out) / RUN_FILE).is_file() and not overwrite:
+        raise ParameterError("out", "{path} already holds a run: pass {overwrite} to replace it, or choose another "
+                             "{out}", path=out)
+
+
+def run_tracked(spec: RunSpec, out: str | Path, listener: RunListener | None = None, **options: Any) -> RunRecord:
+    """:func:`run_experiment` with ``listener`` (a tracker, e.g. :class:`~medpeft.tracking.MlflowRun`; None: none)
+    told of the run's start, epochs and end; ``options`` are :func:`run_experiment`'s."""
+    return track_run(listener or RunListener(), spec, out,
+                     lambda on_epoch: run_experiment(spec, out, on_epoch=on_epoch, **options))
+
+
 def load_splits(spec: RunSpec) -> DatasetSplits:
     """The run's data: its split, validation capped at ``val_per_class``, and for a refit val merged into train."""
     data = load_dataset(spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list)
     if spec.val_per_class is not None:
         data = data.with_val_per_class(spec.val_per_class, seed=(spec.seed, spec.exp))
     return data.with_val_in_train() if spec.refit else data
-
-
-def read_record(run_dir: str | Path) -> RunRecord:
-    """The record of a finished run directory (UserError if it is not one)."""
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a finished medpeft run directory (no {RUN_FILE})")
-    try:
-        values = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path} is not readable JSON ({err})") from None
-    try:
-        return RunRecord.from_dict(values)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
-    except (KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{path} is not a medpeft run record ({type(err).__name__}: {err})") from None
 
 
 def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifier, RunRecord]:
@@ -118,7 +121,7 @@ def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str |
     samples = list_samples(read_record(run_dir), list_file, data_root)
     check_files(samples.sources, f"images of {list_file}")
     model, record = load_run(run_dir, device=str(device))
-    scores = predict(model, samples, record.task, img_size=model.config["img_size"], batch_size=batch_size,
+    scores = predict(model, samples, record.task, img_size=model.config.img_size, batch_size=batch_size,
                      device=device, progress=progress)
     return samples.names, scores
 
@@ -127,17 +130,6 @@ def list_samples(record: RunRecord, list_file: str | Path, data_root: str | None
     """The images of ``list_file`` (names only or labelled) where the run's dataset keeps them (``data_root``
     overrides the run's)."""
     return get_dataset(record.spec.task).image_list(data_root or record.spec.data_root, str(list_file))
-
-
-def submission_name(task: str, shots: int | str) -> str:
-    return f"{task}_{shots}-shot_submission.csv"
-
-
-def write_submission(path: str | Path, names: list[str], scores: np.ndarray) -> None:
-    """MedFMC submission: no header, ``name,p_1,...,p_C`` with 8 decimals per probability."""
-    with open(path, "w", newline="\n") as f:
-        for name, row in zip(names, scores):
-            f.write(name + "," + ",".join(f"{p:.8f}" for p in row) + "\n")
 
 
 def versions() -> dict[str, str]:

@@ -16,21 +16,19 @@ import json
 import warnings
 from pathlib import Path
 
-import click
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import __version__
 from .data import eval_dataset
-from .preprocessing import Preprocessing
 from .errors import UserError
 from .evaluate import probabilities
 from .experiment import list_samples, load_run, read_record
-from .files import check_writable_dir, write_bytes
+from .files import write_bytes
+from .preprocessing import Preprocessing
+from .version import __version__
 
-MODEL_FILE = "model.onnx"  #: the default export of a run, in its directory
 OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
 #: The tracing exporter, which ``dynamo=True`` replaced as the default in torch 2.9 (older torch has no ``dynamo``).
@@ -48,10 +46,11 @@ class _WithProbabilities(nn.Module):
         return probabilities(self.model(images), self.task)
 
 
-def preprocessing(img_size: int, settings: Preprocessing = Preprocessing()) -> dict[str, str]:
+def preprocessing(img_size: int, settings: Preprocessing | None = None) -> dict[str, str]:
     """What the exported graph expects of its input: the evaluation transform of every run
     (:func:`~medpeft.data.transforms.eval_transform`) with the mean and std of the run's backbone weights
-    (``settings``, and where they were read), in words and numbers."""
+    (``settings``, and where they were read; ImageNet's without), in words and numbers."""
+    settings = settings or Preprocessing()
     return {
         "img_size": str(img_size),
         "resize": f"square {img_size}x{img_size}, bicubic, antialiased, aspect ratio not kept, no crop",
@@ -71,7 +70,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     model, record = load_run(run_dir)
     name = model.method.full_name
     model.method.prepare_export(model)
-    size = model.config["img_size"]
+    size = model.config.img_size
     graph = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
@@ -83,7 +82,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"method {name!r} of {run_dir} cannot be exported to ONNX: {reason}") from None
     proto = onnx.load_from_string(graph.getvalue())
-    metadata = {**preprocessing(size, model.preprocessing), "output": "sigmoid" if record.task.multilabel else "softmax",
+    metadata = {**preprocessing(size, model.preprocessing),
+                "output": "sigmoid" if record.task.multilabel else "softmax",
                 "classes": json.dumps(list(record.task.classes)), "task": record.spec.task, "method": name,
                 "run_key": record.key, "medpeft_version": __version__}
     onnx.helper.set_model_props(proto, metadata)
@@ -122,19 +122,3 @@ def _providers(ort) -> list[str]:
     """CUDA where onnxruntime has it, else the CPU."""
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-@click.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), help=f"ONNX file to write [RUN_DIR/{MODEL_FILE}].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-def command(run_dir, out, overwrite):
-    """Export a trained run as one ONNX graph (images in, probabilities out; preprocessing in its metadata)."""
-    read_record(run_dir)
-    out = Path(out) if out else Path(run_dir) / MODEL_FILE
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-    check_writable_dir(out.parent, "--out", shown=out)
-    metadata = export_run(run_dir, out)
-    click.echo(f"wrote {out} ({metadata['method']}, {metadata['img_size']} px, "
-               f"{len(json.loads(metadata['classes']))} classes, {metadata['output']})")

@@ -15,11 +15,10 @@ with :func:`medpeft.metrics.task_metrics`. Multi-label tasks fit one classifier 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import click
 import numpy as np
 import torch
 from PIL import Image
@@ -77,7 +76,8 @@ def backbone_tokens(model, samples: Samples, img_size: int, batch_size: int = 32
     backbone = model.backbone.eval()
     prefix = getattr(backbone, "num_prefix_tokens", 1)
     cls, mean = [], []
-    for images, _, _ in DataLoader(eval_dataset(samples, img_size, mean=model.preprocessing.mean, std=model.preprocessing.std), batch_size=batch_size):
+    normalised = eval_dataset(samples, img_size, mean=model.preprocessing.mean, std=model.preprocessing.std)
+    for images, _, _ in DataLoader(normalised, batch_size=batch_size):
         tokens = backbone.forward_features(images).float()
         if tokens.ndim == 4:  # (B, H, W, D)
             cls.append(tokens.mean(dim=(1, 2)))
@@ -203,19 +203,3 @@ def floors_markdown(rows: list[dict], backbone: str | None) -> str:
         chosen = ", ".join(f"{g['setting']:g}" for g in group)
         lines.append(f"| {TITLES[floor]} | {task} | {shots} | {len(group)} | " + " | ".join(cells) + f" | {chosen} |")
     return "\n".join(lines) + "\n"
-
-
-@click.command("floors")
-@click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A bench config: its grid and backbone.")
-@click.option("--floors", "names", default=",".join(FLOORS[:3]), show_default=True,
-              help=f"Comma-separated, from {', '.join(FLOORS)}.")
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-def command(config_file, names, out):
-    """Plain classifiers (raw pixels, frozen features, file metadata) on exactly a bench's splits."""
-    from .bench.config import BenchConfig, read_config
-
-    config = BenchConfig.from_dict(read_config(config_file), config_file)
-    rows = run_floors(config, out, [n.strip() for n in names.split(",") if n.strip()])
-    click.echo((Path(out) / "floors.md").read_text())
-    click.echo(f"{len(rows)} fits in {Path(out) / 'floors.jsonl'}")

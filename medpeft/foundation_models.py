@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
 from .errors import UserError
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -64,7 +62,8 @@ class FoundationModel:
         online = (f"--backbone {self.name}" + (f"  (gated: accept its terms at {HUB}/{self.hub_id}, then "
                                                "`hf auth login` or set HF_TOKEN)" if self.gated else "")
                   if self.hub_id else "(not on the hub: download it from its authors)")
-        return [f"online:  {online}", f"offline: --backbone {self.name} --weights DIR_OR_FILE  ({self.checkpoint_format})"]
+        return [f"online:  {online}",
+                f"offline: --backbone {self.name} --weights DIR_OR_FILE  ({self.checkpoint_format})"]
 
 
 MODELS = [
@@ -74,7 +73,8 @@ MODELS = [
         "vit_base_patch14_dinov2", 518, "chest X-rays from public and private sets (see the RAD-DINO paper)",
         notes="normalisation from its preprocessor_config.json"),
     FoundationModel(
-        "biomedclip", "biomedical (figures of PubMed Central)", "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        "biomedclip", "biomedical (figures of PubMed Central)",
+        "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
         "MIT", False, "open_clip with a timm ViT-B/16 image trunk", "open_clip folder (open_clip_config.json, "
         "open_clip_pytorch_model.bin)", "vit_base_patch16_224", 224, "PMC-15M: 15M figure-caption pairs",
         mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, notes="mean/std: open_clip's (OpenAI CLIP) unless its config says"),
@@ -130,6 +130,17 @@ def get_foundation_model(name: str) -> FoundationModel | None:
     return _BY_NAME.get(name)
 
 
+def describe(m: FoundationModel) -> list[str]:
+    """The lines ``medpeft models`` prints for ``m``."""
+    lines = [f"{m.name}: {m.domain}; {m.architecture}",
+             f"  source: {f'{HUB}/{m.hub_id}' if m.hub_id else 'not on the hub'}; licence: {m.licence}"
+             f"{'; gated' if m.gated else ''}",
+             f"  resolution {m.resolution} px; normalisation: {m.normalisation}; pretraining: {m.pretraining}",
+             f"  timm: {m.timm_name}{' ' + str(m.kwargs) if m.kwargs else ''}",
+             *(f"  {line}" for line in m.commands())]
+    return lines + ([f"  note: {m.notes}"] if m.notes else [])
+
+
 def fetch(model: FoundationModel) -> Path:
     """A local copy of ``model``'s hub repository (configs and weights), downloaded once by ``huggingface_hub``."""
     if model.hub_id is None:
@@ -146,18 +157,3 @@ def fetch(model: FoundationModel) -> Path:
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise UserError(f"cannot download {model.name} ({model.hub_id}: {type(err).__name__}): pass --weights DIR "
                         "of a local download, or --no-pretrained") from None
-
-
-@click.command("models")
-def command():
-    """List the named medical foundation models and how to load each."""
-    for m in MODELS:
-        click.echo(f"{m.name}: {m.domain}; {m.architecture}")
-        click.echo(f"  source: {f'{HUB}/{m.hub_id}' if m.hub_id else 'not on the hub'}; licence: {m.licence}"
-                   f"{'; gated' if m.gated else ''}")
-        click.echo(f"  resolution {m.resolution} px; normalisation: {m.normalisation}; pretraining: {m.pretraining}")
-        click.echo(f"  timm: {m.timm_name}{' ' + str(m.kwargs) if m.kwargs else ''}")
-        for line in m.commands():
-            click.echo(f"  {line}")
-        if m.notes:
-            click.echo(f"  note: {m.notes}")

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from medpeft.errors import UserError
 
+
 def _scores_2d(scores):
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] == 0:

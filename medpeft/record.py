@@ -1,27 +1,47 @@
-"""What a run is (:class:`RunSpec`) and what it left (:class:`RunRecord`): one versioned record per run.
+"""What a run is (:class:`RunSpec`) and what it left (:class:`RunRecord`): one versioned record per run, and the
+files of a run directory (:data:`RUN_FILE`, :data:`WEIGHTS_FILE`, :func:`submission_name`).
 
 A run's record is the single source of everything written about it: the run directory's ``run.json``, its line in
 a bench's ``runs.jsonl`` and what ships between machines are all :meth:`RunRecord.to_dict`. The run's key and its
-directory under a bench are derived from the spec (:attr:`RunSpec.key`, :attr:`RunSpec.run_dir`).
+directory under a bench are derived from the spec (:attr:`RunSpec.key`, :attr:`RunSpec.run_dir`). Reading records
+never imports the training loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from .backbones import DEFAULT_BACKBONE
-from .calibration import METHODS as CALIBRATIONS
+from .calibration import CHOICES as CALIBRATIONS
 from .data import TaskSpec, parse_shots
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .methods import get_method
 from .preprocessing import Preprocessing
-from .train import RunResult, TrainConfig
+from .types import ModelConfig, RunResult, TrainConfig
 
 RECORD_VERSION = 1
+RUN_FILE = "run.json"  #: a run directory's record
+WEIGHTS_FILE = "trainable.safetensors"  #: a run directory's trained tensors
+MODEL_FILE = "model.onnx"  #: the default export of a run, in its directory
+
+
+def submission_name(task: str, shots: int | str) -> str:
+    """The file name of a run's submission CSV: ``<task>_<K>-shot_submission.csv``."""
+    return f"{task}_{shots}-shot_submission.csv"
+
+
+def write_submission(path: str | Path, names: list[str], scores: np.ndarray) -> None:
+    """MedFMC submission: no header, ``name,p_1,...,p_C`` with 8 decimals per probability."""
+    with open(path, "w", newline="\n") as f:
+        for name, row in zip(names, scores):
+            f.write(name + "," + ",".join(f"{p:.8f}" for p in row) + "\n")
 
 
 def method_label(method: str, options: dict[str, Any]) -> str:
@@ -55,9 +75,9 @@ class RunSpec:
     ``label`` names the method in tables (default :func:`method_label`). ``candidate``
     holds the values a validation search set for this run (options and ``train`` fields, already applied);
     ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
-    validation after the epoch is selected (``none`` or ``temperature``: :mod:`medpeft.calibration`). ``mean``/``std``
-    override the normalisation the backbone's weights state (``--mean/--std``; None: theirs). The method, its options
-    and the recipe are checked on construction.
+    validation after the epoch is selected (``none`` or a name of :data:`medpeft.calibration.CALIBRATORS`).
+    ``mean``/``std`` override the normalisation the backbone's weights state (``--mean/--std``; None: theirs). The
+    method, its options and the recipe are checked on construction.
     """
 
     method: str
@@ -85,15 +105,17 @@ class RunSpec:
             self.train = TrainConfig.from_dict(self.train)
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
         if self.val_per_class is not None and self.val_per_class < 1:
-            raise UserError(f"--val-per-class {self.val_per_class} must be at least 1")
+            raise ParameterError("val_per_class", "{val_per_class} {value} must be at least 1",
+                                 value=self.val_per_class)
         if self.calibrate not in CALIBRATIONS:
-            raise UserError(f"--calibrate {self.calibrate!r}: choose from {list(CALIBRATIONS)}")
+            raise ParameterError("calibrate", "{calibrate} {value!r}: choose from {choices}", value=self.calibrate,
+                                 choices=list(CALIBRATIONS))
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
         try:
             Preprocessing().override(self.mean, self.std)
         except UserError as err:
-            raise UserError(f"--mean/--std: {err}") from None
+            raise ParameterError("mean", "{mean}/{std}: {reason}", reason=str(err)) from None
         if not self.label:
             self.label = method_label(self.method, self.options)
 
@@ -156,7 +178,7 @@ class RunRecord:
 
     spec: RunSpec
     task: TaskSpec
-    model: dict[str, Any]
+    model: ModelConfig
     result: RunResult
     versions: dict[str, str]
     worker: dict[str, Any] = field(default_factory=dict)
@@ -174,11 +196,10 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the raw test scores are left out (they are in the run's submission file)."""
-        result = dataclasses.asdict(dataclasses.replace(self.result, test_scores=None))
-        result.pop("test_scores")
         return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
-                "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)}, "model": self.model, "result": result,
-                "versions": self.versions, "worker": self.worker, "split": self.split, "selected": self.selected}
+                "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)},
+                "model": self.model.to_dict(), "result": self.result.to_dict(), "versions": self.versions,
+                "worker": self.worker, "split": self.split, "selected": self.selected}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunRecord:
@@ -189,6 +210,23 @@ class RunRecord:
         task = values["task"]
         return cls(spec=RunSpec.from_dict(values["spec"]),
                    task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
-                   model=values["model"], result=RunResult(**values["result"], test_scores=None),
+                   model=ModelConfig.from_dict(values["model"]), result=RunResult.from_dict(values["result"]),
                    versions=values["versions"], worker=values.get("worker") or {}, split=values.get("split") or {},
                    selected=values.get("selected"))
+
+
+def read_record(run_dir: str | Path) -> RunRecord:
+    """The record of a finished run directory (UserError if it is not one)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a finished medpeft run directory (no {RUN_FILE})")
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not readable JSON ({err})") from None
+    try:
+        return RunRecord.from_dict(values)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} is not a medpeft run record ({type(err).__name__}: {err})") from None

@@ -23,15 +23,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import __version__
 from .errors import UserError
-from .experiment import submission_name
 from .methods import get_method
-from .record import RunRecord, RunSpec
+from .record import RunRecord, RunSpec, submission_name
+from .version import __version__
 
 #: How the store is first reached: one try, 10 seconds at most.
 PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -127,8 +127,23 @@ def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+class GuardedClient:
+    """An MLflow client for one tracker (``client``, made on first use) whose :func:`guarded` methods never stop
+    the work: the first failure warns once, naming ``name`` and saying what is left (``left_as``), and stops the
+    tracker (``stopped``)."""
+
+    def __init__(self, uri: str, name: str, left_as: str):
+        self.uri, self.name, self.left_as, self.stopped = uri, name, left_as, False
+
+    @functools.cached_property
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+
 def guarded(method):
-    """A tracker method that, on its first failure, warns once and stops the tracker (``self.stopped``)."""
+    """A :class:`GuardedClient` method that, on its first failure, warns once and stops the tracker."""
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
@@ -145,22 +160,15 @@ def guarded(method):
     return call
 
 
-class MlflowRun(RunListener):
+class MlflowRun(GuardedClient, RunListener):
     """One medpeft run as one MLflow run, a child of ``target.parent_run_id`` when set (then any earlier MLflow
-    run of the same key under that parent, left by an interrupted attempt, is deleted first)."""
+    run of the same key under that parent, left by an interrupted attempt, is deleted first). Its client is made
+    on first use, inside a guarded call (a worker without mlflow warns and goes on)."""
 
     def __init__(self, target: MlflowTarget):
+        super().__init__(target.uri, "the run", "the run goes on; its files are complete")
         self.target = target
         self.run_id: str | None = None
-        self.name, self.stopped = "the run", False
-        self.left_as = "the run goes on; its files are complete"
-
-    @functools.cached_property
-    def client(self):
-        """Made on first use, inside a guarded call (a worker without mlflow warns and goes on)."""
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.target.uri)
 
     @guarded
     def started(self, spec: RunSpec) -> None:
@@ -180,7 +188,7 @@ class MlflowRun(RunListener):
 
     @guarded
     def finished(self, record: RunRecord, run_dir: Path) -> None:
-        self._log(params={"img_size": record.model.get("img_size")}, metrics=final_metrics(record),
+        self._log(params={"img_size": record.model.img_size}, metrics=final_metrics(record),
                   tags={**{f"medpeft.worker.{k}": v for k, v in record.worker.items()},
                         **({} if record.selected is None else {SELECTED_TAG: str(record.selected).lower()})})
         for name in (*ARTIFACTS, submission_name(record.spec.task, record.spec.shots)):
@@ -260,10 +268,11 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
     result = record.result
     values = {f"test_{k}": v for k, v in (record.test or {}).items()}
     calibration = result.calibration
-    if calibration:
-        values.update({f"test_calibrated_{k}": v for k, v in (calibration.get("test") or {}).items()})
-        values.update({f"calibration_{k}": calibration.get(k) for k in ("temperature", "val_nll_before",
-                                                                        "val_nll_after")})
+    if calibration is not None:
+        values.update({f"test_calibrated_{k}": v for k, v in (calibration.test or {}).items()})
+        values.update(calibration_temperature=calibration.temperature,
+                      calibration_val_nll_before=calibration.val_nll_before,
+                      calibration_val_nll_after=calibration.val_nll_after)
     values.update(selected_epoch=result.selected_epoch, val_best=result.val_best,
                   trainable_params=result.trainable_params, total_params=result.total_params,
                   peak_memory_mb=result.peak_memory_mb, added_memory_mb=result.added_memory_mb,

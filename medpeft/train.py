@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-import random
 import time
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,101 +14,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .calibration import fit_temperature
+from .calibration import CHOICES as CALIBRATIONS
+from .calibration import calibrate_logits
 from .data import DatasetSplits, ResizedImageCache, TaskSpec, train_dataset
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .evaluate import FeatureCache, autocast, evaluate, predict_logits, scores_of
 from .memory import PeakMemory
 from .model import PeftClassifier, count_parameters, trainable_state
-
-
-@dataclass
-class TrainConfig:
-    """The recipe; defaults are the paper's (SGD lr 6e-4, momentum 0.9, wd 1e-4, per-epoch cosine, 20 epochs, batch 4).
-
-    ``select``: ``best`` takes the epoch with the best validation metric (the task's selection metric; the
-    earliest on ties), ``last`` the final epoch. The test set is evaluated once, on the selected weights.
-    Each field's ``help`` is the command line's (``medpeft train --lr ...``).
-    """
-
-    epochs: int = field(default=20, metadata={"help": "Training epochs."})
-    batch_size: int = field(default=4, metadata={"help": "Training batch size."})
-    lr: float = field(default=6e-4, metadata={"help": "Peak learning rate."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay."})
-    optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adamw"), "help": "Optimiser."})
-    schedule: str = field(default="cosine", metadata={"choices": ("cosine", "constant"),
-                                                      "help": "Per-epoch learning-rate schedule."})
-    warmup_epochs: int = field(default=0, metadata={"help": "Linear warm-up epochs before the schedule."})
-    select: str = field(default="best", metadata={"choices": ("best", "last"),
-                                                  "help": "Checkpoint selection on validation."})
-    seed: int = field(default=0, metadata={"help": "Seed of the model's initial values and the data order."})
-    eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
-    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast on GPU."})
-
-    def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value, kind = getattr(self, f.name), hints[f.name]
-            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-            if not ok and not (kind is float and isinstance(value, int) and not isinstance(value, bool)):
-                raise UserError(f"--{f.name.replace('_', '-')} {value!r} should be {kind.__name__}")
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"--{f.name.replace('_', '-')} {getattr(self, f.name)!r}: choose from {list(choices)}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0:
-            raise UserError(f"--lr {self.lr} must be positive")
-        if self.warmup_epochs < 0 or self.num_workers < 0 or self.weight_decay < 0:
-            raise UserError("--warmup-epochs, --num-workers and --weight-decay must not be negative")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """From a mapping of field values, naming unknown fields in a one-line error."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise UserError(f"unknown training option(s) {unknown}; valid: {valid}")
-        return cls(**values)
-
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of ``epoch`` (0-based): linear warm-up, then cosine to 0 over the remaining epochs."""
-        if epoch < self.warmup_epochs:
-            return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
-        if self.schedule == "constant":
-            return self.lr
-        span = self.epochs - self.warmup_epochs
-        return 0.5 * self.lr * (1 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
-
-
-@dataclass
-class RunResult:
-    """What one training run produced: the validation curve, the selected epoch and its validation score, the test
-    metrics and scores of the selected weights, and the run's cost: ``time_s`` splits its wall time into
-    ``train`` (the training steps), ``val`` (validation every epoch) and ``test``; ``peak_memory_mb`` is the
-    peak during the run (on CPU the whole process's resident size) and ``added_memory_mb`` that peak minus the
-    level at the run's start. ``diverged_epoch``: the epoch after which the training loss, a trainable weight or a
-    validation logit was not finite (training stopped there; no epoch is selected and the test set is not scored).
-    ``calibration``: the post-hoc calibration fitted on validation, with the test metrics after it (``test_metrics`` stay the uncalibrated ones); ``test_scores`` are
-    then the calibrated probabilities."""
-
-    history: list[dict[str, Any]]
-    selected_epoch: int
-    val_best: float | None
-    test_metrics: dict[str, float] | None
-    test_scores: np.ndarray | None
-    trainable_params: int
-    total_params: int
-    time_s: dict[str, float]
-    peak_memory_mb: float | None
-    device: str
-    added_memory_mb: float | None = None
-    diverged_epoch: int | None = None
-    calibration: dict[str, Any] | None = None
+from .seeding import seeded
+from .types import RunResult, TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,13 +31,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise UserError(f"--device {name!r}: {err}") from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+        raise ParameterError("device", "{device} {value!r}: {err}", value=name, err=str(err)) from None
 
 
 def loss_fn(task: TaskSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -159,8 +64,10 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     (:meth:`~medpeft.methods.Method.init_from_data`). Without a val split (``data.val`` None) nothing is
     validated and ``select`` must be ``last``. ``cache`` decodes evaluation images once; ``features`` keeps the
     output of the model's frozen prefix for the evaluation lists (:mod:`medpeft.evaluate`). A training loss, trainable
-    weight or validation logit that is not finite stops training (``diverged_epoch``). ``calibrate="temperature"``
-    fits a temperature on the selected epoch's validation logits (:mod:`medpeft.calibration`) and scores the test set with it too.
+    weight or validation logit that is not finite stops training (``diverged_epoch``). ``calibrate`` names a
+    post-hoc step of :data:`medpeft.calibration.CALIBRATORS` (or ``none``), fitted on the selected epoch's
+    validation logits and applied to the test logits too. Torch's global random state is seeded with
+    ``config.seed`` for the run and restored after it.
     After each epoch ``log`` gets its line and ``on_epoch`` its history row (e.g. for :mod:`medpeft.tracking`).
     """
     config = config or TrainConfig()
@@ -169,13 +76,26 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
         raise UserError(f"task {task.name!r}: the train and val splits must not be empty")
     if data.val is None and config.select != "last":
         raise UserError(f"task {task.name!r}: without a val split the checkpoint must be the last one (select=last)")
+    if calibrate not in CALIBRATIONS:
+        raise ParameterError("calibrate", "{calibrate} {value!r}: choose from {choices}", value=calibrate,
+                             choices=list(CALIBRATIONS))
     if data.val is None and calibrate != "none":
-        raise UserError(f"task {task.name!r}: --calibrate {calibrate} needs a val split to fit on")
-    if model.config["num_classes"] != task.num_classes:
-        raise UserError(f"the model has {model.config['num_classes']} outputs, task {task.name!r} {task.num_classes} classes")
+        raise ParameterError("calibrate", "task {task!r}: {calibrate} {value} needs a val split to fit on",
+                             task=task.name, value=calibrate)
+    if model.config.num_classes != task.num_classes:
+        raise UserError(f"the model has {model.config.num_classes} outputs, task {task.name!r} {task.num_classes} "
+                        "classes")
     device = resolve_device(config.device)
-    img_size = model.config["img_size"]
-    seed_everything(config.seed)
+    with seeded(config.seed, device):
+        return _fit(model, data, config, device, cache=cache, features=features, calibrate=calibrate,
+                    progress=progress, log=log, on_epoch=on_epoch)
+
+
+def _fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig, device: torch.device, *,
+         cache: ResizedImageCache | None, features: FeatureCache | None, calibrate: str, progress: bool,
+         log: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None]) -> RunResult:
+    task = data.task
+    img_size = model.config.img_size
     model.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     loader = DataLoader(train_dataset(data.train, img_size, task=task, mean=model.preprocessing.mean,
@@ -187,7 +107,7 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     step = _Step(model, optimizer, loss_fn(task), device, config.bf16 and device.type == "cuda")
     history, best, clock, diverged = [], _Best(task.selection_metric, config.select), _Clock(), None
     with PeakMemory(device) as memory:
-        for epoch in tqdm(range(config.epochs), desc=f"{model.config['method']} {task.name}", leave=False,
+        for epoch in tqdm(range(config.epochs), desc=f"{model.config.method} {task.name}", leave=False,
                           disable=not progress or None):
             lr = config.lr_at(epoch)
             with clock("train"):
@@ -212,19 +132,17 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
         test_scores = test_metrics = calibration = None
         if diverged is None:
             model.load_state_dict(best.state, strict=False)
-            if calibrate == "temperature":
-                fitted = fit_temperature(best.logits, data.val.labels, task.multilabel)
-                calibration = {"method": "temperature", **dataclasses.asdict(fitted)}
+            if data.val is not None:
+                calibration = calibrate_logits(calibrate, best.logits, data.val.labels, task.multilabel)
             if data.test is not None:
                 with clock("test"):
                     logits = predict_logits(model, data.test, task, **evaluation)
-                test_scores = scores_of(logits, task)
-                if calibration is not None:
-                    test_scores = scores_of(logits / calibration["temperature"], task)
+                raw = scores_of(logits, task)
+                test_scores = raw if calibration is None else scores_of(calibration.apply(logits), task)
                 if data.test.labels is not None:
-                    test_metrics = evaluate(scores_of(logits, task), data.test, task)
+                    test_metrics = evaluate(raw, data.test, task)
                     if calibration is not None:
-                        calibration["test"] = evaluate(test_scores, data.test, task)
+                        calibration.test = evaluate(test_scores, data.test, task)
     trainable, total_params = count_parameters(model)
     return RunResult(history, None if diverged else best.epoch,
                      best.score if data.val is not None and diverged is None else None, test_metrics, test_scores,

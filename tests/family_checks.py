@@ -39,9 +39,9 @@ def assert_trains_saves_and_loads(model, tmp_path, shape, **rebuild):
     two_sgd_steps(model, torch.randn(*shape, dtype=torch.double))
     for name, p in model.named_parameters():
         if name in trainable:
-            assert not torch.equal(p, before[name]), f"{model.config['method']}: trainable {name} never moved"
+            assert not torch.equal(p, before[name]), f"{model.config.method}: trainable {name} never moved"
         else:
-            assert torch.equal(p, before[name]), f"{model.config['method']}: frozen {name} moved"
+            assert torch.equal(p, before[name]), f"{model.config.method}: frozen {name} moved"
     model.float().eval()
     save_trainable(model, tmp_path / "m.safetensors")
     loaded = load_trainable(tmp_path / "m.safetensors", **rebuild).eval()

@@ -11,10 +11,20 @@ from click.testing import CliRunner
 from PIL import Image
 
 from medpeft import UserError, build_model
-from medpeft.analysis import (analyze, class_statistics, command, extract_features, inter_class_scatter,
-                              intra_class_scatter, linear_separability, per_class, scatter_ratio, token_maps)
+from medpeft.analysis import (
+    analyze,
+    class_statistics,
+    extract_features,
+    inter_class_scatter,
+    intra_class_scatter,
+    linear_separability,
+    per_class,
+    scatter_ratio,
+    token_maps,
+)
 from medpeft.analysis.runs import WithoutWeights
 from medpeft.bench import BenchConfig, run_bench
+from medpeft.cli.analyze import command
 from medpeft.data import Samples, get_task, make_demo_data
 
 

@@ -8,13 +8,14 @@ import pytest
 
 import medpeft.bench.runner as runner
 import medpeft.bench.worker as worker
+import medpeft.experiment as experiment
 from medpeft import UserError
 from medpeft.bench import BenchConfig, read_index, run_bench
 from medpeft.bench.config import read_config
 from medpeft.data import get_task
 from medpeft.files import write_json
 from medpeft.record import RunRecord
-from medpeft.train import RunResult
+from medpeft.types import ModelConfig, RunResult
 
 
 def fake_record(spec, val_best=0.5):
@@ -24,7 +25,8 @@ def fake_record(spec, val_best=0.5):
                                                                                         "AUC": rng.uniform()}
     result = RunResult([{"epoch": 1, "lr": 0.1, "train_loss": 1.0}], 1, val_best, test, None,
                        100 + len(spec.method), 1000, {"train": 1.0, "val": 0.5, "test": 0.5}, 10.0 + spec.exp, "cpu")
-    return RunRecord(spec, get_task(spec.task), {"img_size": 32}, result, {"medpeft": "test"})
+    return RunRecord(spec, get_task(spec.task), ModelConfig(spec.method, {}, "vit_tiny_patch16_224", 2, 32), result,
+                     {"medpeft": "test"})
 
 
 caches = []  # the cache each fake run received
@@ -46,7 +48,7 @@ def fake_runs(monkeypatch):
     calls = []
     caches.clear()
     worker._CACHES.clear()
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment(calls))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment(calls))
     monkeypatch.setattr(runner, "preflight", lambda specs: None)
     return calls
 
@@ -88,13 +90,13 @@ def test_interrupted_bench_keeps_finished_runs(tmp_path, monkeypatch, fake_runs)
             raise KeyboardInterrupt
         return run(spec, run_dir, **kwargs)
 
-    monkeypatch.setattr(worker, "run_experiment", crash_on_fourth)
+    monkeypatch.setattr(experiment, "run_experiment", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         run_bench(config(), tmp_path, progress=False)
     assert len(read_index(tmp_path)) == 3
     with open(tmp_path / "runs.jsonl", "a") as f:  # a crash in the middle of a write leaves half a line
         f.write('{"key": "half')
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment([]))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment([]))
     run_bench(config(), tmp_path, progress=False)
     runs = read_index(tmp_path)
     assert len(runs) == 2 * 3 * 3 * 3 and len({r.key for r in runs}) == len(runs)
@@ -170,7 +172,7 @@ def searched(**kw):
 
 
 def test_search_selects_the_best_validation_candidate_per_cell(tmp_path, monkeypatch, fake_runs):
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment(fake_runs, val_by_lr))
     run_bench(searched(), tmp_path, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 3 + 2  # every candidate is an ordinary run in runs.jsonl
@@ -186,7 +188,7 @@ def test_search_selects_the_best_validation_candidate_per_cell(tmp_path, monkeyp
 
 
 def test_ties_go_to_the_first_candidate_in_grid_order(tmp_path, monkeypatch, fake_runs):
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment(fake_runs, val_by_lr))
     grid = config(methods=[{"method": "ept", "search": {"lr": [0.1, 0.001]}}], tasks=["chest"], shots=[1], exps=[1])
     run_bench(grid, tmp_path, progress=False)
     (selected,) = [r for r in read_index(tmp_path) if r.selected]
@@ -194,7 +196,7 @@ def test_ties_go_to_the_first_candidate_in_grid_order(tmp_path, monkeypatch, fak
 
 
 def test_a_grown_grid_trains_only_new_candidates_and_reselects(tmp_path, monkeypatch, fake_runs):
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment(fake_runs, val_by_lr))
     run_bench(searched(), tmp_path, progress=False)
     fake_runs.clear()
     grown = config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1, 1.0]}}, "linear"],
@@ -215,19 +217,19 @@ def test_an_interrupted_search_loses_no_candidate(tmp_path, monkeypatch, fake_ru
             raise KeyboardInterrupt
         return run(spec, run_dir, **kwargs)
 
-    monkeypatch.setattr(worker, "run_experiment", crash_on_third)
+    monkeypatch.setattr(experiment, "run_experiment", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_bench(searched(), tmp_path, progress=False)
     assert read_index(tmp_path) == []  # no cell is complete yet: nothing is reported
     assert len(list((tmp_path / "runs").glob("**/run.json"))) == 2
     fake_runs.clear()
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment(fake_runs, val_by_lr))
     run_bench(searched(), tmp_path, progress=False)
     assert len(fake_runs) == 8 - 2 and len(read_index(tmp_path)) == 8
 
 
 def test_refit_reruns_the_chosen_candidate_on_train_and_val(tmp_path, monkeypatch, fake_runs):
-    monkeypatch.setattr(worker, "run_experiment", fake_experiment(fake_runs, val_by_lr))
+    monkeypatch.setattr(experiment, "run_experiment", fake_experiment(fake_runs, val_by_lr))
     run_bench(searched(refit=True), tmp_path, progress=False)
     records = read_index(tmp_path)
     refits = [r for r in records if r.spec.refit]
@@ -246,7 +248,7 @@ def test_failed_candidates_are_reported_and_the_rest_goes_on(tmp_path, monkeypat
             raise UserError("training diverged at epoch 1 (loss nan): lower --lr")
         return run(spec, run_dir, **kwargs)
 
-    monkeypatch.setattr(worker, "run_experiment", diverge_at_high_lr)
+    monkeypatch.setattr(experiment, "run_experiment", diverge_at_high_lr)
     with pytest.raises(UserError, match="2 run\\(s\\) failed.*diverged"):
         run_bench(searched(), tmp_path, progress=False)
     chosen = [r for r in read_index(tmp_path) if r.selected and r.spec.label == "ept"]
@@ -332,7 +334,7 @@ def test_files_are_strict_json_and_old_nan_files_still_read(tmp_path, monkeypatc
         write_json(run_dir / "run.json", record.to_dict())
         return record
 
-    monkeypatch.setattr(worker, "run_experiment", nan_auc)
+    monkeypatch.setattr(experiment, "run_experiment", nan_auc)
     run_bench(config(tasks=["chest"], shots=[1], exps=[1]), tmp_path, progress=False)
     run_json = next((tmp_path / "runs").glob("**/run.json")).read_text()
     record = _strict(run_json)
@@ -428,7 +430,7 @@ def test_ties_on_the_selection_metric_go_to_the_higher_validation_auc(tmp_path, 
         write_json(run_dir / "run.json", record.to_dict())
         return record
 
-    monkeypatch.setattr(worker, "run_experiment", run)
+    monkeypatch.setattr(experiment, "run_experiment", run)
     run_bench(config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}], tasks=["colon"], shots=[1],
                      exps=[1]), tmp_path, progress=False)
     (selected,) = [r for r in read_index(tmp_path) if r.selected]

@@ -8,11 +8,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from medpeft.data import br35h, load_dataset
-
-from helpers import run_cli
 
 try:
     ROOT = br35h.locate()

@@ -117,7 +117,7 @@ def test_a_calibrated_run_records_both_and_submits_the_calibrated_probabilities(
 
 
 def get_label(root, task, name):
-    from medpeft.data import read_annotations, get_task
+    from medpeft.data import get_task, read_annotations
 
     labels = dict(read_annotations(root / task / "test_WithLabel.txt", get_task(task)))
     return labels[name]

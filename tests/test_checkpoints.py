@@ -5,11 +5,11 @@ import os
 import pytest
 import timm
 import torch
+from reference import save_google_npz
 from safetensors.torch import save_file
 
 import medpeft
 from medpeft import UserError, build_model, load_trainable, save_trainable
-from reference import save_google_npz
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from medpeft.data import read_names
-
-from helpers import run_cli
 
 OFFICIAL = Path(__file__).parent / "data"
 TINY = ["--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",

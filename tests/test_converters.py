@@ -42,7 +42,8 @@ HF_CASES = {
     "dinov2": lambda t: t.Dinov2Model(t.Dinov2Config(**SMALL, image_size=28, patch_size=14, layerscale_value=0.5)),
     "dinov2-registers": lambda t: t.Dinov2WithRegistersModel(
         t.Dinov2WithRegistersConfig(**SMALL, image_size=28, patch_size=14, num_register_tokens=4)),
-    "dinov2-swiglu": lambda t: t.Dinov2Model(t.Dinov2Config(**SMALL, image_size=28, patch_size=14, use_swiglu_ffn=True)),
+    "dinov2-swiglu": lambda t: t.Dinov2Model(t.Dinov2Config(**SMALL, image_size=28, patch_size=14,
+                                                            use_swiglu_ffn=True)),
     "vit": lambda t: t.ViTModel(t.ViTConfig(**SMALL, intermediate_size=128, image_size=32, patch_size=16),
                                 add_pooling_layer=False),
     "clip": lambda t: t.CLIPVisionModel(t.CLIPVisionConfig(**SMALL, intermediate_size=128, image_size=32,
@@ -129,7 +130,8 @@ def _naive_mae_features(state, x, heads, patch):
     for i in range(depth):
         b = f"blocks.{i}"
         B, N, D = tokens.shape
-        q, k, v = lin(ln(tokens, f"{b}.norm1"), f"{b}.attn.qkv").reshape(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
+        qkv = lin(ln(tokens, f"{b}.norm1"), f"{b}.attn.qkv").reshape(B, N, 3, heads, D // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-1, -2) / (D // heads) ** 0.5).softmax(-1)
         tokens = tokens + lin((attn @ v).transpose(1, 2).reshape(B, N, D), f"{b}.attn.proj")
         tokens = tokens + lin(F.gelu(lin(ln(tokens, f"{b}.norm2"), f"{b}.mlp.fc1")), f"{b}.mlp.fc2")
@@ -183,7 +185,8 @@ def test_dinov2_original_layout_gives_the_reference_features(tmp_path):
     torch.manual_seed(0)
     reference = _perturbed(HF_CASES["dinov2-registers"](transformers))
     reference.save_pretrained(tmp_path / "hf")
-    torch.save(_dinov2_original(load_file(tmp_path / "hf" / "model.safetensors"), 2), tmp_path / "dinov2_vits14_reg.pth")
+    original = _dinov2_original(load_file(tmp_path / "hf" / "model.safetensors"), 2)
+    torch.save(original, tmp_path / "dinov2_vits14_reg.pth")
     x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = reference(pixel_values=x).pooler_output
@@ -210,8 +213,8 @@ def test_preprocessing_comes_from_the_checkpoint(tmp_path):
     reference.save_pretrained(tmp_path)
     _, without = build_backbone(AUTO, weights=tmp_path)  # no processor config: the timm CLIP tag's statistics
     assert without.mean == pytest.approx(OPENAI_CLIP_MEAN) and "pretrained_cfg" in without.source
-    transformers.ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6], size={"height": 32, "width": 32},
-                                   resample=2).save_pretrained(tmp_path)
+    transformers.ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6],
+                                   size={"height": 32, "width": 32}, resample=2).save_pretrained(tmp_path)
     _, stated = build_backbone(AUTO, weights=tmp_path)
     assert stated.mean == (0.1, 0.2, 0.3) and stated.std == (0.4, 0.5, 0.6)
     assert stated.interpolation == "bilinear" and stated.source.endswith("preprocessor_config.json")
@@ -239,15 +242,16 @@ def test_timm_hub_folder_gives_the_reference_features(tmp_path):
 
 
 def test_the_feature_cache_key_holds_the_normalisation():
-    from medpeft import build_model
-    from medpeft.data import Samples, TASKS  # noqa: F401
-    from medpeft.evaluate import FeatureCache
-
     import numpy as np
+
+    from medpeft import build_model
+    from medpeft.data import TASKS, Samples  # noqa: F401
+    from medpeft.evaluate import FeatureCache
 
     samples = Samples(["a"], [np.zeros((8, 8, 3), np.uint8)], np.array([0]))
     keys = set()
     for mean in (None, [0.5, 0.5, 0.5]):
         model = build_model("linear", "test_vit", 2, pretrained=False, img_size=32, seed=0, mean=mean)
-        keys.add(FeatureCache().key(model, 7, samples, img_size=32, batch_size=4, device=torch.device("cpu"), bf16=False))
+        keys.add(FeatureCache().key(model, 7, samples, img_size=32, batch_size=4, device=torch.device("cpu"),
+                                    bf16=False))
     assert len(keys) == 2

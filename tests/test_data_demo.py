@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medpeft.data import TASKS, read_image, load_medfmc, make_demo_data, read_annotations, read_names
+from medpeft.data import TASKS, load_medfmc, make_demo_data, read_annotations, read_image, read_names
 from medpeft.errors import UserError
 
 

@@ -8,8 +8,19 @@ import torch
 from PIL import Image
 
 import medpeft.data.cache as cache_module
-from medpeft.data import (IMAGENET_MEAN, IMAGENET_STD, ImageDataset, ResizedImageCache, Samples, TASKS,
-                          eval_dataset, eval_transform, read_image, train_dataset, train_transform)
+from medpeft.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TASKS,
+    ImageDataset,
+    ResizedImageCache,
+    Samples,
+    eval_dataset,
+    eval_transform,
+    read_image,
+    train_dataset,
+    train_transform,
+)
 from medpeft.errors import UserError
 
 
@@ -135,7 +146,7 @@ def test_memory_caches_are_bounded_least_recently_used_first():
     assert cache.get(huge, 64).shape == (64, 64, 3)  # larger than the whole budget: returned, not kept
     features = FeatureCache(memory_mb=2 * 400 / 2**20)
     for i in range(4):
-        assert features.get(str(i), lambda: np.full(100, i, np.float32))[0] == i
+        assert features.get(str(i), lambda i=i: np.full(100, i, np.float32))[0] == i
     assert len(features._memory) == 2
 
 

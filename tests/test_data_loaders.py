@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medpeft.data import (check_images, load_csv, load_folder, read_image, load_isic, load_medfmc, load_medmnist,
-                          read_isic_csv)
+from medpeft.data import (
+    check_images,
+    load_csv,
+    load_folder,
+    load_isic,
+    load_medfmc,
+    load_medmnist,
+    read_image,
+    read_isic_csv,
+)
 from medpeft.errors import UserError
 
 MEDFMC = Path(__file__).parent / "data"

@@ -7,8 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medpeft.data import (TaskSpec, medfmc_few_shot, per_class_few_shot, read_annotations, split_path,
-                          write_medfmc_splits)
+from medpeft.data import (
+    TaskSpec,
+    medfmc_few_shot,
+    per_class_few_shot,
+    read_annotations,
+    split_path,
+    write_medfmc_splits,
+)
 from medpeft.errors import UserError
 
 MEDFMC = Path(__file__).parent / "data"

@@ -12,10 +12,10 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGLSLossless
+from test_cli import TINY, run_cli
 
 from medpeft.data import check_image, is_image_file, load_csv, load_folder, read_image
 from medpeft.errors import UserError
-from test_cli import TINY, run_cli
 
 FILES = os.path.join(os.path.dirname(pydicom.data.__file__), "test_files")
 MR = os.path.join(FILES, "MR_small.dcm")

@@ -6,11 +6,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from reference import naive_ept_features, naive_vpt_features
+from test_methods import expected_trainable
 
 import medpeft
 from medpeft import build_model, count_parameters
-from reference import naive_ept_features, naive_vpt_features
-from test_methods import expected_trainable
 
 C = 3
 DINOV2 = {"vit_small_patch14_dinov2": 0, "vit_small_patch14_reg4_dinov2": 4}  # name: register tokens

@@ -5,11 +5,18 @@ import copy
 import pytest
 import timm
 import torch
+from reference import naive_ept_features
 
 from medpeft import build_model
-from medpeft.methods.ept.kernels import (_CPU_FLASH, _CUDA_EFFICIENT, _CUDA_FLASH, _extra_channel_attention, _lse_kernel,
-                               _ScaledFusedAttention, null_key_attention)
-from reference import naive_ept_features
+from medpeft.methods.ept.kernels import (
+    _CPU_FLASH,
+    _CUDA_EFFICIENT,
+    _CUDA_FLASH,
+    _extra_channel_attention,
+    _lse_kernel,
+    _ScaledFusedAttention,
+    null_key_attention,
+)
 
 
 def prompts_of(model):

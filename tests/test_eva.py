@@ -6,14 +6,19 @@ import copy
 import pytest
 import timm
 import torch
+from family_checks import (
+    TRAINED,
+    C,
+    assert_checkpointing_changes_nothing,
+    assert_trains_saves_and_loads,
+    train_end_to_end,
+)
+from reference import naive_ept_eva_features, naive_vpt_eva_features
+from test_methods import width
 
-from family_checks import (C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads,
-                           train_end_to_end)
 from medpeft import build_model, count_parameters
 from medpeft.evaluate import forward_prefix, forward_suffix
 from medpeft.methods.hf_peft import PEFT_TUNERS
-from reference import naive_ept_eva_features, naive_vpt_eva_features
-from test_methods import width
 
 EVA = "eva02_tiny_patch14_224"
 

@@ -76,8 +76,8 @@ def test_on_disk_entries_are_shared(tmp_path):
 @pytest.mark.parametrize("method", ["linear", "partial"])
 def test_runs_give_identical_records_with_and_without_the_cache(tmp_path, method):
     make_demo_data(tmp_path / "data")
-    spec = RunSpec(method=method, task="endo", data_root=str(tmp_path / "data"), shots=5, backbone="vit_tiny_patch16_224",
-                   pretrained=False, img_size=32, train={"epochs": 3, "lr": 0.05})
+    spec = RunSpec(method=method, task="endo", data_root=str(tmp_path / "data"), shots=5,
+                   backbone="vit_tiny_patch16_224", pretrained=False, img_size=32, train={"epochs": 3, "lr": 0.05})
     plain = run_experiment(spec, tmp_path / "plain", progress=False)
     cached = run_experiment(spec, tmp_path / "cached", progress=False, features=FeatureCache())
     assert plain.result.history == cached.result.history and plain.test == cached.test

@@ -10,21 +10,19 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import run_cli
 from PIL import Image
+from reference import naive_ept_features
 from torch import nn
 
 from medpeft import build_model, methods
-from medpeft.methods import registry
 from medpeft.data import make_demo_data, read_names
 from medpeft.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from medpeft.experiment import load_run, run_experiment
-from medpeft.methods import Method
+from medpeft.methods import Method, registry
 from medpeft.methods.ept import kernels
 from medpeft.model import save_trainable, saved_names
 from medpeft.record import RunSpec
-
-from helpers import run_cli
-from reference import naive_ept_features
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")

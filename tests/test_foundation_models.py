@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from helpers import run_cli
 from PIL import Image
 
 from medpeft import build_model
@@ -16,8 +17,6 @@ from medpeft.data import make_demo_data, read_names
 from medpeft.errors import UserError
 from medpeft.foundation_models import MODELS, get_foundation_model
 from medpeft.preprocessing import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-
-from helpers import run_cli
 
 transformers = pytest.importorskip("transformers", reason="the test extra (transformers) is not installed")
 
@@ -56,7 +55,8 @@ def test_facts_of_the_registry_entries():
     uni2 = get_foundation_model("uni2-h")
     with torch.device("meta"):
         model = timm.create_model(uni2.timm_name, pretrained=False, num_classes=0, **uni2.timm_kwargs())
-    assert (model.embed_dim, len(model.blocks), model.num_reg_tokens, model.patch_embed.patch_size[0]) == (1536, 24, 8, 14)
+    shape = (model.embed_dim, len(model.blocks), model.num_reg_tokens, model.patch_embed.patch_size[0])
+    assert shape == (1536, 24, 8, 14)
     assert type(model.blocks[0].mlp).__name__ == "GluMlp"
     assert get_foundation_model("rad-dino").resolution == 518 and get_foundation_model("vit_base_patch16_224") is None
 
@@ -81,7 +81,8 @@ def clip_checkpoint(tmp_path_factory):
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
     model.save_pretrained(folder)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -111,8 +112,8 @@ def test_a_clip_checkpoint_run_trains_predicts_and_exports_with_clip_statistics(
     from medpeft.experiment import load_run
 
     model, _ = load_run(run)
-    pixels = np.stack([np.asarray(Image.open(root / "endo" / "images" / n).convert("RGB").resize((32, 32), Image.BICUBIC),
-                                  dtype=np.float32) / 255 for n in read_names(listed)])
+    images = [Image.open(root / "endo" / "images" / n).convert("RGB") for n in read_names(listed)]
+    pixels = np.stack([np.asarray(im.resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255 for im in images])
 
     def probabilities(mean, std):
         batch = torch.from_numpy(((pixels - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))

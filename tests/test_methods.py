@@ -15,7 +15,8 @@ C = 5
 
 def block_params(D, layer_scale=False):
     """norm1, qkv, proj, norm2, fc1 (4D), fc2 of one pre-norm ViT block, and its two LayerScale γ (DINOv2)."""
-    return 2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D) + 2 * D * layer_scale
+    return (2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D)
+            + 2 * D * layer_scale)
 
 
 def width(o, D):
@@ -35,7 +36,8 @@ def expected_trainable(method, D, depth=12, N=197, S=224, layer_scale=False, cla
         "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
         "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
         "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
-        "vp": lambda: 2 * 3 * o.get("prompt_size", 30) * S + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get("prompt_size", 30),
+        "vp": lambda: (2 * 3 * o.get("prompt_size", 30) * S
+                       + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get("prompt_size", 30)),
         "vpt": lambda: (depth if o.get("deep", True) else 1) * o.get("prompt_length", 10) * D,
         "ept": lambda: len(o.get("layers") or range(depth)) * N * o.get("prompt_length", 100),
         "ssf": lambda: depth * 2 * (D + D + 3 * D + D + 4 * D + D) + 2 * D + 2 * D,
@@ -46,7 +48,8 @@ def expected_trainable(method, D, depth=12, N=197, S=224, layer_scale=False, cla
 
 CASES = [
     ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("mlp", {"k": 2}), ("bitfit", {}),
-    ("lora", {}), ("lora", {"r": 4}), ("adapter", {}), ("adapter", {"bottleneck": 8}), ("adapter", {"reduction": 8}), ("vp", {}),
+    ("lora", {}), ("lora", {"r": 4}), ("adapter", {}), ("adapter", {"bottleneck": 8}), ("adapter", {"reduction": 8}),
+    ("vp", {}),
     ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"prompt_length": 50, "deep": False}), ("ept", {}),
     ("ept", {"prompt_length": 20, "layers": [0]}), ("ept", {"layers": [11, 10, 9]}), ("ssf", {}),
     ("peft:lora", {}), ("peft:ia3", {}),

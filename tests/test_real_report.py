@@ -32,9 +32,9 @@ def _selected_by_hand(path: Path) -> dict[tuple, dict]:
     for cell, runs in cells.items():
         scored = [r for r in runs if r["result"]["val_best"] is not None and math.isfinite(r["result"]["val_best"])]
         if scored:
-            chosen[cell] = max(scored, key=lambda r: (r["result"]["val_best"],
-                                                      r["result"]["history"][r["result"]["selected_epoch"] - 1]["val_AUC"],
-                                                      -r["spec"]["train"]["lr"]))
+            chosen[cell] = max(scored, key=lambda r: (
+                r["result"]["val_best"], r["result"]["history"][r["result"]["selected_epoch"] - 1]["val_AUC"],
+                -r["spec"]["train"]["lr"]))
     return chosen
 
 

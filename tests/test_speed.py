@@ -10,7 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from medpeft import UserError, build_model, count_parameters
-from medpeft.speed import build_entry, build_floor, command, markdown, run_speed
+from medpeft.cli.speed import command
+from medpeft.speed import build_entry, build_floor, markdown, run_speed
 from medpeft.speed.__main__ import main as _main
 
 TINY = dict(backbone="vit_tiny_patch16_224", img_size=64, batch=2, memory_batch=2, steps=1, warmup=0, max_rounds=1,

@@ -8,15 +8,20 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from family_checks import (
+    TRAINED,
+    C,
+    assert_checkpointing_changes_nothing,
+    assert_trains_saves_and_loads,
+    train_end_to_end,
+)
+from reference import naive_ept_swin_features, naive_vpt_swin_features
+from test_methods import width
 
 import medpeft
-from family_checks import (C, TRAINED, assert_checkpointing_changes_nothing, assert_trains_saves_and_loads,
-                           train_end_to_end)
 from medpeft import build_model, count_parameters
 from medpeft.evaluate import forward_prefix, forward_suffix
 from medpeft.methods.hf_peft import PEFT_TUNERS
-from reference import naive_ept_swin_features, naive_vpt_swin_features
-from test_methods import width
 
 SWIN = "swin_tiny_patch4_window7_224"
 
@@ -246,7 +251,7 @@ def test_medpeft_train_runs_end_to_end(tmp_path, capsys):
 def test_medpeft_speed_takes_a_swin(tmp_path):
     """``medpeft speed --backbone swin_tiny_patch4_window7_224``: the floor (one (96,) shift at the first block's
     input), EPT and its naive reference, and every number reported."""
-    from medpeft.speed import command
+    from medpeft.cli.speed import command
 
     result = CliRunner().invoke(command, [
         "--methods", "naive-ept,ept", "--backbone", SWIN, "--img-size", "32", "--steps", "1", "--warmup", "0",

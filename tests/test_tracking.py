@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli
 
 import medpeft
 from medpeft.bench import BenchConfig, read_index
@@ -21,9 +22,7 @@ from medpeft.data import get_task, make_demo_data
 from medpeft.experiment import read_record, run_experiment
 from medpeft.record import RunRecord, RunSpec
 from medpeft.tracking import final_metrics
-from medpeft.train import RunResult
-
-from helpers import run_cli
+from medpeft.types import Calibration, ModelConfig, RunResult
 
 pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
 from mlflow import MlflowClient  # noqa: E402
@@ -197,14 +196,14 @@ def test_an_unreachable_server_is_one_line_before_any_training(demo_root, tmp_pa
 def test_calibrated_test_metrics_are_logged_beside_the_raw_ones():
     result = RunResult([], 2, 0.7, {"accuracy": 0.6, "ECE": 0.2}, None, 10, 100,
                        {"train": 1.5, "val": 2.0, "test": 0.5}, None, "cpu")
-    record = RunRecord(RunSpec(method="linear", task="colon", data_root="/data", shots=1), get_task("colon"), {},
+    record = RunRecord(RunSpec(method="linear", task="colon", data_root="/data", shots=1), get_task("colon"),
+                       ModelConfig("linear", {}, "vit_tiny_patch16_224", 2, 32),
                        result, {})
     plain = {"test_accuracy": 0.6, "test_ECE": 0.2, "selected_epoch": 2, "val_best": 0.7, "trainable_params": 10,
              "total_params": 100, "peak_memory_mb": None, "added_memory_mb": None, "diverged_epoch": None,
              "time_train_s": 1.5, "time_val_s": 2.0, "time_test_s": 0.5}
     assert final_metrics(record) == plain
-    result.calibration = {"method": "temperature", "temperature": 1.7, "val_nll_before": 0.9, "val_nll_after": 0.6,
-                          "test": {"accuracy": 0.6, "ECE": 0.05}}
+    result.calibration = Calibration("temperature", 1.7, 0.9, 0.6, test={"accuracy": 0.6, "ECE": 0.05})
     assert final_metrics(record) == {**plain, "test_calibrated_accuracy": 0.6, "test_calibrated_ECE": 0.05,
                                      "calibration_temperature": 1.7, "calibration_val_nll_before": 0.9,
                                      "calibration_val_nll_after": 0.6}

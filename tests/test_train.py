@@ -9,10 +9,11 @@ import torch
 
 from medpeft import UserError, metrics
 from medpeft.data import get_task, load_dataset, make_demo_data
+from medpeft.evaluate import predict
 from medpeft.experiment import load_run, read_record, run_experiment
 from medpeft.record import RunRecord, RunSpec
-from medpeft.evaluate import predict
-from medpeft.train import TrainConfig, loss_fn
+from medpeft.train import loss_fn
+from medpeft.types import TrainConfig
 
 
 def test_cosine_schedule_matches_the_paper():
@@ -120,7 +121,8 @@ def test_refit_trains_on_train_and_val_without_validation(demo_root, tmp_path):
     assert all(set(h) == {"epoch", "lr", "train_loss"} for h in record.result.history)
     data = load_dataset("endo", str(demo_root), 5, 1)
     merged = data.with_val_in_train()
-    assert merged.val is None and len(merged.train) == len(data.train) + len(set(data.val.names) - set(data.train.names))
+    added = len(set(data.val.names) - set(data.train.names))
+    assert merged.val is None and len(merged.train) == len(data.train) + added
 
 
 def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp_path, capsys):

@@ -55,7 +55,7 @@ def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
     for records, prefix in ((study, ""), (read_index(folder / "control"), "control: ")):
         for r in selected(records):
             if r.test:
-                cal = (r.result.calibration or {}).get("test") or {}
+                cal = (r.result.calibration.test if r.result.calibration else None) or {}
                 rows.setdefault(prefix + r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
                     **r.test, "ECE_cal": cal.get("ECE", np.nan), "lr": r.spec.train.lr}
     for line in read_json_lines(folder / "floors" / "floors.jsonl"):

@@ -8,19 +8,25 @@ This package measures that on any run:
   :func:`scatter_ratio`, :func:`linear_separability`, :func:`class_statistics`;
 - what a model gives (:mod:`.extract`): :func:`extract_features`, :func:`token_maps` (the method's per-token maps,
   such as EPT's patch-wise scaling);
-- :func:`analyze` / ``medpeft analyze`` (:mod:`.command`): which runs (:mod:`.runs`), their numbers
+- :func:`analyze` / ``medpeft analyze`` (:mod:`.analyze`): which runs (:mod:`.runs`), their numbers
   (:mod:`.measure`), figures (:mod:`.plots`, drawn by :mod:`.figures`) and the report (:mod:`.report`).
 """
 
-from .command import analyze, command
+from .analyze import analyze
 from .extract import extract_features, forward_pass, token_maps
 from .report import report_markdown
 from .runs import RunRef, collect_runs
-from .scatter import (class_statistics, inter_class_scatter, intra_class_scatter, linear_separability, per_class,
-                      scatter_ratio)
+from .scatter import (
+                      class_statistics,
+                      inter_class_scatter,
+                      intra_class_scatter,
+                      linear_separability,
+                      per_class,
+                      scatter_ratio,
+)
 
 __all__ = [
-    "RunRef", "analyze", "class_statistics", "collect_runs", "command", "extract_features", "forward_pass",
+    "RunRef", "analyze", "class_statistics", "collect_runs", "extract_features", "forward_pass",
     "inter_class_scatter", "intra_class_scatter", "linear_separability", "per_class", "report_markdown",
     "scatter_ratio", "token_maps",
 ]

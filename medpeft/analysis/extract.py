@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ResizedImageCache, Samples, TaskSpec, eval_dataset
-from ..model import PeftClassifier
 from ..evaluate import probabilities
+from ..model import PeftClassifier
 
 
 @dataclass

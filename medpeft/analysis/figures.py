@@ -23,8 +23,8 @@ def method_colors(labels, methods: dict[str, str] | None = None) -> dict[str, st
 
     ``methods`` maps a label to its method name (default: the label up to a parenthesis).
     """
-    from matplotlib import colors as mcolors
     from matplotlib import colormaps
+    from matplotlib import colors as mcolors
 
     tab20 = colormaps["tab20"].colors
     skip = {6, 7, 14, 15}  # red (kept for EPT) and grey (pretrain)

@@ -17,8 +17,8 @@ from ..metrics import expected_calibration_error, task_metrics
 from ..model import build_model
 from ..record import RunRecord
 from .extract import forward_pass
-from .runs import RunRef
 from .report import PRETRAIN
+from .runs import RunRef
 from .scatter import class_statistics
 
 
@@ -99,7 +99,7 @@ def measure(refs: list[RunRef], *, n_splits: int, device, batch_size: int, progr
         test = data.test
         if test is None or test.labels is None or len(test) < 2:
             raise UserError(f"{ref.run_dir}: its test list has no labelled images; the analysis needs them")
-        img_size = model.config["img_size"]
+        img_size = model.config.img_size
         common = dict(task=spec.task, exp=spec.exp, seed=spec.seed, labels=test.labels,
                       test_key=(spec.task, tuple(test.names)), multilabel=data.task.multilabel,
                       classes=list(data.task.classes), report_metric=data.task.report_metric,

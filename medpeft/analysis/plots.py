@@ -72,7 +72,8 @@ def cells_of(results: dict[str, Measured]) -> list[Cell]:
             shown.setdefault(r.label, r)
         ref = next(iter(shown.values()))
         base = [pretrain[ref.test_key]] if ref.test_key in pretrain else []
-        cells.append(Cell(task, shots, members, shown, base + [r for r in shown.values() if r.test_key == ref.test_key]))
+        same_test = [r for r in shown.values() if r.test_key == ref.test_key]
+        cells.append(Cell(task, shots, members, shown, base + same_test))
     return cells
 
 
@@ -147,8 +148,9 @@ def tsne_figure(gallery: Gallery, cell: Cell, numbers: dict, c: int, perplexity:
         panels.append((m.label + ("" if sep is None else f" (sep. {sep:.2f})"), tsne(m.features[subset], perplexity),
                        groups, gallery.colors[m.label]))
     path = gallery.add("tsne", f"tsne_{cell.tag}.png", f"2-D t-SNE of {len(subset)} test images' features per model "
-                       f"({cell.where}{cell.which}); shading is a Gaussian KDE per class; 'sep.' is the cross-validated "
-                       "linear separability of " + (f"'{cname}' vs the rest." if ref.multilabel else "the classes."),
+                       f"({cell.where}{cell.which}); shading is a Gaussian KDE per class; 'sep.' is the "
+                       "cross-validated linear separability of "
+                       + (f"'{cname}' vs the rest." if ref.multilabel else "the classes."),
                        cell.where)
     figures.tsne_densities(path, panels, names, title=f"t-SNE of test features, density per class ({cell.where})")
 
@@ -167,7 +169,8 @@ def scatter_figure(gallery: Gallery, cell: Cell, numbers: dict) -> None:
     path = gallery.add("scatter", f"scatter_{cell.tag}.png", f"The numbers behind the pictures ({cell.where}): Eq. "
                        "11's intra-class scatter, its ratio to the inter-class scatter, and linear separability, per "
                        "model (mean ± std over runs; dashed: pretrain).", cell.where)
-    figures.labelled_bars(path, panels, gallery.colors, title=f"How tightly test features group by class ({cell.where})")
+    figures.labelled_bars(path, panels, gallery.colors,
+                          title=f"How tightly test features group by class ({cell.where})")
 
 
 def convergence_figure(gallery: Gallery, cell: Cell) -> None:

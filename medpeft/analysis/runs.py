@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import Notice, UserError
-from ..experiment import RUN_FILE, WEIGHTS_FILE, read_record
-from ..record import RunRecord
+from ..record import RUN_FILE, WEIGHTS_FILE, RunRecord, read_record
 
 _EXPECTED = "a bench directory (with runs.jsonl) or a run directory (with run.json)"
 

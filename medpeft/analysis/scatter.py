@@ -19,7 +19,7 @@ tr Σ_W = 1/N Σ_k Σ_i ‖x_ki − x̄_k‖², tr Σ_B = 1/N Σ_k N_k ‖x̄_k 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -15,7 +16,7 @@ from ..errors import UserError
 from ..experiment import check_spec
 from ..methods import get_method
 from ..record import RunSpec, method_label
-from ..train import TrainConfig
+from ..types import TrainConfig
 
 GRID_KEYS = ("methods", "tasks", "shots", "exps", "seeds")
 #: The RunSpec fields every run of a bench shares (the rest come from the grid and the method entry).

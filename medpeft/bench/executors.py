@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..record import RunRecord, RunSpec
-from .worker import RunJob, execute
+from .worker import RunJob, execute, release_caches
 
 
 @dataclass
@@ -79,6 +79,7 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         self.queue.clear()
+        release_caches()
 
 
 def cpu_threads(cpus: float) -> int:

@@ -4,7 +4,7 @@ score, never the test set; or, with refit, the chosen candidate's rerun on train
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..record import RunRecord, candidate_tag
 

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..experiment import RUN_FILE, read_record
 from ..files import append_line, json_line, read_json_lines
-from ..record import RunSpec
+from ..record import RUN_FILE, RunSpec, read_record
 from .executors import Executor, Outcome, cpu_threads
 from .worker import RunJob, execute
 
@@ -67,8 +66,8 @@ def in_flight(folder: str | Path) -> set[str]:
 class SlurmExecutor(Executor):
     """Runs as a SLURM job array (``cluster="local"``: as local processes through submitit, to try a setup without
     SLURM). ``runs_per_job`` runs share one job, one after the other (few-shot runs are short; a job per run would
-    spend its time queueing), each with the job's ``cpus_per_run`` cores; ``time_min`` is a job's limit. ``wait``: collect the runs as their jobs end; otherwise return once
-    they are submitted."""
+    spend its time queueing), each with the job's ``cpus_per_run`` cores; ``time_min`` is a job's limit. ``wait``:
+    collect the runs as their jobs end; otherwise return once they are submitted."""
 
     name = "slurm"
     node_cache = True

@@ -30,9 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import Notice, UserError
-from ..experiment import RUN_FILE, read_record
 from ..files import append_line, dumps, json_line, read_json_lines, write_json, write_text
-from ..record import RunRecord
+from ..record import RUN_FILE, RunRecord, read_record
 from .selection import group_cells, selection
 
 

@@ -42,12 +42,12 @@ def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
                "chosen": chosen_summary(group), "refit": any(r.spec.refit for r in group)}
         for name in sorted(first.test, key=str.lower):  # one column order, fresh or restored from runs.jsonl
             _mean_std(row, name, [g.test[name] for g in group])
-        calibrated = [g.result.calibration for g in group if (g.result.calibration or {}).get("test")]
+        calibrated = [g.result.calibration for g in group if g.result.calibration and g.result.calibration.test]
         if len(calibrated) == len(group):
-            _mean_std(row, "temperature", [c["temperature"] for c in calibrated])
+            _mean_std(row, "temperature", [c.temperature for c in calibrated])
             for name in changed_by_calibration(first.task):
                 if name in first.test:
-                    _mean_std(row, f"{name}_cal", [c["test"][name] for c in calibrated])
+                    _mean_std(row, f"{name}_cal", [c.test[name] for c in calibrated])
         params = sorted({g.result.trainable_params for g in group})
         row["trainable_params"] = params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}"
         row["time_s"] = float(np.mean([sum(g.result.time_s.values()) for g in group]))

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from .. import __version__
 from ..errors import UserError
 from ..record import RunRecord
-from ..tracking import (KEY_TAG, SELECTED_TAG, MlflowRun, MlflowTarget, connect, first_line, guarded, logged_runs,
-                        terminate)
+from ..tracking import (
+    KEY_TAG,
+    SELECTED_TAG,
+    GuardedClient,
+    MlflowRun,
+    MlflowTarget,
+    connect,
+    first_line,
+    guarded,
+    logged_runs,
+    terminate,
+)
+from ..version import __version__
 from .config import BenchConfig
 from .store import BenchStore
 
@@ -42,17 +52,14 @@ def open_tracking(target: MlflowTarget | None, store: BenchStore) -> BenchTracki
     return tracking
 
 
-class BenchTracking:
+class BenchTracking(GuardedClient):
     """The parent run of the bench in ``out`` (created on first use) and what is known of its finished children:
     their run ids and ``selected`` tags, by run key."""
 
     def __init__(self, target: MlflowTarget, out: str | Path):
-        from mlflow import MlflowClient
-
         out = Path(out).resolve()
-        self.client = MlflowClient(tracking_uri=target.uri)
-        self.name, self.stopped = f"the bench {out}", False
-        self.left_as = "the bench goes on; its files are complete (run it again to log what is missing)"
+        super().__init__(target.uri, f"the bench {out}",
+                         "the bench goes on; its files are complete (run it again to log what is missing)")
         bench_id = hashlib.sha256(str(out).encode()).hexdigest()[:16]
         try:
             found = self.client.search_runs([target.experiment_id], f"tags.`{BENCH_ID_TAG}` = '{bench_id}'",

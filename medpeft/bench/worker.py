@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,9 @@ import torch
 
 from ..data import ResizedImageCache
 from ..evaluate import FeatureCache
-from ..experiment import RUN_FILE, read_record, run_experiment
-from ..record import RunSpec
-from ..tracking import MlflowRun, MlflowTarget, RunListener, track_run
+from ..experiment import run_tracked
+from ..record import RUN_FILE, RunSpec, read_record
+from ..tracking import MlflowRun, MlflowTarget
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,33 @@ class RunJob:
     tracking: MlflowTarget | None = None
 
 
-_CACHES: dict[str, tuple[ResizedImageCache, FeatureCache]] = {}  # per folder and process, reused by its runs
+#: The decode-once and feature caches of the cache folder in use, reused by the runs this process executes (one
+#: folder at a time: a bench in another folder replaces them; :func:`release_caches` frees them).
+_CACHES: dict[str, tuple[ResizedImageCache, FeatureCache]] = {}
+
+
+def release_caches() -> None:
+    """Free the caches this process keeps for its runs (their files stay)."""
+    _CACHES.clear()
+
+
+def _caches(folder: Path) -> tuple[ResizedImageCache, FeatureCache]:
+    if str(folder) not in _CACHES:
+        release_caches()
+        _CACHES[str(folder)] = ResizedImageCache(folder), FeatureCache(folder / "features")
+    return _CACHES[str(folder)]
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's intra-op threads set to ``threads`` inside (None: as is), restored after."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -49,15 +76,12 @@ def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] 
         if job.tracking is not None:
             MlflowRun(job.tracking).replay_if_missing(record, run_dir)
         return record.to_dict()
-    if job.threads:
-        torch.set_num_threads(job.threads)
     cache = features = None
     if job.cache_dir is not None:
-        folder = Path(job.cache_dir) / socket.gethostname() if job.node_cache else Path(job.cache_dir)
-        cache, features = _CACHES.setdefault(str(folder), (ResizedImageCache(folder),
-                                                           FeatureCache(folder / "features")))
+        cache, features = _caches(Path(job.cache_dir) / socket.gethostname() if job.node_cache else
+                                  Path(job.cache_dir))
     features = features if job.feature_cache else None
-    listener = RunListener() if job.tracking is None else MlflowRun(job.tracking)
-    return track_run(listener, spec, run_dir, lambda on_epoch: run_experiment(
-        spec, run_dir, cache=cache, features=features, progress=job.progress, worker=worker,
-        on_epoch=on_epoch)).to_dict()
+    tracker = None if job.tracking is None else MlflowRun(job.tracking)
+    with _torch_threads(job.threads):
+        return run_tracked(spec, run_dir, tracker, cache=cache, features=features, progress=job.progress,
+                           worker=worker).to_dict()

@@ -71,7 +71,8 @@ def convert(state: dict[str, torch.Tensor], config: dict[str, Any], where: str
     elif kind == "vit":
         out, base = _timm_blocks(blocks), "vit_base_patch16_224"
         out.update(cls_token=rest["cls_token"], pos_embed=rest["position_embeddings"],
-                   **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"), **_prefixed("norm", rest, "layernorm"))
+                   **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"),
+               **_prefixed("norm", rest, "layernorm"))
     elif kind == "clip_vision_model":
         out, base = _clip(blocks, rest), "vit_base_patch16_clip_224"
         arch.update(pre_norm=True)
@@ -141,7 +142,8 @@ def _dinov2(blocks, rest, cfg, arch):
     out = _timm_blocks(blocks)
     out.update(cls_token=rest["cls_token"], pos_embed=rest["position_embeddings"],
                mask_token=rest.get("mask_token", torch.zeros(1, arch["embed_dim"])),
-               **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"), **_prefixed("norm", rest, "layernorm"))
+               **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"),
+               **_prefixed("norm", rest, "layernorm"))
     registers = rest.get("register_tokens")
     if registers is not None:
         out["register_tokens"] = registers
@@ -159,7 +161,8 @@ def _clip(blocks, rest):
               "visual.positional_embedding": rest["position_embedding.weight"],
               "visual.conv1.weight": rest["patch_embedding.weight"],
               **_prefixed("visual.ln_pre", rest, "pre_layrnorm"), **_prefixed("visual.ln_post", rest, "post_layernorm")}
-    names = {"attn.proj": "attn.out_proj", "norm1": "ln_1", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+    names = {"attn.proj": "attn.out_proj", "norm1": "ln_1", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc",
+             "mlp.fc2": "mlp.c_proj"}
     for i, block in blocks.items():
         stem = f"visual.transformer.resblocks.{i}."
         for suffix, kind in ((".weight", "weight"), (".bias", "bias")):

@@ -18,8 +18,10 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_trans
 __all__ = [
     "DATASETS", "IMAGENET_MEAN", "IMAGENET_STD", "MEDFMC_TASKS", "TASKS",
     "Dataset", "DatasetSplits", "ImageDataset", "ResizedImageCache", "Samples", "TaskSpec",
-    "available_splits", "check_files", "check_image", "check_images", "eval_dataset", "eval_transform", "few_shot_split", "fraction_split", "get_dataset", "get_task", "load_csv", "load_folder",
-    "is_image_file", "load_dataset", "load_isic", "load_medfmc", "load_medmnist", "make_demo_data", "medfmc_few_shot", "parse_shots",
+    "available_splits", "check_files", "check_image", "check_images", "eval_dataset", "eval_transform",
+    "few_shot_split", "fraction_split", "get_dataset", "get_task", "load_csv", "load_folder",
+    "is_image_file", "load_dataset", "load_isic", "load_medfmc", "load_medmnist", "make_demo_data", "medfmc_few_shot",
+    "parse_shots",
     "per_class_few_shot", "read_annotations", "read_image", "read_isic_csv", "read_list", "read_names", "split_path",
     "train_dataset", "train_transform", "write_annotations", "write_medfmc_splits",
 ]

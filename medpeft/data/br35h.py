@@ -21,6 +21,7 @@ import importlib.metadata
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import UserError
 from .images import read_image
 from .samples import DatasetSplits, Samples

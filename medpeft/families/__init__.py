@@ -8,7 +8,7 @@ GAP), :mod:`.swin` (``SwinTransformer``), :mod:`.eva` (``Eva``: EVA, EVA-02, RoP
 Adding a family is one module here; the methods and the training loop do not change.
 """
 
+from . import beit, eva, swin, vit  # noqa: E402,F401,I001  (registration, in this order)
 from .base import Family, family_class, family_of, register
-from . import vit, swin, eva, beit  # noqa: E402,F401,I001  (registration, in this order)
 
 __all__ = ["Family", "family_class", "family_of", "register"]

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.models.beit import Beit, checkpoint_filter_fn
+from torch import nn
 
-from .base import (ExtraTokenAttention, Family, gamma_scale, register, relative_position_bias, separate_qkv_bias,
-                   unscale)
+from .base import ExtraTokenAttention, Family, gamma_scale, register, relative_position_bias, separate_qkv_bias, unscale
 
 
 @register

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn, window_partition, window_reverse
+from torch import nn
 
 from ..errors import UserError
 from .base import Family, adopt, attend, pad_extra_tokens, register, relative_position_bias
@@ -114,7 +114,7 @@ class Swin(Family):
         """Blocks and merging layers on (B, n + H·W, C) sequences, as the official prompted Swin: the n tokens
         join every window (with neither a position bias nor a mask), their outputs are averaged over the windows,
         and a merging layer maps them through its norm and reduction as four copies of themselves."""
-        for s, stage in enumerate(self.model.layers):
+        for stage in self.model.layers:
             if not isinstance(stage.downsample, nn.Identity):
                 stage.downsample = ExtraTokenMerging(stage.downsample, n, stage.input_resolution)
             stage.blocks = nn.Sequential(*[ExtraTokenSwinBlock(block, n) for block in stage.blocks])

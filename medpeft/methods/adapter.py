@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..families import family_of
-from .registry import register
 from .base import Method
+from .registry import register
 
 
 class ParallelAdapter(nn.Module):
@@ -19,7 +19,8 @@ class ParallelAdapter(nn.Module):
     :meth:`~medpeft.families.Family.set_mlp_branch`: both become identities in the block), so the adapter sees the
     un-normalised residual stream as in AdaptFormer and runs parallel to the whole MLP branch. On LayerScale blocks
     (DINOv2, EVA, BEiT) its output is therefore *not* multiplied by the frozen γ₂, whose tiny values (~1e-5 at init,
-    often < 0.1 trained) would crush it; on plain ViT blocks ``ls`` is an identity and nothing changes. ``up`` starts at zero, so before training the block's output is the frozen one.
+    often < 0.1 trained) would crush it; on plain ViT blocks ``ls`` is an identity and nothing changes. ``up``
+    starts at zero, so before training the block's output is the frozen one.
     """
 
     def __init__(self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float,

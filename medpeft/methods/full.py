@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import register
 from .base import Method
+from .registry import register
 
 
 @register

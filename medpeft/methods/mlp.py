@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..families import family_of
-from .registry import register
 from .base import Method, linear_head
+from .registry import register
 
 
 @register

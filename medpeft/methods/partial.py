@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..families import family_of
-from .registry import register
 from .base import Method
+from .registry import register
 
 
 @register

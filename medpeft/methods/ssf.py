@@ -9,8 +9,8 @@ from timm.layers import RmsNorm
 from torch import nn
 
 from ..families import family_of
-from .registry import register
 from .base import Method
+from .registry import register
 
 
 class ScaleShift(nn.Module):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .registry import register
 from .base import Method
+from .registry import register
 
 
 class PadPrompter(nn.Module):

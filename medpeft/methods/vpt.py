@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..families import family_of
-from .registry import register
 from .base import Method
+from .registry import register
 
 
 class PromptTokens(nn.Module):

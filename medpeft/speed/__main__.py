@@ -1,15 +1,11 @@
-"""``python -m medpeft.speed``: the command, and the child-process entry points (``--child JSON`` measures one
-entry's memory, ``--timing-child JSON`` times entries; each prints one result line)."""
+"""``python -m medpeft.speed``: the command (:mod:`medpeft.cli.speed`), and the child-process entry points
+(``--child JSON`` measures one entry's memory, ``--timing-child JSON`` times entries; each prints one result line)."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-import click
-
-from ..errors import UserError
-from . import command
 from .machine import RESULT_PREFIX
 from .memory import measure_memory
 from .runner import time_methods
@@ -22,14 +18,9 @@ def main(argv=None) -> None:
         result = measure_memory(**payload) if argv[0] == "--child" else time_methods(payload.pop("labels"), **payload)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return
-    try:
-        command.main(args=argv, prog_name="python -m medpeft.speed", standalone_mode=False)
-    except UserError as err:
-        click.echo(f"medpeft speed: error: {err}", err=True)
-        sys.exit(2)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+    from ..cli.speed import main as command_main
+
+    command_main(argv)
 
 
 if __name__ == "__main__":

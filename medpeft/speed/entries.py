@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import dataclasses
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from ..model import PeftClassifier, build_model
 NUM_CLASSES = 10
 
 
-@lru_cache(maxsize=None)
+@cache
 def settings() -> dict:
     """``speed.yaml``: ``entries`` (label → method and options), ``targets`` and ``ratio_references``."""
     return yaml.safe_load((Path(__file__).with_name("speed.yaml")).read_text())
@@ -59,7 +60,7 @@ def build_floor(backbone, num_classes: int = NUM_CLASSES, *, img_size: int | Non
     model.head.requires_grad_(False)
     family = family_of(model.backbone)
     model.backbone.input_shift = InputShift(family.blocks()[0], family.dim(0))
-    model.config = {**model.config, "method": "floor"}
+    model.config = dataclasses.replace(model.config, method="floor")
     return model
 
 

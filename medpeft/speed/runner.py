@@ -5,17 +5,18 @@ from __future__ import annotations
 import copy
 import random
 import re
+import sys
 import time
 from typing import Any
 
-import click
 import torch
 
 from ..backbones import create_backbone
 from ..data import TaskSpec
-from ..model import PeftClassifier, count_parameters
 from ..evaluate import autocast
-from ..train import TrainConfig, loss_fn, make_optimizer, resolve_device
+from ..model import PeftClassifier, count_parameters
+from ..train import loss_fn, make_optimizer, resolve_device
+from ..types import TrainConfig
 from .entries import NUM_CLASSES, build_entry
 from .machine import ForeignCpu, load_average, quiet_stderr, set_threads
 
@@ -99,7 +100,7 @@ def time_methods(labels, *, backbone: str, img_size: int, batch: int, steps: int
     Returns JSON-ready lists: per label the trainable parameters, the profile of one train step, the train-step
     and eval seconds of every round; and per round its order, the other processes' CPU use and whether it was quiet.
     """
-    say = (lambda msg: click.echo(msg, err=True)) if progress else (lambda msg: None)
+    say = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
     dev = resolve_device(device)
     previous_threads = torch.get_num_threads()
     threads = set_threads(threads)

@@ -13,8 +13,8 @@ import torch
 
 from ...errors import UserError
 from ...families import family_of
-from ..registry import register
 from ..base import Method, TokenMaps
+from ..registry import register
 from .attention import CONCAT_WAYS, INITS, WAYS, EmbeddedPromptAttention
 
 

@@ -1,4 +1,4 @@
-"""``medpeft analyze``: numbers, figures and a report for the runs of benches and run directories."""
+"""Numbers, figures and a report for the runs of benches and run directories (``medpeft analyze``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import click
-
-from .. import __version__
 from ..bench import read_index
-from ..errors import UserError
+from ..errors import ParameterError
 from ..files import write_json, write_text
 from ..train import resolve_device
+from ..version import __version__
 from . import figures
 from .measure import check_one_backbone, measure
 from .plots import Gallery, draw
@@ -38,9 +36,9 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
     subset, the same for every model of a task). ``n_splits``: folds of the separability cross-validation.
     """
     if max_points < 10:
-        raise UserError(f"--max-points {max_points} must be at least 10")
+        raise ParameterError("max_points", "{max_points} {value} must be at least 10", value=max_points)
     if perplexity <= 0:
-        raise UserError(f"--perplexity {perplexity} must be positive")
+        raise ParameterError("perplexity", "{perplexity} {value} must be positive", value=perplexity)
     start = time.perf_counter()
     sources = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     refs = collect_runs(sources, candidates=candidates)
@@ -48,8 +46,8 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
     for ref in refs:
         classes = ref.record.task.classes
         if class_index is not None and not 0 <= class_index < len(classes):
-            raise UserError(f"--class-index {class_index}: task {ref.record.spec.task!r} has {len(classes)} classes "
-                            f"(0 to {len(classes) - 1})")
+            raise ParameterError("class_index", "{class_index} {value}: task {task!r} has {n} classes (0 to {last})",
+                                 value=class_index, task=ref.record.spec.task, n=len(classes), last=len(classes) - 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -79,24 +77,3 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
     write_json(out / "analysis.json", analysis)
     write_text(out / "report.md", report_markdown(analysis))
     return analysis
-
-
-@click.command("analyze")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder for analysis.json, the figures and report.md.")
-@click.option("--class-index", type=int, help="Class shown in the PCA and t-SNE figures [the most frequent].")
-@click.option("--perplexity", type=float, default=30.0, show_default=True,
-              help="t-SNE perplexity (capped at (points - 1) / 3).")
-@click.option("--max-points", type=int, default=200, show_default=True,
-              help="Test images per t-SNE panel (a fixed random subset).")
-@click.option("--n-splits", type=int, default=5, show_default=True, help="Folds of the separability cross-validation.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, auto, ...")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--candidates", is_flag=True, help="Every search candidate of a bench, not only the selected runs.")
-def command(paths, out, class_index, perplexity, max_points, n_splits, device, batch_size, candidates):
-    """Features, scatter numbers and figures of trained runs (bench or run directories) vs the frozen backbone."""
-    analysis = analyze(paths, out, class_index=class_index, perplexity=perplexity, max_points=max_points,
-                       n_splits=n_splits, device=device, batch_size=batch_size, candidates=candidates)
-    click.echo(f"analysed {len(analysis['runs'])} models in {analysis['timing_s']['total']:.0f} s; "
-               f"wrote {len(analysis['figures'])} figures, {Path(out) / 'analysis.json'} and {Path(out) / 'report.md'}")

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import click
 
-from ..options import absolute_path, int_list, parse_options, shots_list
+from .options import (
+    DATA_ROOT_HELP,
+    Command,
+    absolute_path,
+    backbone_options,
+    int_list,
+    mlflow_options,
+    parse_options,
+    run_options,
+    shots_list,
+)
 
 #: The executor options, by parameter: the executors each applies to, and its keyword for the executor.
 EXECUTOR_OPTIONS = {
@@ -18,34 +28,24 @@ EXECUTOR_OPTIONS = {
 }
 
 
-@click.command("bench")
+@click.command("bench", cls=Command)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML bench config.")
 @click.option("--methods", "method_names", help="Comma-separated methods (instead of the config's).")
 @click.option("--tasks", help="Comma-separated tasks.")
-@click.option("--data-root", type=click.Path(exists=True))
+@click.option("--data-root", type=click.Path(exists=True), help=DATA_ROOT_HELP)
 @click.option("--shots", help="e.g. 1,5,10 or 1,5,10,20%")
 @click.option("--exps", help="e.g. 1-5")
 @click.option("--seeds", help="e.g. 0 or 0-3")
 @click.option("--search", type=click.Choice(["paper"]), help="Search every method's paper grid on validation.")
 @click.option("--refit/--no-refit", default=None, help="Rerun each chosen candidate on train + val and report it.")
-@click.option("--backbone")
-@click.option("--pretrained/--no-pretrained", default=None)
-@click.option("--weights", type=click.Path(dir_okay=False))
-@click.option("--img-size", type=int)
-@click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, seeded).")
-@click.option("--calibrate", type=click.Choice(["none", "temperature"]),
-              help="Post-hoc calibration of every run, fitted on validation (temperature scaling).")
+@backbone_options(defaults=False)
+@run_options(defaults=False)
 @click.option("--epochs", type=int)
 @click.option("--train-opt", "train_opts", multiple=True, metavar="KEY=VALUE", help="TrainConfig field (repeatable).")
 @click.option("--decode-once/--no-decode-once", default=True, show_default=True,
               help="Decode and resize each evaluation image once (memory + OUT/.cache), or at every evaluation.")
-@click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
-              help="Keep the frozen prefix's outputs for the evaluation lists (linear, mlp, partial) in OUT/.cache.")
 @click.option("--out", type=click.Path(file_okay=False))
-@click.option("--mlflow", "mlflow_uri", metavar="URI",
-              help="Log the bench to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db): a parent run "
-                   "and one child per run, logged where the run runs.")
-@click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name].")
+@mlflow_options("the bench (a parent run and one child per run, logged where the run runs)")
 @click.option("--executor", "executor_name", type=click.Choice(["local", "ray", "slurm"]), default="local",
               show_default=True, help="Where the runs execute: this process, a Ray cluster, or SLURM jobs.")
 @click.option("--address", help="Ray: join the cluster at this address (or 'auto'); none starts a local Ray.")
@@ -69,8 +69,8 @@ def command(config_file, method_names, tasks, data_root, shots, exps, seeds, sea
             weights, img_size, val_per_class, calibrate, epochs, train_opts, decode_once, feature_cache, out,
             mlflow_uri, mlflow_experiment, executor_name, summarize, **executor_options):
     """Run methods × tasks × shots × experiments × seeds; resumable; writes runs.jsonl and summary.md/csv."""
+    from ..bench import BenchConfig, make_executor, read_config, run_bench
     from ..files import check_writable_dir
-    from . import BenchConfig, make_executor, read_config, run_bench
 
     ctx = click.get_current_context()
     given = [p.opts[0] for p in ctx.command.params
@@ -119,8 +119,8 @@ def _executor_options(name: str, given: dict) -> dict:
 
 
 def _summarize(out: str) -> None:
-    from .runner import collect
-    from .slurm_executor import in_flight
+    from ..bench.runner import collect
+    from ..bench.slurm_executor import in_flight
 
     runs, missing = collect(out)
     running = len(in_flight(Path(out) / "slurm"))

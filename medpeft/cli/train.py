@@ -1,0 +1,126 @@
+"""``medpeft methods``, ``medpeft train`` and ``medpeft predict``: one run, and what a trained run predicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..data import DATASETS
+from .options import (
+    DATA_ROOT_HELP,
+    Command,
+    absolute_path,
+    backbone_name,
+    mlflow_options,
+    model_options,
+    parse_options,
+    run_options,
+    shots_value,
+    train_config_options,
+)
+
+
+@click.command(cls=Command)
+def methods():
+    """List every method."""
+    from ..methods import available_methods
+
+    click.echo("\n".join(available_methods()))
+
+
+@click.command(cls=Command)
+@click.option("--task", required=True, type=click.Choice(list(DATASETS)), help="MedFMC task or dataset kind.")
+@click.option("--data-root", type=click.Path(exists=True), help=DATA_ROOT_HELP)
+@click.option("--shots", required=True, help="K of K-shot, or a fraction of the training set such as 20%.")
+@click.option("--exp", type=int, default=1, show_default=True, help="Experiment (sampling) number.")
+@click.option("--test-list", help="Test list (default test_WithLabel.txt for MedFMC).")
+@model_options
+@train_config_options()
+@run_options()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
+@mlflow_options("the run")
+def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
+          mean, std, calibrate, out, overwrite, feature_cache, mlflow_uri, mlflow_experiment, **recipe):
+    """Train one method on one K-shot split; write a run directory."""
+    from ..data import get_dataset
+    from ..errors import UserError
+    from ..evaluate import FeatureCache
+    from ..experiment import check_out, run_tracked
+    from ..files import check_writable_dir
+    from ..record import RunSpec
+    from ..tracking import MlflowRun, connect
+    from ..types import TrainConfig
+
+    data_root = absolute_path(get_dataset(task).root(data_root))
+    spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
+                   options=parse_options(opts), backbone=backbone_name(backbone, weights), pretrained=pretrained,
+                   weights=absolute_path(weights), img_size=img_size, test_list=test_list, val_per_class=val_per_class,
+                   train=TrainConfig(**recipe), calibrate=calibrate, mean=list(mean) if mean else None,
+                   std=list(std) if std else None)
+    check_out(out, overwrite)
+    check_writable_dir(Path(out).parent, "--out", shown=out)
+    if mlflow_experiment and not mlflow_uri:
+        raise click.UsageError("--mlflow-experiment applies with --mlflow URI")
+    experiment = mlflow_experiment or Path(out).resolve().name
+    tracker = MlflowRun(connect(mlflow_uri, experiment)) if mlflow_uri else None
+    record = run_tracked(spec, out, tracker, overwrite=overwrite, features=FeatureCache() if feature_cache else None)
+    result = record.result
+    if result.diverged_epoch is not None:
+        raise UserError(f"training diverged at epoch {result.diverged_epoch} (loss not finite): lower --lr; the run "
+                        f"is recorded in {out}")
+    val = "" if result.val_best is None else f" (val {record.task.selection_metric} {100 * result.val_best:.2f})"
+    click.echo(f"selected epoch {result.selected_epoch}{val}; test "
+               + ", ".join(f"{k} {100 * v:.2f}" for k, v in (record.test or {}).items()))
+    calibration = result.calibration
+    if calibration is not None:
+        click.echo(f"{calibration.method} {calibration.temperature:.4g} (val NLL {calibration.val_nll_before:.4f} -> "
+                   f"{calibration.val_nll_after:.4f}); calibrated test "
+                   + ", ".join(f"{k} {100 * v:.2f}" for k, v in (calibration.test or {}).items()))
+    click.echo(f"wrote {out}")
+    if tracker is not None and not tracker.stopped:
+        click.echo(f"logged to MLflow at {mlflow_uri}: experiment {experiment!r}, run {tracker.run_id}")
+
+
+@click.command(cls=Command)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--list", "list_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Image list: names only or labelled (e.g. test_WithoutLabel.txt).")
+@click.option("--data-root", help="Where the images are, if not where the run found them.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="CSV to write [RUN_DIR/<list>/<task>_<K>-shot_submission.csv].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--device", default="auto", show_default=True, help="The PyTorch engine's device.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--engine", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="Run the model with PyTorch, or run its `medpeft export` with onnxruntime (same CSV).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="--engine onnx: the exported model [RUN_DIR/model.onnx].")
+def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine, onnx_file):
+    """Write a MedFMC submission CSV for any image list with a trained run."""
+    from ..errors import UserError
+    from ..experiment import predict_list
+    from ..files import check_writable_dir
+    from ..record import read_record, submission_name, write_submission
+    from ..train import resolve_device
+
+    if onnx_file and engine != "onnx":
+        raise click.UsageError("--onnx applies to --engine onnx")
+    record = read_record(run_dir)
+    out = Path(out) if out else Path(run_dir) / Path(list_file).stem / submission_name(record.spec.task,
+                                                                                      record.spec.shots)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+    check_writable_dir(out.parent, "--out", shown=out)
+    if engine == "onnx":
+        from ..export import predict_list_onnx
+        from ..record import MODEL_FILE
+
+        names, scores = predict_list_onnx(run_dir, list_file, onnx_file or Path(run_dir) / MODEL_FILE,
+                                          data_root=data_root, batch_size=batch_size)
+    else:
+        names, scores = predict_list(run_dir, list_file, data_root=data_root, device=resolve_device(device),
+                                     batch_size=batch_size)
+    write_submission(out, names, scores)
+    click.echo(f"wrote {out} ({len(names)} rows × {scores.shape[1]} classes)")
