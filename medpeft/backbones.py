@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,13 +10,18 @@ import numpy as np
 import timm
 import torch
 from safetensors import safe_open
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .converters import Checkpoint, read_checkpoint
+from .converters.architecture import Architecture
 from .errors import UserError
 from .families import family_class, family_of
+from .preprocessing import Preprocessing, from_timm_cfg
 
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
-CHECKPOINT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+#: ``--backbone auto``: the architecture the ``--weights`` checkpoint's config states
+AUTO = "auto"
 
 
 def create_backbone(
@@ -25,55 +31,144 @@ def create_backbone(
     weights: str | Path | None = None,
     img_size: int | None = None,
 ) -> nn.Module:
-    """A headless timm model of a supported family (:mod:`medpeft.families`): by name (hub weights, a local
-    checkpoint or random init) or a built model used in place.
+    """A headless timm model of a supported family (:mod:`medpeft.families`); see :func:`build_backbone`."""
+    return build_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)[0]
 
-    ``weights`` loads a local checkpoint (Google ``.npz``, ``.pth``/``.pt``/``.bin``/``.ckpt``, ``.safetensors``) with
-    no network access, whatever the model tag. ``img_size`` resizes the position embeddings; without it a named
-    backbone with ``weights`` is built at the checkpoint's own size (:func:`checkpoint_img_size`), not timm's
-    default (518 px for DINOv2, which would resample a 224 px checkpoint's grid and run ~6× slower).
+
+def build_backbone(
+    backbone: str | nn.Module = DEFAULT_BACKBONE,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    img_size: int | None = None,
+) -> tuple[nn.Module, Preprocessing]:
+    """A headless timm model of a supported family (:mod:`medpeft.families`) and the preprocessing its weights
+    expect: by name (a timm model, or a foundation model of :mod:`medpeft.foundation_models`, with hub weights, a
+    local checkpoint or random init) or a built model used in place.
+
+    ``weights`` loads a local checkpoint with no network access, whatever the model tag: a Google ``.npz``, a state
+    dict (``.pth``/``.pt``/``.bin``/``.ckpt``, ``.safetensors``; timm's keys, OpenAI CLIP's, open_clip's timm trunk,
+    DINOv2's original layout, MAE's) or a folder saved by ``transformers``, open_clip or timm
+    (:mod:`medpeft.converters`). The checkpoint's architecture, as far as it states it, must be the named one's (a
+    one-line error says what differs); ``backbone`` :data:`AUTO` takes it from a checkpoint whose config states it
+    all (another checkpoint is read as :data:`DEFAULT_BACKBONE`). ``img_size`` resizes the position embeddings;
+    without it a named backbone with ``weights`` is built at the checkpoint's own size (not timm's default: 518 px
+    for DINOv2 would resample a 224 px checkpoint's grid and run ~6x slower). The preprocessing is the checkpoint's
+    config's, else the timm tag's ``pretrained_cfg`` for pretrained or local weights, else (random init) ImageNet's
+    statistics.
     """
     if isinstance(backbone, torch.nn.Module):
         model = backbone
         family_class(model).prepare(model)
+        preprocessing = Preprocessing(img_size=int(model.patch_embed.img_size[0]))
         if weights is not None:
-            load_weights(model, weights)
+            preprocessing = load_weights(model, weights) or preprocessing
     else:
-        _check_name(backbone)
-        kwargs = {"img_size": img_size} if img_size else {}
-        hub = pretrained and weights is None
-        try:
-            model = timm.create_model(backbone, pretrained=hub, num_classes=0, **kwargs)
-        except (OSError, RuntimeError, ValueError) as err:  # hub unreachable, or no weights under that tag
-            if not hub:
-                raise
-            raise UserError(
-                f"cannot fetch pretrained weights for {backbone!r} ({type(err).__name__}): "
-                "pass --weights PATH (a local checkpoint) or --no-pretrained"
-            ) from err
-        family_class(model, backbone).prepare(model)
-        if weights is not None:
-            size = None if img_size else checkpoint_img_size(weights, model)
-            if size and (size, size) != tuple(model.patch_embed.img_size):
-                model.set_input_size(img_size=(size, size))
-            load_weights(model, weights)
+        model, preprocessing = _named_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
     if model.num_classes:
         model.reset_classifier(0)
     if img_size:
         _check_img_size(model, img_size)
     if img_size and tuple(model.patch_embed.img_size) != (img_size, img_size):
         model.set_input_size(img_size=(img_size, img_size))
-    return model
+    return model, preprocessing
+
+
+def _named_backbone(backbone: str, *, pretrained: bool, weights,
+                    img_size: int | None) -> tuple[nn.Module, Preprocessing]:
+    from .foundation_models import fetch, get_foundation_model
+
+    entry = get_foundation_model(backbone)
+    if entry is not None and weights is None and pretrained:
+        weights = fetch(entry)
+    if weights is not None and Path(weights).suffix != ".npz":
+        return _from_checkpoint(backbone, read_checkpoint(weights), img_size)
+    if backbone == AUTO:
+        backbone = DEFAULT_BACKBONE
+    name, kwargs = (entry.timm_name, entry.timm_kwargs()) if entry else (backbone, {})
+    _check_name(name)
+    if img_size:
+        kwargs["img_size"] = img_size
+    hub = pretrained and weights is None
+    try:
+        model = timm.create_model(name, pretrained=hub, num_classes=0, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # hub unreachable, or no weights under that tag
+        if not hub:
+            raise
+        raise UserError(
+            f"cannot fetch pretrained weights for {backbone!r} ({type(err).__name__}): "
+            "pass --weights PATH (a local checkpoint) or --no-pretrained"
+        ) from err
+    family_class(model, backbone).prepare(model)
+    if weights is not None:
+        size = None if img_size else checkpoint_img_size(weights, model)
+        if size and (size, size) != tuple(model.patch_embed.img_size):
+            model.set_input_size(img_size=(size, size))
+        load_weights(model, weights)
+    if hub or weights is not None:
+        return model, from_timm_cfg(model.pretrained_cfg, f"timm pretrained_cfg of {name}")
+    return model, Preprocessing(img_size=int(model.patch_embed.img_size[0]))
+
+
+def _from_checkpoint(backbone: str, ckpt: Checkpoint, img_size: int | None) -> tuple[nn.Module, Preprocessing]:
+    """The named backbone (or, for :data:`AUTO`, the checkpoint's own) with the checkpoint's weights, after checking
+    that the checkpoint's architecture is the named one's."""
+    from .foundation_models import get_foundation_model
+
+    if backbone == AUTO and not ckpt.complete:  # a bare file: the default backbone, as before there was a choice
+        backbone = DEFAULT_BACKBONE
+    if backbone == AUTO:
+        name, kwargs = ckpt.base, ckpt.arch.timm_kwargs()
+    else:
+        entry = get_foundation_model(backbone)
+        name, kwargs = (entry.timm_name, entry.timm_kwargs()) if entry else (backbone, {})
+        _check_name(name)
+    if ckpt.is_vit:
+        with torch.device("meta"):
+            named = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        if not isinstance(named, VisionTransformer):
+            raise UserError(f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}; --backbone "
+                            f"{backbone} is a {type(named).__name__}")
+        differences = ckpt.arch.differences(Architecture.of_model(named))
+        if differences:
+            raise UserError(f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}, not --backbone "
+                            f"{backbone}: {'; '.join(differences)}")
+        kwargs = {**kwargs, **ckpt.arch.timm_kwargs()}
+    size = img_size or ckpt.img_size
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs, **({"img_size": size} if size else {}))
+    family_class(model, backbone).prepare(model)
+    if not size:  # a bare file: the size its position embeddings were made at
+        pos = ckpt.state.get("pos_embed")
+        size = checkpoint_img_size(ckpt.path, model) or _grid_size(None if pos is None else pos.shape[-2], model)
+        if size and (size, size) != tuple(model.patch_embed.img_size):
+            model.set_input_size(img_size=(size, size))
+    load_state(model, ckpt.state, ckpt.path)
+    if ckpt.preprocessing is not None:
+        return model, ckpt.preprocessing
+    entry = get_foundation_model(backbone)
+    size = int(model.patch_embed.img_size[0])  # the checkpoint's, not the tag's default
+    if entry is not None and entry.mean is not None:
+        return model, Preprocessing(entry.mean, entry.std, size, None, f"`medpeft models` entry {backbone}")
+    cfg = from_timm_cfg(model.pretrained_cfg, f"timm pretrained_cfg of {name} (no preprocessing in {ckpt.path.name})")
+    return model, dataclasses.replace(cfg, img_size=size)
 
 
 def check_backbone(backbone: str, *, img_size: int | None = None, weights: str | Path | None = None) -> None:
-    """What can fail before any data is read: the backbone name, the weights file and the image size (a multiple of
+    """What can fail before any data is read: the backbone name, the weights path and the image size (a multiple of
     the patch size). The model is built on the ``meta`` device (no memory, no weights)."""
-    if weights is not None and not Path(weights).is_file():
+    from .foundation_models import get_foundation_model
+
+    if weights is not None and not Path(weights).exists():
         raise UserError(f"weights file {weights} not found")
-    _check_name(backbone)
+    if backbone == AUTO:
+        if weights is None:
+            raise UserError(f"--backbone {AUTO} takes the architecture of --weights: pass --weights PATH")
+        return
+    entry = get_foundation_model(backbone)
+    name, kwargs = (entry.timm_name, entry.timm_kwargs()) if entry else (backbone, {})
+    _check_name(name)
     with torch.device("meta"):
-        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     family_class(model, backbone)
     if img_size is not None:
         _check_img_size(model, img_size)
@@ -82,7 +177,7 @@ def check_backbone(backbone: str, *, img_size: int | None = None, weights: str |
 def _check_name(backbone: str) -> None:
     if not timm.is_model(backbone):
         raise UserError(f"unknown backbone {backbone!r}: pass a timm model name such as {DEFAULT_BACKBONE!r} "
-                        "(see timm.list_models('vit_*'), 'swin_*', 'eva*', 'beit*')")
+                        "(see timm.list_models('vit_*'), 'swin_*', 'eva*', 'beit*') or one of `medpeft models`")
 
 
 def _check_img_size(model: nn.Module, img_size: int) -> None:
@@ -93,29 +188,35 @@ def _check_img_size(model: nn.Module, img_size: int) -> None:
         raise UserError(f"--img-size {img_size} is not a multiple of the model's patch size {patch}: use {nearest}")
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local checkpoint into ``model`` in place; the classifier head, if any, is dropped.
+def load_weights(model: nn.Module, path: str | Path) -> Preprocessing | None:
+    """Load a local checkpoint (a file or a folder, :func:`build_backbone`) into ``model`` in place; the classifier
+    head, if any, is dropped. Returns the preprocessing the checkpoint's config states, if any.
 
-    Google ``.npz`` (ViTs) goes through timm's own converter; PyTorch and safetensors state dicts go through the
-    timm checkpoint filter of the model's family (position embeddings and relative position tables resampled to the
-    model's size). Nothing touches the network.
+    Google ``.npz`` (ViTs) goes through timm's own converter; other layouts through :mod:`medpeft.converters`, then
+    the timm checkpoint filter of the model's family (position embeddings and relative position tables resampled
+    to the model's size). Nothing touches the network.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"weights file {path} not found")
-    if path.suffix not in CHECKPOINT_SUFFIXES:
-        raise UserError(f"weights file {path}: unknown format {path.suffix!r}, expected one of {CHECKPOINT_SUFFIXES}")
-    if path.suffix == ".npz" and not hasattr(model, "load_pretrained"):
-        raise UserError(f"weights file {path}: Google .npz checkpoints are for ViTs; give this "
-                        f"{type(model).__name__} a PyTorch or safetensors state dict")
-    try:
-        if path.suffix == ".npz":
+    if path.suffix == ".npz":
+        if not hasattr(model, "load_pretrained"):
+            raise UserError(f"weights file {path}: Google .npz checkpoints are for ViTs; give this "
+                            f"{type(model).__name__} a PyTorch or safetensors state dict")
+        try:
             model.load_pretrained(str(path))
-            return
-        state = timm.models.load_state_dict(str(path))
-    except Exception as err:  # corrupt or foreign file: say what was expected and what is there
-        raise UserError(f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {_sniff(path)} "
-                        f"({type(err).__name__})") from err
+        except Exception as err:  # corrupt or foreign file
+            raise UserError(f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {sniff(path)} "
+                            f"({type(err).__name__})") from err
+        return None
+    ckpt = read_checkpoint(path)
+    load_state(model, ckpt.state, path)
+    return ckpt.preprocessing
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load timm-keyed ``state`` (from ``path``, named in errors) into ``model`` through its family's checkpoint
+    filter; every tensor must fit, key for key and shape for shape."""
     try:
         state = family_class(model).checkpoint_filter(
             {k: v for k, v in state.items() if not k.startswith("head.")}, model)
@@ -138,7 +239,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 EXPECTED_FORMATS = "a PyTorch state dict (.pth/.pt/.bin/.ckpt), a safetensors file or a Google ViT .npz"
 
 
-def _sniff(path: Path) -> str:
+def sniff(path: Path) -> str:
     """What a file looks like from its first bytes, in words."""
     head = path.open("rb").read(64)
     if not head:
@@ -182,6 +283,11 @@ def checkpoint_img_size(path: str | Path, model: nn.Module) -> int | None:
             rows = next((v.shape[-2] for k, v in state.items() if k.endswith("pos_embed")), None)
     except Exception:  # noqa: BLE001  (load_weights reports unreadable files)
         return None
+    return _grid_size(rows, model)
+
+
+def _grid_size(rows: int | None, model: nn.Module) -> int | None:
+    """The image side of a ``pos_embed`` of ``rows`` rows for ``model`` (its prefix rows, none or one removed)."""
     own = 0 if getattr(model, "no_embed_class", False) else family_of(model).num_prefix_tokens
     for prefix in dict.fromkeys((own, 0, 1)):
         side = math.isqrt(rows - prefix) if rows and rows > prefix else 0

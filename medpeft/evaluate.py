@@ -49,10 +49,10 @@ class FeatureCache:
     """Outputs of a model's frozen prefix for whole evaluation lists, by (prefix weights, list, settings).
 
     The key holds a fingerprint of every tensor of the prefix (so other weights never hit), the number of frozen
-    stages, the image size, batch size, device type and autocast, and the list's images (file path, modification
-    time and size, or the bytes of an array source). In memory at most ``memory_mb`` of entries are kept (least
-    recently used out first); with ``directory`` each entry is also one ``.npy`` file there, read back
-    memory-mapped by any process and run.
+    stages, the image size, the normalisation (mean, std), batch size, device type and autocast, and the list's
+    images (file path, modification time and size, or the bytes of an array source). In memory at most ``memory_mb``
+    of entries are kept (least recently used out first); with ``directory`` each entry is also one ``.npy`` file
+    there, read back memory-mapped by any process and run.
     """
 
     def __init__(self, directory: str | Path | None = None, memory_mb: float = 1024):
@@ -84,7 +84,8 @@ class FeatureCache:
             device: torch.device, bf16: bool) -> str:
         h = hashlib.sha256()
         h.update(self._prefix_fingerprint(model, stages).encode())
-        h.update(repr((stages, img_size, batch_size, device.type, bf16, torch.__version__)).encode())
+        h.update(repr((stages, img_size, batch_size, device.type, bf16, torch.__version__, model.preprocessing.mean,
+                       model.preprocessing.std)).encode())
         for source in samples.sources:
             if isinstance(source, np.ndarray):
                 h.update(repr((source.shape, str(source.dtype))).encode())
@@ -161,7 +162,8 @@ def predict_logits(model: PeftClassifier, samples: Samples, task: TaskSpec, *, i
     if not len(samples):
         return np.zeros((0, task.num_classes), dtype=np.float32)
     low = bf16 and device.type == "cuda"
-    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task), batch_size=batch_size,
+    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean,
+                                     std=model.preprocessing.std), batch_size=batch_size,
                         num_workers=num_workers, generator=torch.Generator())  # never draws from training's stream
     stages = model.method.frozen_stages(model.backbone) if features is not None else 0
     bar = dict(desc=desc, leave=False, disable=not progress or None)

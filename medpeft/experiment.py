@@ -69,7 +69,8 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     data = load_splits(spec)
     data.check_images()
     model = build_model(spec.method, spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
-                        weights=spec.weights, img_size=spec.img_size, seed=spec.seed, **spec.options)
+                        weights=spec.weights, img_size=spec.img_size, seed=spec.seed, mean=spec.mean, std=spec.std,
+                        **spec.options)
     with staged_dir(out, replace=overwrite) as stage:
         with open(stage / "log.txt", "w") as log:
             result = fit(model, data, spec.train, cache=cache, features=features, calibrate=spec.calibrate,

@@ -22,11 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import eval_dataset
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
 from .evaluate import probabilities
 from .experiment import list_samples, load_run, read_record
 from .files import write_bytes
+from .preprocessing import Preprocessing
 from .version import __version__
 
 OPSET = 17
@@ -46,17 +46,20 @@ class _WithProbabilities(nn.Module):
         return probabilities(self.model(images), self.task)
 
 
-def preprocessing(img_size: int) -> dict[str, str]:
+def preprocessing(img_size: int, settings: Preprocessing | None = None) -> dict[str, str]:
     """What the exported graph expects of its input: the evaluation transform of every run
-    (:func:`~medpeft.data.transforms.eval_transform`), in words and numbers."""
+    (:func:`~medpeft.data.transforms.eval_transform`) with the mean and std of the run's backbone weights
+    (``settings``, and where they were read; ImageNet's without), in words and numbers."""
+    settings = settings or Preprocessing()
     return {
         "img_size": str(img_size),
         "resize": f"square {img_size}x{img_size}, bicubic, antialiased, aspect ratio not kept, no crop",
         "channel_order": "RGB",
         "layout": "NCHW float32",
         "scale": "pixel values / 255, then (x - mean) / std per channel",
-        "mean": json.dumps(list(IMAGENET_MEAN)),
-        "std": json.dumps(list(IMAGENET_STD)),
+        "mean": json.dumps(list(settings.mean)),
+        "std": json.dumps(list(settings.std)),
+        "normalisation_source": settings.source + (" (overridden by --mean/--std)" if settings.overridden else ""),
     }
 
 
@@ -79,7 +82,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"method {name!r} of {run_dir} cannot be exported to ONNX: {reason}") from None
     proto = onnx.load_from_string(graph.getvalue())
-    metadata = {**preprocessing(size), "output": "sigmoid" if record.task.multilabel else "softmax",
+    metadata = {**preprocessing(size, model.preprocessing),
+                "output": "sigmoid" if record.task.multilabel else "softmax",
                 "classes": json.dumps(list(record.task.classes)), "task": record.spec.task, "method": name,
                 "run_key": record.key, "medpeft_version": __version__}
     onnx.helper.set_model_props(proto, metadata)

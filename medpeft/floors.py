@@ -76,7 +76,8 @@ def backbone_tokens(model, samples: Samples, img_size: int, batch_size: int = 32
     backbone = model.backbone.eval()
     prefix = getattr(backbone, "num_prefix_tokens", 1)
     cls, mean = [], []
-    for images, _, _ in DataLoader(eval_dataset(samples, img_size), batch_size=batch_size):
+    normalised = eval_dataset(samples, img_size, mean=model.preprocessing.mean, std=model.preprocessing.std)
+    for images, _, _ in DataLoader(normalised, batch_size=batch_size):
         tokens = backbone.forward_features(images).float()
         if tokens.ndim == 4:  # (B, H, W, D)
             cls.append(tokens.mean(dim=(1, 2)))

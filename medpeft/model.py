@@ -10,9 +10,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .backbones import DEFAULT_BACKBONE, create_backbone, feature_dim
+from .backbones import DEFAULT_BACKBONE, build_backbone, feature_dim
 from .errors import UserError
 from .methods import Method, get_method
+from .preprocessing import Preprocessing
 from .seeding import seeded
 from .types import ModelConfig
 
@@ -35,6 +36,11 @@ class PeftClassifier(nn.Module):
         self.config = config
         self.added = added
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What the backbone's weights expect of an image (``config.preprocessing``)."""
+        return self.config.preprocessing
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature the head reads: the backbone's own pooling (:meth:`~medpeft.families.Family.pool`; ViT: the CLS
         token after the final norm; Swin: the mean of the final-norm tokens; EVA, BEiT and GAP ViTs: their
@@ -54,6 +60,8 @@ def build_model(
     weights: str | Path | None = None,
     img_size: int | None = None,
     seed: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
     **options,
 ) -> PeftClassifier:
     """Build ``method`` on a timm backbone: frozen backbone, the method's trainable tensors, a fresh head.
@@ -63,14 +71,15 @@ def build_model(
     timm's hub weights; ``weights`` a local checkpoint instead. ``img_size`` resizes the position embeddings and
     sizes token-indexed parameters. ``seed`` draws every random initial value (a random backbone, the method's new
     tensors, the head) from a generator of its own, leaving the global one untouched: the same seed rebuilds the
-    same model whatever ran before; None draws from torch's global generator. ``options`` are the method's own
+    same model whatever ran before; None draws from torch's global generator. ``mean``/``std`` override the
+    normalisation the weights state (:func:`~medpeft.backbones.build_backbone`). ``options`` are the method's own
     (see ``available_methods``).
     """
     if num_classes < 1:
         raise UserError(f"num_classes={num_classes} must be at least 1")
     spec = get_method(method, **options)
     with seeded(seed):
-        model = create_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
+        model, preprocessing = build_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
         model.requires_grad_(False)
         frozen = {id(p) for p in model.parameters()}
         spec.inject(model)
@@ -81,6 +90,7 @@ def build_model(
         backbone=backbone if isinstance(backbone, str) else model.default_cfg.get("architecture", "custom"),
         num_classes=num_classes,
         img_size=int(model.patch_embed.img_size[0]),
+        preprocessing=preprocessing.override(mean, std),
     )
     added = frozenset(f"backbone.{n}" for n, p in model.named_parameters() if id(p) not in frozen)
     return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()})
@@ -155,4 +165,5 @@ def load_trainable(
                                 f"{tuple(params[name].shape)}")
             params[name].copy_(tensor)
     model.method.after_load(model)
+    model.config.preprocessing = config.preprocessing  # what it was trained with
     return model

@@ -25,6 +25,7 @@ from .conformal import ConformalConfig
 from .data import TaskSpec, parse_shots
 from .errors import ParameterError, UserError
 from .methods import get_method
+from .preprocessing import Preprocessing
 from .types import ModelConfig, RunResult, TrainConfig
 
 RECORD_VERSION = 1
@@ -105,7 +106,8 @@ class RunSpec:
     ``refit`` marks a rerun of a selected candidate on train + val. ``calibrate``: post-hoc calibration fitted on
     validation after the epoch is selected (``none`` or a name of :data:`medpeft.calibration.CALIBRATORS`);
     ``conformal``: conformal prediction calibrated on validation, after the calibration when both are asked
-    (:mod:`medpeft.conformal`; None: none). The method, its options and the recipe are checked on construction.
+    (:mod:`medpeft.conformal`; None: none). ``mean``/``std`` override the normalisation the backbone's weights
+    state (``--mean/--std``; None: theirs). The method, its options and the recipe are checked on construction.
     """
 
     method: str
@@ -126,6 +128,8 @@ class RunSpec:
     refit: bool = False
     calibrate: str = "none"
     conformal: ConformalConfig | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -143,6 +147,10 @@ class RunSpec:
                                  choices=list(CALIBRATIONS))
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
+        try:
+            Preprocessing().override(self.mean, self.std)
+        except UserError as err:
+            raise ParameterError("mean", "{mean}/{std}: {reason}", reason=str(err)) from None
         if not self.label:
             self.label = method_label(self.method, self.options)
 

@@ -98,7 +98,8 @@ def _fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig, device
     img_size = model.config.img_size
     model.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    loader = DataLoader(train_dataset(data.train, img_size, task=task), batch_size=config.batch_size, shuffle=True,
+    loader = DataLoader(train_dataset(data.train, img_size, task=task, mean=model.preprocessing.mean,
+                                      std=model.preprocessing.std), batch_size=config.batch_size, shuffle=True,
                         num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
                         pin_memory=device.type == "cuda")
     evaluation = dict(img_size=img_size, batch_size=config.eval_batch_size, cache=cache, features=features,

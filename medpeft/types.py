@@ -18,6 +18,7 @@ import numpy as np
 
 from .conformal import Conformal
 from .errors import ParameterError, UserError
+from .preprocessing import Preprocessing
 
 
 @dataclass
@@ -89,7 +90,8 @@ class TrainConfig:
 @dataclass
 class ModelConfig:
     """How a :class:`~medpeft.model.PeftClassifier` was built: the method and its resolved options, the backbone's
-    name (``custom`` for a built model without one), the number of classes and the input size. Stored in a run's
+    name (``custom`` for a built model without one), the number of classes, the input size and the
+    :class:`~medpeft.preprocessing.Preprocessing` its weights expect (or ``--mean/--std`` set). Stored in a run's
     record (``model``) and in the metadata of its ``trainable.safetensors``, as :meth:`to_dict`."""
 
     method: str
@@ -97,14 +99,19 @@ class ModelConfig:
     backbone: str
     num_classes: int
     img_size: int
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "preprocessing": self.preprocessing.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """A stored config; one written before the preprocessing was recorded was trained with ImageNet's."""
+        stored = values.get("preprocessing")
+        preprocessing = (Preprocessing.from_dict(stored) if stored else
+                         Preprocessing(img_size=int(values["img_size"]), source="ImageNet statistics (not recorded)"))
         return cls(values["method"], dict(values.get("options") or {}), values["backbone"],
-                   int(values["num_classes"]), int(values["img_size"]))
+                   int(values["num_classes"]), int(values["img_size"]), preprocessing)
 
 
 @dataclass

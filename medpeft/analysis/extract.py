@@ -82,7 +82,8 @@ def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None,
     for i, (module, fn) in mass_probes.items():
         handles.append(module.register_forward_pre_hook(lambda module, args, i=i, fn=fn: shares[i].add(fn(args[0]))))
     features, probs = [], []
-    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task), batch_size=batch_size)
+    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean,
+                                     std=model.preprocessing.std), batch_size=batch_size)
     try:
         for images, _, _ in loader:
             feats = model.forward_features(images.to(device)).float()

@@ -125,7 +125,7 @@ def measure(refs: list[RunRef], *, n_splits: int, device, batch_size: int, progr
             continue
         del model
         frozen = build_model("linear", spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
-                             weights=spec.weights, img_size=img_size, seed=spec.seed)
+                             weights=spec.weights, img_size=img_size, seed=spec.seed, mean=spec.mean, std=spec.std)
         feats = forward_pass(frozen, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device,
                              head=False, maps=False).features
         name = f"{PRETRAIN}/{spec.task}"

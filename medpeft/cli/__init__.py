@@ -4,7 +4,7 @@ click is imported here and nowhere else in the package. Each command maps its fl
 function; a library error naming a parameter (:class:`~medpeft.errors.ParameterError`) is shown naming the flag
 (:class:`.options.Command`).
 Commands: :mod:`.train` (methods, train, predict), :mod:`.bench`, :mod:`.analyze`, :mod:`.demo` (demo, floors),
-:mod:`.data` (splits), :mod:`.export` (export, weights), :mod:`.speed`; shared options: :mod:`.options`.
+:mod:`.data` (splits), :mod:`.export` (export, weights), :mod:`.models`, :mod:`.speed`; shared options: :mod:`.options`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .bench import command as bench_command
 from .data import splits
 from .demo import demo, floors
 from .export import export, weights
+from .models import models
 from .speed import command as speed_command
 from .train import methods, posthoc, predict, train
 
@@ -31,7 +32,7 @@ def cli():
 
 
 for _command in (methods, train, posthoc, predict, demo, splits, analyze_command, bench_command, floors, export,
-                 speed_command, weights):
+                 speed_command, weights, models):
     cli.add_command(_command)
 
 

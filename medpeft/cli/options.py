@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ..backbones import DEFAULT_BACKBONE
+from ..backbones import AUTO, DEFAULT_BACKBONE
 from ..calibration import CHOICES as CALIBRATIONS
 from ..errors import ParameterError, UserError
 from ..types import TrainConfig
@@ -110,23 +110,28 @@ def _group(*decorators):
 def backbone_options(defaults: bool = True):
     """The backbone: ``--backbone``, ``--pretrained/--no-pretrained``, ``--weights``, ``--img-size``."""
     return _group(
-        click.option("--backbone", default=DEFAULT_BACKBONE if defaults else None, show_default=defaults,
-                     help="A timm model name (ViT, Swin, EVA, BEiT)."),
+        click.option("--backbone", help=f"A timm model name (ViT, Swin, EVA, BEiT) or one of `medpeft models`; "
+                                        f"{AUTO!r}: the architecture --weights states"
+                                        + (f" [{DEFAULT_BACKBONE}; with --weights: {AUTO}]." if defaults else ".")),
         click.option("--pretrained/--no-pretrained", default=True if defaults else None, show_default=defaults,
                      help="Start from the hub's pretrained weights."),
-        click.option("--weights", type=click.Path(dir_okay=False),
-                     help="Local backbone checkpoint (.npz/.pth/.safetensors)."),
+        click.option("--weights", type=click.Path(), help="Local backbone checkpoint: a file (.npz/.pth/.bin/"
+                     ".safetensors) or a folder saved by transformers, open_clip or timm (config and weights)."),
         click.option("--img-size", type=int, help="Input size (resizes position embeddings and EPT's prompt rows)."),
     )
 
 
 def model_options(f):
-    """The options that say which model to build: ``--method``, ``--opt`` and :func:`backbone_options`."""
+    """The options that say which model to build: ``--method``, ``--opt``, :func:`backbone_options` (see
+    :func:`backbone_name` for ``--backbone``'s default) and ``--mean/--std``."""
     return _group(
         click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
         click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
                      help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
         backbone_options(),
+        click.option("--mean", type=float, nargs=3, help="Normalisation mean (R G B, of pixels in [0, 1]) instead of "
+                                                         "the one the weights state."),
+        click.option("--std", type=float, nargs=3, help="Normalisation std (R G B) instead of the weights'."),
     )(f)
 
 
@@ -155,6 +160,14 @@ def mlflow_options(what: str):
                      help=f"Log {what} to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db)."),
         click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name]."),
     )
+
+
+def backbone_name(backbone: str | None, weights: str | None) -> str:
+    """``--backbone`` as given, else :data:`~medpeft.backbones.AUTO` with ``--weights`` (a checkpoint that does not
+    state its architecture falls back to the default backbone) and the default backbone without."""
+    if backbone:
+        return backbone
+    return AUTO if weights else DEFAULT_BACKBONE
 
 
 def train_config_options(defaults: bool = True):

@@ -13,6 +13,7 @@ from .options import (
     DATA_ROOT_HELP,
     Command,
     absolute_path,
+    backbone_name,
     conformal_options,
     conformal_settings,
     mlflow_options,
@@ -46,8 +47,8 @@ def methods():
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (once the new one has finished).")
 @mlflow_options("the run")
 def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, backbone, pretrained, weights, img_size,
-          calibrate, feature_cache, conformal, alpha, randomized, mondrian, raps_lambda, raps_k_reg, out, overwrite,
-          mlflow_uri, mlflow_experiment, **recipe):
+          mean, std, calibrate, feature_cache, conformal, alpha, randomized, mondrian, raps_lambda, raps_k_reg, out,
+          overwrite, mlflow_uri, mlflow_experiment, **recipe):
     """Train one method on one K-shot split; write a run directory."""
     from ..data import get_dataset
     from ..errors import UserError
@@ -60,9 +61,10 @@ def train(task, data_root, shots, exp, test_list, val_per_class, method, opts, b
 
     data_root = absolute_path(get_dataset(task).root(data_root))
     spec = RunSpec(method=method, task=task, data_root=data_root, shots=shots_value(shots), exp=exp,
-                   options=parse_options(opts), backbone=backbone, pretrained=pretrained,
+                   options=parse_options(opts), backbone=backbone_name(backbone, weights), pretrained=pretrained,
                    weights=absolute_path(weights), img_size=img_size, test_list=test_list, val_per_class=val_per_class,
-                   train=TrainConfig(**recipe), calibrate=calibrate,
+                   train=TrainConfig(**recipe), calibrate=calibrate, mean=list(mean) if mean else None,
+                   std=list(std) if std else None,
                    conformal=conformal_settings(conformal, alpha=alpha, randomized=randomized, mondrian=mondrian,
                                                 raps_lambda=raps_lambda, raps_k_reg=raps_k_reg))
     check_out(out, overwrite)
