@@ -32,8 +32,7 @@ XRAYS = Path(__file__).resolve().parents[1] / "tests" / "data" / "pneumoniamnist
 
 def cpu_name() -> str:
     with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                    platform.machine())
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
 
 
 def resident_mb() -> float:
@@ -54,14 +53,34 @@ class Measured(LocalExecutor):
         return outcome
 
 
-def grid(data_root: Path, backbone: str, img_size: int, methods: list[str], tasks: list[str], shots: list[int],
-         exps: list[int], seeds: list[int], **extra) -> BenchConfig:
-    return BenchConfig.from_dict({**extra,
-        "methods": [{"method": m, "options": {"prompt_length": 5}} if m in ("ept", "vpt") else m for m in methods],
-        "tasks": tasks, "data_root": str(data_root), "shots": shots, "exps": exps, "seeds": seeds,
-        "backbone": backbone, "pretrained": False, "img_size": img_size, "calibrate": "temperature",
-        "train": {"epochs": 1, "batch_size": 8, "lr": 0.01},
-    }, "memory benchmark")
+def grid(
+    data_root: Path,
+    backbone: str,
+    img_size: int,
+    methods: list[str],
+    tasks: list[str],
+    shots: list[int],
+    exps: list[int],
+    seeds: list[int],
+    **extra,
+) -> BenchConfig:
+    return BenchConfig.from_dict(
+        {
+            **extra,
+            "methods": [{"method": m, "options": {"prompt_length": 5}} if m in ("ept", "vpt") else m for m in methods],
+            "tasks": tasks,
+            "data_root": str(data_root),
+            "shots": shots,
+            "exps": exps,
+            "seeds": seeds,
+            "backbone": backbone,
+            "pretrained": False,
+            "img_size": img_size,
+            "calibrate": "temperature",
+            "train": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+        },
+        "memory benchmark",
+    )
 
 
 @click.command()
@@ -73,32 +92,77 @@ def main(out, seeds, vits_runs):
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     make_demo_data(work / "data")
-    report = {"machine": cpu_name(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "start_mb": resident_mb()}
+    report = {
+        "machine": cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "start_mb": resident_mb(),
+    }
     started = time.perf_counter()
     small = Measured()
-    run_bench(grid(work / "data", "vit_tiny_patch16_224", 32, ["linear", "full", "lora", "ept", "vpt"],
-                   ["colon", "endo"], [1, 5], [1, 2], list(range(seeds))), work / "small", executor=small,
-              progress=False)
+    run_bench(
+        grid(
+            work / "data",
+            "vit_tiny_patch16_224",
+            32,
+            ["linear", "full", "lora", "ept", "vpt"],
+            ["colon", "endo"],
+            [1, 5],
+            [1, 2],
+            list(range(seeds)),
+        ),
+        work / "small",
+        executor=small,
+        progress=False,
+    )
     r = small.readings
-    report["small"] = {"runs": len(r), "readings_mb": r, "after_20_mb": r[19], "after_last_mb": r[-1],
-                       "difference_mb": r[-1] - r[19], "seconds": time.perf_counter() - started}
+    report["small"] = {
+        "runs": len(r),
+        "readings_mb": r,
+        "after_20_mb": r[19],
+        "after_last_mb": r[-1],
+        "difference_mb": r[-1] - r[19],
+        "seconds": time.perf_counter() - started,
+    }
     vits = Measured()
-    run_bench(grid(XRAYS, "vit_small_patch16_224", 112, ["full"], ["medmnist"], [1], [1], list(range(vits_runs)),
-                   val_per_class=10), work / "vits", executor=vits, progress=False)
+    run_bench(
+        grid(
+            XRAYS,
+            "vit_small_patch16_224",
+            112,
+            ["full"],
+            ["medmnist"],
+            [1],
+            [1],
+            list(range(vits_runs)),
+            val_per_class=10,
+        ),
+        work / "vits",
+        executor=vits,
+        progress=False,
+    )
     v = vits.readings
-    report["vits"] = {"runs": len(v), "readings_mb": v,
-                      "growth_per_run_mb": float(np.polyfit(range(1, len(v)), v[1:], 1)[0])}
+    report["vits"] = {
+        "runs": len(v),
+        "readings_mb": v,
+        "growth_per_run_mb": float(np.polyfit(range(1, len(v)), v[1:], 1)[0]),
+    }
     (out / "memory.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Resident memory of one bench process", "",
-             f"{report['machine']}, torch {report['torch']}, {report['threads']} threads; "
-             "`python benchmarks/bench_memory.py --out benchmarks/memory`.", "",
-             "| grid | runs | after run 20 (MB) | after the last run (MB) | difference (MB) |",
-             "|---|---:|---:|---:|---:|",
-             f"| small (ViT-Ti 32 px, 5 methods) | {len(r)} | {r[19]:.0f} | {r[-1]:.0f} | {r[-1] - r[19]:+.0f} |", "",
-             f"Full fine-tuning of ViT-S/16 at 112 px on PneumoniaMNIST, {len(v)} runs: resident after each run "
-             + ", ".join(f"{x:.0f}" for x in v) + f" MB; growth {report['vits']['growth_per_run_mb']:+.1f} MB per run "
-             "after the first (least squares)."]
+    lines = [
+        "# Resident memory of one bench process",
+        "",
+        f"{report['machine']}, torch {report['torch']}, {report['threads']} threads; "
+        "`python benchmarks/bench_memory.py --out benchmarks/memory`.",
+        "",
+        "| grid | runs | after run 20 (MB) | after the last run (MB) | difference (MB) |",
+        "|---|---:|---:|---:|---:|",
+        f"| small (ViT-Ti 32 px, 5 methods) | {len(r)} | {r[19]:.0f} | {r[-1]:.0f} | {r[-1] - r[19]:+.0f} |",
+        "",
+        f"Full fine-tuning of ViT-S/16 at 112 px on PneumoniaMNIST, {len(v)} runs: resident after each run "
+        + ", ".join(f"{x:.0f}" for x in v)
+        + f" MB; growth {report['vits']['growth_per_run_mb']:+.1f} MB per run "
+        "after the first (least squares).",
+    ]
     (out / "memory.md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
 

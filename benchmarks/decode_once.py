@@ -46,8 +46,10 @@ def main(images, source_size, img_size, passes):
                     dataset[i]
                 seconds.append(time.perf_counter() - start)
             timings[name] = seconds
-            click.echo(f"{name}: {sum(seconds):.2f} s for {passes} passes over {images} images "
-                       f"({source_size} px -> {img_size} px); per pass " + ", ".join(f"{s:.2f}" for s in seconds))
+            click.echo(
+                f"{name}: {sum(seconds):.2f} s for {passes} passes over {images} images "
+                f"({source_size} px -> {img_size} px); per pass " + ", ".join(f"{s:.2f}" for s in seconds)
+            )
         ratio = sum(timings["decode once"]) / sum(timings["decoded every pass"])
         click.echo(f"decode once / decoded every pass: {ratio:.3f}")
 

@@ -59,39 +59,74 @@ def main(backbone, img_size, source_size, epochs, out):
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = chest_tree(Path(tmp) / "data", source_size)
-        for label, method, features in (("linear, no cache", "linear", None),
-                                         ("linear, feature cache", "linear", FeatureCache()),
-                                         ("ept", "ept", FeatureCache())):
-            spec = RunSpec(method=method, task="chest", data_root=str(root), shots=1, exp=1, backbone=backbone,
-                           pretrained=False, img_size=img_size, train={"epochs": epochs})
+        for label, method, features in (
+            ("linear, no cache", "linear", None),
+            ("linear, feature cache", "linear", FeatureCache()),
+            ("ept", "ept", FeatureCache()),
+        ):
+            spec = RunSpec(
+                method=method,
+                task="chest",
+                data_root=str(root),
+                shots=1,
+                exp=1,
+                backbone=backbone,
+                pretrained=False,
+                img_size=img_size,
+                train={"epochs": epochs},
+            )
             start = time.perf_counter()
-            record = run_experiment(spec, Path(tmp) / label.replace(" ", "_").replace(",", ""), progress=True,
-                                    features=features)
-            rows[label] = {"wall_s": time.perf_counter() - start, "time_s": record.result.time_s,
-                           "history": record.result.history, "test": record.test}
+            record = run_experiment(
+                spec, Path(tmp) / label.replace(" ", "_").replace(",", ""), progress=True, features=features
+            )
+            rows[label] = {
+                "wall_s": time.perf_counter() - start,
+                "time_s": record.result.time_s,
+                "history": record.result.history,
+                "test": record.test,
+            }
             click.echo(f"{label}: {rows[label]['wall_s']:.1f} s {record.result.time_s}", err=True)
-    identical = (rows["linear, no cache"]["history"] == rows["linear, feature cache"]["history"]
-                 and rows["linear, no cache"]["test"] == rows["linear, feature cache"]["test"])
+    identical = (
+        rows["linear, no cache"]["history"] == rows["linear, feature cache"]["history"]
+        and rows["linear, no cache"]["test"] == rows["linear, feature cache"]["test"]
+    )
     ratio_before = rows["linear, no cache"]["wall_s"] / rows["ept"]["wall_s"]
     ratio_after = rows["linear, feature cache"]["wall_s"] / rows["ept"]["wall_s"]
-    report = {"backbone": backbone, "img_size": img_size, "epochs": epochs, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-              "runs": {k: {"wall_s": v["wall_s"], "time_s": v["time_s"], "test": v["test"]} for k, v in rows.items()},
-              "linear_over_ept_before": ratio_before, "linear_over_ept_after": ratio_after,
-              "identical_linear_records": identical}
+    report = {
+        "backbone": backbone,
+        "img_size": img_size,
+        "epochs": epochs,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "runs": {k: {"wall_s": v["wall_s"], "time_s": v["time_s"], "test": v["test"]} for k, v in rows.items()},
+        "linear_over_ept_before": ratio_before,
+        "linear_over_ept_after": ratio_after,
+        "identical_linear_records": identical,
+    }
     (out / "run_cost.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"ChestDR 1-shot exp1 shape (19 train, 960 val, 1,161 test placeholder images), `{backbone}` at "
-             f"{img_size} px, random init, {epochs} epochs, batch 4, {torch.get_num_threads()} thread(s), torch "
-             f"{torch.__version__}. Wall time per run (s):", "",
-             "| run | train | val | test | end to end | × ept |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"ChestDR 1-shot exp1 shape (19 train, 960 val, 1,161 test placeholder images), `{backbone}` at "
+        f"{img_size} px, random init, {epochs} epochs, batch 4, {torch.get_num_threads()} thread(s), torch "
+        f"{torch.__version__}. Wall time per run (s):",
+        "",
+        "| run | train | val | test | end to end | × ept |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for label, row in rows.items():
         t = row["time_s"]
-        lines.append(f"| {label} | {t['train']:.1f} | {t['val']:.1f} | {t['test']:.1f} | {row['wall_s']:.1f} | "
-                     f"{row['wall_s'] / rows['ept']['wall_s']:.3f} |")
-    lines += ["", f"- linear / ept end to end: {ratio_before:.3f} before, {ratio_after:.3f} with the feature cache "
-                  f"(target ≤ 0.35: **{'PASS' if ratio_after <= 0.35 else 'FAIL'}**)",
-              f"- linear's records with and without the cache identical (history, selected epoch, test metrics): "
-              f"**{identical}**", ""]
+        lines.append(
+            f"| {label} | {t['train']:.1f} | {t['val']:.1f} | {t['test']:.1f} | {row['wall_s']:.1f} | "
+            f"{row['wall_s'] / rows['ept']['wall_s']:.3f} |"
+        )
+    lines += [
+        "",
+        f"- linear / ept end to end: {ratio_before:.3f} before, {ratio_after:.3f} with the feature cache "
+        f"(target ≤ 0.35: **{'PASS' if ratio_after <= 0.35 else 'FAIL'}**)",
+        f"- linear's records with and without the cache identical (history, selected epoch, test metrics): "
+        f"**{identical}**",
+        "",
+    ]
     (out / "run_cost.md").write_text("\n".join(lines))
     click.echo("\n".join(lines))
 

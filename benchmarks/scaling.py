@@ -35,12 +35,21 @@ METHODS = ["linear", "lora", {"method": "ept", "options": {"prompt_length": 10}}
 def grid(data_root: Path, runs: int, epochs: int, img_size: int) -> BenchConfig:
     """``runs`` runs (a multiple of 6): linear, LoRA and EPT on the demo's colon task, 5-shot, its experiments 1 and 2
     (the demo data has two samplings) × seeds 0…"""
-    return BenchConfig.from_dict({
-        "methods": METHODS, "tasks": ["colon"], "data_root": str(data_root), "shots": [5],
-        "exps": [1, 2], "seeds": list(range(max(1, runs // (2 * len(METHODS))))),
-        "backbone": "vit_tiny_patch16_224", "pretrained": False,
-        "img_size": img_size, "train": {"epochs": epochs, "batch_size": 4},
-    }, "scaling grid")
+    return BenchConfig.from_dict(
+        {
+            "methods": METHODS,
+            "tasks": ["colon"],
+            "data_root": str(data_root),
+            "shots": [5],
+            "exps": [1, 2],
+            "seeds": list(range(max(1, runs // (2 * len(METHODS))))),
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "img_size": img_size,
+            "train": {"epochs": epochs, "batch_size": 4},
+        },
+        "scaling grid",
+    )
 
 
 def timed(config: BenchConfig, out: Path, executor, ray_resources: dict | None) -> float:
@@ -59,16 +68,26 @@ def timed(config: BenchConfig, out: Path, executor, ray_resources: dict | None) 
 
 
 def markdown(facts: dict, rows: list[dict]) -> str:
-    setup = (f"{facts['runs']} runs (linear, LoRA, EPT; ViT-Tiny at {facts['img_size']} px, {facts['epochs']} "
-             f"epochs, batch 4) on {facts['cpu_model']}, {facts['cores']} cores; {facts['other_cores_busy']} "
-             "cores busy with other work at the start. Wall time includes starting each Ray worker process "
-             "(importing torch), as a real bench pays it.")
-    lines = ["# Scaling: one grid over Ray workers", "", setup, "",
-             "| executor | workers | runs per GPU | wall (s) | runs/hour | speed-up |", "|---|---|---|---|---|---|"]
+    setup = (
+        f"{facts['runs']} runs (linear, LoRA, EPT; ViT-Tiny at {facts['img_size']} px, {facts['epochs']} "
+        f"epochs, batch 4) on {facts['cpu_model']}, {facts['cores']} cores; {facts['other_cores_busy']} "
+        "cores busy with other work at the start. Wall time includes starting each Ray worker process "
+        "(importing torch), as a real bench pays it."
+    )
+    lines = [
+        "# Scaling: one grid over Ray workers",
+        "",
+        setup,
+        "",
+        "| executor | workers | runs per GPU | wall (s) | runs/hour | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     base = rows[0]["wall_s"]
     for row in rows:
-        lines.append(f"| {row['executor']} | {row['workers']} | {row.get('runs_per_gpu', '')} | {row['wall_s']:.1f} "
-                     f"| {row['runs_per_hour']:.0f} | {base / row['wall_s']:.2f}× |")
+        lines.append(
+            f"| {row['executor']} | {row['workers']} | {row.get('runs_per_gpu', '')} | {row['wall_s']:.1f} "
+            f"| {row['runs_per_hour']:.0f} | {base / row['wall_s']:.2f}× |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -94,21 +113,46 @@ def main(runs, epochs, img_size, workers, gpu, out):
         config = grid(Path(tmp) / "data", runs, epochs, img_size)
         n_runs = sum(1 for _ in config.specs())
         busy = busy_now()
-        facts = {"cpu_model": cpu_model(), "cores": cores, "other_cores_busy": busy and round(busy, 2),
-                 "gpu": torch.cuda.get_device_name(0) if gpu else None, "runs": n_runs, "epochs": epochs,
-                 "img_size": img_size, "torch": torch.__version__, "python": platform.python_version()}
+        facts = {
+            "cpu_model": cpu_model(),
+            "cores": cores,
+            "other_cores_busy": busy and round(busy, 2),
+            "gpu": torch.cuda.get_device_name(0) if gpu else None,
+            "runs": n_runs,
+            "epochs": epochs,
+            "img_size": img_size,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
         points = [("local", 1, None, LocalExecutor(cpus_per_run=1), None)]
         if gpu:
-            points += [("ray", n, n, RayExecutor(cpus_per_run=max(1, cores // n), gpus_per_run=1 / n),
-                        {"num_cpus": cores, "num_gpus": 1}) for n in (1, 2, 4, 8)]
+            points += [
+                (
+                    "ray",
+                    n,
+                    n,
+                    RayExecutor(cpus_per_run=max(1, cores // n), gpus_per_run=1 / n),
+                    {"num_cpus": cores, "num_gpus": 1},
+                )
+                for n in (1, 2, 4, 8)
+            ]
         else:
-            points += [("ray", n, None, RayExecutor(cpus_per_run=1), {"num_cpus": n})
-                       for n in (int(w) for w in workers.split(","))]
+            points += [
+                ("ray", n, None, RayExecutor(cpus_per_run=1), {"num_cpus": n})
+                for n in (int(w) for w in workers.split(","))
+            ]
         rows = []
         for i, (name, n, per_gpu, executor, resources) in enumerate(points):
             wall = timed(config, Path(tmp) / f"bench{i}", executor, resources)
-            rows.append({"executor": name, "workers": n, **({"runs_per_gpu": per_gpu} if per_gpu else {}),
-                         "wall_s": round(wall, 2), "runs_per_hour": round(3600 * n_runs / wall, 1)})
+            rows.append(
+                {
+                    "executor": name,
+                    "workers": n,
+                    **({"runs_per_gpu": per_gpu} if per_gpu else {}),
+                    "wall_s": round(wall, 2),
+                    "runs_per_hour": round(3600 * n_runs / wall, 1),
+                }
+            )
             click.echo(f"{name} × {n}: {wall:.1f} s, {3600 * n_runs / wall:.0f} runs/hour")
             shutil.rmtree(Path(tmp) / f"bench{i}", ignore_errors=True)
     name = "scaling-gpu" if gpu else "scaling"

@@ -74,8 +74,9 @@ def build_backbone(
     return model, preprocessing
 
 
-def _named_backbone(backbone: str, *, pretrained: bool, weights,
-                    img_size: int | None) -> tuple[nn.Module, Preprocessing]:
+def _named_backbone(
+    backbone: str, *, pretrained: bool, weights, img_size: int | None
+) -> tuple[nn.Module, Preprocessing]:
     from .foundation_models import fetch, get_foundation_model
 
     entry = get_foundation_model(backbone)
@@ -127,12 +128,16 @@ def _from_checkpoint(backbone: str, ckpt: Checkpoint, img_size: int | None) -> t
         with torch.device("meta"):
             named = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         if not isinstance(named, VisionTransformer):
-            raise UserError(f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}; --backbone "
-                            f"{backbone} is a {type(named).__name__}")
+            raise UserError(
+                f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}; --backbone "
+                f"{backbone} is a {type(named).__name__}"
+            )
         differences = ckpt.arch.differences(Architecture.of_model(named))
         if differences:
-            raise UserError(f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}, not --backbone "
-                            f"{backbone}: {'; '.join(differences)}")
+            raise UserError(
+                f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}, not --backbone "
+                f"{backbone}: {'; '.join(differences)}"
+            )
         kwargs = {**kwargs, **ckpt.arch.timm_kwargs()}
     size = img_size or ckpt.img_size
     model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs, **({"img_size": size} if size else {}))
@@ -176,8 +181,10 @@ def check_backbone(backbone: str, *, img_size: int | None = None, weights: str |
 
 def _check_name(backbone: str) -> None:
     if not timm.is_model(backbone):
-        raise UserError(f"unknown backbone {backbone!r}: pass a timm model name such as {DEFAULT_BACKBONE!r} "
-                        "(see timm.list_models('vit_*'), 'swin_*', 'eva*', 'beit*') or one of `medpeft models`")
+        raise UserError(
+            f"unknown backbone {backbone!r}: pass a timm model name such as {DEFAULT_BACKBONE!r} "
+            "(see timm.list_models('vit_*'), 'swin_*', 'eva*', 'beit*') or one of `medpeft models`"
+        )
 
 
 def _check_img_size(model: nn.Module, img_size: int) -> None:
@@ -201,13 +208,17 @@ def load_weights(model: nn.Module, path: str | Path) -> Preprocessing | None:
         raise UserError(f"weights file {path} not found")
     if path.suffix == ".npz":
         if not hasattr(model, "load_pretrained"):
-            raise UserError(f"weights file {path}: Google .npz checkpoints are for ViTs; give this "
-                            f"{type(model).__name__} a PyTorch or safetensors state dict")
+            raise UserError(
+                f"weights file {path}: Google .npz checkpoints are for ViTs; give this "
+                f"{type(model).__name__} a PyTorch or safetensors state dict"
+            )
         try:
             model.load_pretrained(str(path))
         except Exception as err:  # corrupt or foreign file
-            raise UserError(f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {sniff(path)} "
-                            f"({type(err).__name__})") from err
+            raise UserError(
+                f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {sniff(path)} "
+                f"({type(err).__name__})"
+            ) from err
         return None
     ckpt = read_checkpoint(path)
     load_state(model, ckpt.state, path)
@@ -219,15 +230,19 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
     filter; every tensor must fit, key for key and shape for shape."""
     try:
         state = family_class(model).checkpoint_filter(
-            {k: v for k, v in state.items() if not k.startswith("head.")}, model)
+            {k: v for k, v in state.items() if not k.startswith("head.")}, model
+        )
     except Exception as err:  # shapes timm cannot adapt
         raise UserError(f"weights file {path} does not fit this backbone: {err}".splitlines()[0]) from err
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing = [k for k in own if k not in state and not k.startswith("head.")]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         raise UserError(
             f"weights file {path} does not fit this backbone: {len(missing)} missing (e.g. {missing[:2]}), "

@@ -62,13 +62,18 @@ def fit_temperature(logits, targets, multilabel: bool) -> Calibration:
     logits = np.asarray(logits, dtype=np.float64)
     targets = np.asarray(targets)
     if logits.ndim != 2 or len(logits) == 0 or len(targets) != len(logits):
-        raise UserError(f"temperature scaling needs (n, C) logits and n targets, got {logits.shape} and "
-                        f"{targets.shape}")
+        raise UserError(
+            f"temperature scaling needs (n, C) logits and n targets, got {logits.shape} and {targets.shape}"
+        )
     before = nll(logits, targets, multilabel)
     note = _degenerate(logits, targets, multilabel)
     if note is None:
-        found = minimize_scalar(lambda log_t: nll(logits, targets, multilabel, float(np.exp(log_t))),
-                                bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
+        found = minimize_scalar(
+            lambda log_t: nll(logits, targets, multilabel, float(np.exp(log_t))),
+            bounds=LOG_T_BOUNDS,
+            method="bounded",
+            options={"xatol": 1e-6},
+        )
         edge = min(abs(found.x - b) for b in LOG_T_BOUNDS) < 1e-3
         if found.success and not edge:
             t = float(np.exp(found.x))

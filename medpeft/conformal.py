@@ -61,8 +61,11 @@ class ConformalConfig:
             raise UserError(f"--conformal {self.method!r}: choose from {list(SCORES)}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise UserError(f"--alpha {self.alpha!r} must be a number strictly between 0 and 1 (e.g. 0.1)")
-        if isinstance(self.raps_lambda, bool) or not isinstance(self.raps_lambda, (int, float)) \
-                or not self.raps_lambda >= 0:
+        if (
+            isinstance(self.raps_lambda, bool)
+            or not isinstance(self.raps_lambda, (int, float))
+            or not self.raps_lambda >= 0
+        ):
             raise UserError(f"--raps-lambda {self.raps_lambda!r} must be a number ≥ 0")
         if isinstance(self.raps_k_reg, bool) or not isinstance(self.raps_k_reg, int) or self.raps_k_reg < 0:
             raise UserError(f"--raps-k-reg {self.raps_k_reg!r} must be an integer ≥ 0")
@@ -102,9 +105,14 @@ class Conformal:
 
     @property
     def config(self) -> ConformalConfig:
-        return ConformalConfig(self.method, self.alpha, self.randomized, self.mondrian,
-                               0.01 if self.raps_lambda is None else self.raps_lambda,
-                               1 if self.raps_k_reg is None else self.raps_k_reg)
+        return ConformalConfig(
+            self.method,
+            self.alpha,
+            self.randomized,
+            self.mondrian,
+            0.01 if self.raps_lambda is None else self.raps_lambda,
+            1 if self.raps_k_reg is None else self.raps_k_reg,
+        )
 
 
 def _infinite_nulls(value):
@@ -174,8 +182,10 @@ def calibrate(probs, labels, config: ConformalConfig, *, multilabel: bool, class
     Too few images for α: that q̂ is ∞, with one :class:`ConformalWarning` line."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     if probs.ndim != 2 or len(probs) == 0 or len(labels) != len(probs):
-        raise UserError(f"conformal prediction needs (n, C) validation probabilities and n labels, got {probs.shape}"
-                        f" and {labels.shape}")
+        raise UserError(
+            f"conformal prediction needs (n, C) validation probabilities and n labels, got {probs.shape}"
+            f" and {labels.shape}"
+        )
     classes = [str(c) for c in classes] if classes is not None else [str(k) for k in range(probs.shape[1])]
     u = _draws(labels.shape, config, seed, 0)
     if not multilabel:
@@ -183,8 +193,13 @@ def calibrate(probs, labels, config: ConformalConfig, *, multilabel: bool, class
     else:
         qhat, few = [], []
         for c, name in enumerate(classes):
-            q, small = _calibrate_classes(_binary(probs, c), labels[:, c].astype(np.int64), config,
-                                          None if u is None else u[:, c], [f"{name} absent", f"{name} present"])
+            q, small = _calibrate_classes(
+                _binary(probs, c),
+                labels[:, c].astype(np.int64),
+                config,
+                None if u is None else u[:, c],
+                [f"{name} absent", f"{name} present"],
+            )
             qhat.append(q)
             few += small[:1] if not config.mondrian else small
     if few:
@@ -198,8 +213,10 @@ def prediction_sets(probs, qhat, config: ConformalConfig, *, multilabel: bool, s
     u = _draws(probs.shape if multilabel else len(probs), config, seed, 1)
     if not multilabel:
         return _sets(probs, qhat, config, u)
-    return np.stack([_sets(_binary(probs, c), qhat[c], config, None if u is None else u[:, c])
-                     for c in range(probs.shape[1])], axis=1)
+    return np.stack(
+        [_sets(_binary(probs, c), qhat[c], config, None if u is None else u[:, c]) for c in range(probs.shape[1])],
+        axis=1,
+    )
 
 
 def set_metrics(sets: np.ndarray, labels, classes) -> dict[str, Any]:
@@ -214,13 +231,26 @@ def set_metrics(sets: np.ndarray, labels, classes) -> dict[str, Any]:
         covered = np.take_along_axis(sets, labels[:, :, None], axis=2)[:, :, 0]
         per_class = list(covered.T)
     sizes = sets.sum(-1)
-    return {"coverage": float(covered.mean()), "mean_set_size": float(sizes.mean()),
-            "singleton_rate": float((sizes == 1).mean()),
-            "per_class_coverage": {name: float(c.mean()) if len(c) else None for name, c in zip(classes, per_class)}}
+    return {
+        "coverage": float(covered.mean()),
+        "mean_set_size": float(sizes.mean()),
+        "singleton_rate": float((sizes == 1).mean()),
+        "per_class_coverage": {name: float(c.mean()) if len(c) else None for name, c in zip(classes, per_class)},
+    }
 
 
-def conformal_step(val_probs, val_labels, test_probs, test_labels, config: ConformalConfig, *, multilabel: bool,
-                   classes, seed: int = 0, after: str | None = None) -> Conformal:
+def conformal_step(
+    val_probs,
+    val_labels,
+    test_probs,
+    test_labels,
+    config: ConformalConfig,
+    *,
+    multilabel: bool,
+    classes,
+    seed: int = 0,
+    after: str | None = None,
+) -> Conformal:
     """Calibrate on validation and score the test set (``test_labels`` None: no test metrics)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConformalWarning)
@@ -234,22 +264,37 @@ def conformal_step(val_probs, val_labels, test_probs, test_labels, config: Confo
         sets = prediction_sets(test_probs, qhat, config, multilabel=multilabel, seed=seed)
         test = set_metrics(sets, test_labels, classes)
     raps = config.method == "raps"
-    return Conformal(config.method, config.alpha, len(val_labels), qhat, config.randomized, config.mondrian,
-                     config.raps_lambda if raps else None, config.raps_k_reg if raps else None, after, note, test)
+    return Conformal(
+        config.method,
+        config.alpha,
+        len(val_labels),
+        qhat,
+        config.randomized,
+        config.mondrian,
+        config.raps_lambda if raps else None,
+        config.raps_k_reg if raps else None,
+        after,
+        note,
+        test,
+    )
 
 
 def _warn_too_few(few: list[tuple], n: int, config: ConformalConfig, multilabel: bool) -> None:
     """One line: which calibration groups are too small for α, the n that α needs and the smallest α each allows."""
     whole = "every label's set is {absent, present}" if multilabel else "every class is in every set"
     if not config.mondrian:
-        message = (f"{n} validation images are too few for α = {config.alpha:g} (it needs n ≥ "
-                   f"{_needed(config.alpha)}; the smallest α for n = {n} is 1/(n + 1) = {1 / (n + 1):.3g}): {whole}")
+        message = (
+            f"{n} validation images are too few for α = {config.alpha:g} (it needs n ≥ "
+            f"{_needed(config.alpha)}; the smallest α for n = {n} is 1/(n + 1) = {1 / (n + 1):.3g}): {whole}"
+        )
     else:
         smallest = min(size for _, size in few)
         groups = ", ".join(f"{name} (n = {size})" for name, size in few)
-        message = (f"Mondrian: too few validation images for α = {config.alpha:g} (it needs n ≥ "
-                   f"{_needed(config.alpha)} per group) in {groups}; the smallest α for n = {smallest} is "
-                   f"1/(n + 1) = {1 / (smallest + 1):.3g}: those groups' classes are in every set")
+        message = (
+            f"Mondrian: too few validation images for α = {config.alpha:g} (it needs n ≥ "
+            f"{_needed(config.alpha)} per group) in {groups}; the smallest α for n = {smallest} is "
+            f"1/(n + 1) = {1 / (smallest + 1):.3g}: those groups' classes are in every set"
+        )
     warnings.warn(f"conformal: {message}", ConformalWarning, stacklevel=3)
 
 
@@ -272,5 +317,17 @@ def temper(probs, temperature: float, multilabel: bool) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-__all__ = ["SCORES", "Conformal", "ConformalConfig", "ConformalWarning", "calibrate", "class_scores",
-           "conformal_quantile", "conformal_step", "prediction_sets", "quantile_rank", "set_metrics", "temper"]
+__all__ = [
+    "SCORES",
+    "Conformal",
+    "ConformalConfig",
+    "ConformalWarning",
+    "calibrate",
+    "class_scores",
+    "conformal_quantile",
+    "conformal_step",
+    "prediction_sets",
+    "quantile_rank",
+    "set_metrics",
+    "temper",
+]

@@ -80,12 +80,33 @@ class FeatureCache:
             value = np.load(file, mmap_mode="r")
         return remember(self._memory, key, value)
 
-    def key(self, model: PeftClassifier, stages: int, samples: Samples, *, img_size: int, batch_size: int,
-            device: torch.device, bf16: bool) -> str:
+    def key(
+        self,
+        model: PeftClassifier,
+        stages: int,
+        samples: Samples,
+        *,
+        img_size: int,
+        batch_size: int,
+        device: torch.device,
+        bf16: bool,
+    ) -> str:
         h = hashlib.sha256()
         h.update(self._prefix_fingerprint(model, stages).encode())
-        h.update(repr((stages, img_size, batch_size, device.type, bf16, torch.__version__, model.preprocessing.mean,
-                       model.preprocessing.std)).encode())
+        h.update(
+            repr(
+                (
+                    stages,
+                    img_size,
+                    batch_size,
+                    device.type,
+                    bf16,
+                    torch.__version__,
+                    model.preprocessing.mean,
+                    model.preprocessing.std,
+                )
+            ).encode()
+        )
         for source in samples.sources:
             if isinstance(source, np.ndarray):
                 h.update(repr((source.shape, str(source.dtype))).encode())
@@ -148,10 +169,21 @@ def scores_of(logits: np.ndarray, task: TaskSpec) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_logits(model: PeftClassifier, samples: Samples, task: TaskSpec, *, img_size: int, batch_size: int = 32,
-                   cache: ResizedImageCache | None = None, features: FeatureCache | None = None,
-                   device: torch.device | str = "cpu", bf16: bool = True, num_workers: int = 0,
-                   progress: bool = False, desc: str = "eval") -> np.ndarray:
+def predict_logits(
+    model: PeftClassifier,
+    samples: Samples,
+    task: TaskSpec,
+    *,
+    img_size: int,
+    batch_size: int = 32,
+    cache: ResizedImageCache | None = None,
+    features: FeatureCache | None = None,
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
+) -> np.ndarray:
     """Logits (n, C) float32 for ``samples``, square-resized as at test time (bfloat16 on GPU with ``bf16``).
 
     With ``features``, a frozen prefix of the model (:meth:`~medpeft.methods.Method.frozen_stages`) runs once per
@@ -162,22 +194,30 @@ def predict_logits(model: PeftClassifier, samples: Samples, task: TaskSpec, *, i
     if not len(samples):
         return np.zeros((0, task.num_classes), dtype=np.float32)
     low = bf16 and device.type == "cuda"
-    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean,
-                                     std=model.preprocessing.std), batch_size=batch_size,
-                        num_workers=num_workers, generator=torch.Generator())  # never draws from training's stream
+    loader = DataLoader(
+        eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean, std=model.preprocessing.std),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        generator=torch.Generator(),
+    )  # never draws from training's stream
     stages = model.method.frozen_stages(model.backbone) if features is not None else 0
     bar = dict(desc=desc, leave=False, disable=not progress or None)
     out = []
     if stages:
+
         def compute():
             with autocast(device, low):
-                return np.concatenate([forward_prefix(model, images.to(device), stages).float().cpu().numpy()
-                                       for images, _, _ in tqdm(loader, **bar)])
+                return np.concatenate(
+                    [
+                        forward_prefix(model, images.to(device), stages).float().cpu().numpy()
+                        for images, _, _ in tqdm(loader, **bar)
+                    ]
+                )
 
         key = features.key(model, stages, samples, img_size=img_size, batch_size=batch_size, device=device, bf16=low)
         prefix = features.get(key, compute)
         for start in range(0, len(prefix), batch_size):
-            x = torch.from_numpy(np.array(prefix[start:start + batch_size])).to(device)
+            x = torch.from_numpy(np.array(prefix[start : start + batch_size])).to(device)
             with autocast(device, low):
                 out.append(forward_suffix(model, x, stages).float().cpu())
     else:

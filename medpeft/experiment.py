@@ -52,10 +52,17 @@ def check_spec(spec: RunSpec) -> None:
     check_backbone(spec.backbone, img_size=spec.img_size, weights=spec.weights)
 
 
-def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache | None = None,
-                   features: FeatureCache | None = None, progress: bool = True, overwrite: bool = False,
-                   worker: dict[str, Any] | None = None,
-                   on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> RunRecord:
+def run_experiment(
+    spec: RunSpec,
+    out: str | Path,
+    *,
+    cache: ResizedImageCache | None = None,
+    features: FeatureCache | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    worker: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> RunRecord:
     """Train ``spec`` and write its run directory ``out``; returns its record.
 
     ``cache`` decodes evaluation images once, ``features`` keeps the frozen prefix's output for them (see
@@ -68,25 +75,50 @@ def run_experiment(spec: RunSpec, out: str | Path, *, cache: ResizedImageCache |
     check_spec(spec)
     data = load_splits(spec)
     data.check_images()
-    model = build_model(spec.method, spec.backbone, data.task.num_classes, pretrained=spec.pretrained,
-                        weights=spec.weights, img_size=spec.img_size, seed=spec.seed, mean=spec.mean, std=spec.std,
-                        **spec.options)
+    model = build_model(
+        spec.method,
+        spec.backbone,
+        data.task.num_classes,
+        pretrained=spec.pretrained,
+        weights=spec.weights,
+        img_size=spec.img_size,
+        seed=spec.seed,
+        mean=spec.mean,
+        std=spec.std,
+        **spec.options,
+    )
     with staged_dir(out, replace=overwrite) as stage:
         with open(stage / "log.txt", "w") as log:
-            result = fit(model, data, spec.train, cache=cache, features=features, calibrate=spec.calibrate,
-                         progress=progress, log=lambda line: (log.write(line + "\n"), log.flush()),
-                         on_epoch=on_epoch)
+            result = fit(
+                model,
+                data,
+                spec.train,
+                cache=cache,
+                features=features,
+                calibrate=spec.calibrate,
+                progress=progress,
+                log=lambda line: (log.write(line + "\n"), log.flush()),
+                on_epoch=on_epoch,
+            )
         save_trainable(model, stage / WEIGHTS_FILE)
         kept = kept_logits(result, data)
         if kept is not None:
             kept.save(stage / LOGITS_FILE)
             if spec.conformal is not None:
-                result.conformal = conformal_of(kept, data.task, spec.conformal, calibration=result.calibration,
-                                                seed=spec.seed)
+                result.conformal = conformal_of(
+                    kept, data.task, spec.conformal, calibration=result.calibration, seed=spec.seed
+                )
         if result.test_scores is not None:
             write_test_files(stage, spec, data.task, data.test.names, result.test_scores, result.conformal)
-        record = RunRecord(spec, data.task, model.config, result, versions(),
-                           {**where(result.device), **(worker or {})}, split_names(data))
+        record = RunRecord(
+            spec,
+            data.task,
+            model.config,
+            result,
+            versions(),
+            {**where(result.device), **(worker or {})},
+            split_names(data),
+        )
         write_json(stage / RUN_FILE, record.to_dict())
     return record
 
@@ -96,12 +128,19 @@ def kept_logits(result: RunResult, data: DatasetSplits) -> KeptLogits | None:
     if result.val_logits is None:
         return None
     test = data.test if result.test_logits is not None else None
-    return KeptLogits(result.val_logits, list(data.val.names), data.val.labels, result.test_logits,
-                      None if test is None else list(test.names), None if test is None else test.labels)
+    return KeptLogits(
+        result.val_logits,
+        list(data.val.names),
+        data.val.labels,
+        result.test_logits,
+        None if test is None else list(test.names),
+        None if test is None else test.labels,
+    )
 
 
-def write_test_files(run_dir: Path, spec: RunSpec, task: TaskSpec, names: list[str], scores: np.ndarray,
-                     conformal: Conformal | None) -> None:
+def write_test_files(
+    run_dir: Path, spec: RunSpec, task: TaskSpec, names: list[str], scores: np.ndarray, conformal: Conformal | None
+) -> None:
     """The run's submission CSV of its test ``scores`` and, with ``conformal``, its prediction sets (computed from
     the same ``scores``: calibrated when the run fitted a temperature)."""
     write_submission(run_dir / submission_name(spec.task, spec.shots), names, scores)
@@ -116,15 +155,17 @@ def write_test_files(run_dir: Path, spec: RunSpec, task: TaskSpec, names: list[s
 def check_out(out: str | Path, overwrite: bool = False) -> None:
     """That ``out`` can take a new run: it holds none, or ``overwrite`` replaces it."""
     if (Path(out) / RUN_FILE).is_file() and not overwrite:
-        raise ParameterError("out", "{path} already holds a run: pass {overwrite} to replace it, or choose another "
-                             "{out}", path=out)
+        raise ParameterError(
+            "out", "{path} already holds a run: pass {overwrite} to replace it, or choose another {out}", path=out
+        )
 
 
 def run_tracked(spec: RunSpec, out: str | Path, listener: RunListener | None = None, **options: Any) -> RunRecord:
     """:func:`run_experiment` with ``listener`` (a tracker, e.g. :class:`~medpeft.tracking.MlflowRun`; None: none)
     told of the run's start, epochs and end; ``options`` are :func:`run_experiment`'s."""
-    return track_run(listener or RunListener(), spec, out,
-                     lambda on_epoch: run_experiment(spec, out, on_epoch=on_epoch, **options))
+    return track_run(
+        listener or RunListener(), spec, out, lambda on_epoch: run_experiment(spec, out, on_epoch=on_epoch, **options)
+    )
 
 
 def load_splits(spec: RunSpec) -> DatasetSplits:
@@ -141,23 +182,39 @@ def load_run(run_dir: str | Path, *, device: str = "cpu") -> tuple[PeftClassifie
     record = read_record(run_dir)
     spec = record.spec
     if not (run_dir / WEIGHTS_FILE).is_file():
-        raise UserError(f"{run_dir} has no trained weights ({WEIGHTS_FILE}; a run restored from a bench's runs.jsonl "
-                        f"keeps only its record): rerun it, e.g. by deleting the directory and rerunning the bench")
-    model = load_trainable(run_dir / WEIGHTS_FILE, pretrained=spec.pretrained, weights=spec.weights,
-                           backbone=spec.backbone, seed=spec.seed)
+        raise UserError(
+            f"{run_dir} has no trained weights ({WEIGHTS_FILE}; a run restored from a bench's runs.jsonl "
+            f"keeps only its record): rerun it, e.g. by deleting the directory and rerunning the bench"
+        )
+    model = load_trainable(
+        run_dir / WEIGHTS_FILE, pretrained=spec.pretrained, weights=spec.weights, backbone=spec.backbone, seed=spec.seed
+    )
     return model.to(device).eval(), record
 
 
-def predict_list(run_dir: str | Path, list_file: str | Path, *, data_root: str | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 32,
-                 progress: bool = True) -> tuple[list[str], np.ndarray]:
+def predict_list(
+    run_dir: str | Path,
+    list_file: str | Path,
+    *,
+    data_root: str | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
     """``(names, probabilities)`` of a trained run for every image of ``list_file`` (names only or labelled),
     found where the run's dataset keeps them (``data_root`` overrides the run's); every image is checked first."""
     samples = list_samples(read_record(run_dir), list_file, data_root)
     check_files(samples.sources, f"images of {list_file}")
     model, record = load_run(run_dir, device=str(device))
-    scores = predict(model, samples, record.task, img_size=model.config.img_size, batch_size=batch_size,
-                     device=device, progress=progress)
+    scores = predict(
+        model,
+        samples,
+        record.task,
+        img_size=model.config.img_size,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     return samples.names, scores
 
 
@@ -167,8 +224,9 @@ def list_sets(record: RunRecord, scores: np.ndarray) -> np.ndarray:
     conformal = record.result.conformal
     if conformal.after == "temperature":
         scores = temper(scores, record.result.calibration.temperature, record.task.multilabel)
-    return prediction_sets(scores, conformal.qhat, conformal.config, multilabel=record.task.multilabel,
-                           seed=record.spec.seed)
+    return prediction_sets(
+        scores, conformal.qhat, conformal.config, multilabel=record.task.multilabel, seed=record.spec.seed
+    )
 
 
 def list_samples(record: RunRecord, list_file: str | Path, data_root: str | None = None) -> Samples:
@@ -180,8 +238,12 @@ def list_samples(record: RunRecord, list_file: str | Path, data_root: str | None
 def versions() -> dict[str, str]:
     import timm
 
-    return {"medpeft": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+    return {
+        "medpeft": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def where(device: str) -> dict[str, Any]:

@@ -75,24 +75,42 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python values, the exporter's deprecation
-            torch.onnx.export(_WithProbabilities(model, record.task).eval(), (torch.zeros(2, 3, size, size),), graph,
-                              input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, **_TRACING_EXPORTER)
+            torch.onnx.export(
+                _WithProbabilities(model, record.task).eval(),
+                (torch.zeros(2, 3, size, size),),
+                graph,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                opset_version=OPSET,
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                **_TRACING_EXPORTER,
+            )
     except Exception as err:  # the exporter's errors have no common type
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"method {name!r} of {run_dir} cannot be exported to ONNX: {reason}") from None
     proto = onnx.load_from_string(graph.getvalue())
-    metadata = {**preprocessing(size, model.preprocessing),
-                "output": "sigmoid" if record.task.multilabel else "softmax",
-                "classes": json.dumps(list(record.task.classes)), "task": record.spec.task, "method": name,
-                "run_key": record.key, "medpeft_version": __version__}
+    metadata = {
+        **preprocessing(size, model.preprocessing),
+        "output": "sigmoid" if record.task.multilabel else "softmax",
+        "classes": json.dumps(list(record.task.classes)),
+        "task": record.spec.task,
+        "method": name,
+        "run_key": record.key,
+        "medpeft_version": __version__,
+    }
     onnx.helper.set_model_props(proto, metadata)
     write_bytes(out, proto.SerializeToString())
     return metadata
 
 
-def predict_list_onnx(run_dir: str | Path, list_file: str | Path, onnx_file: str | Path, *,
-                      data_root: str | None = None, batch_size: int = 32) -> tuple[list[str], np.ndarray]:
+def predict_list_onnx(
+    run_dir: str | Path,
+    list_file: str | Path,
+    onnx_file: str | Path,
+    *,
+    data_root: str | None = None,
+    batch_size: int = 32,
+) -> tuple[list[str], np.ndarray]:
     """``(names, probabilities)`` for every image of ``list_file`` from the run's exported graph ``onnx_file``;
     the images are found and read as :func:`~medpeft.experiment.predict_list` does."""
     import onnxruntime as ort
@@ -108,12 +126,15 @@ def predict_list_onnx(run_dir: str | Path, list_file: str | Path, onnx_file: str
         raise UserError(f"{onnx_file} is not a readable ONNX model ({str(err).strip().splitlines()[0]})") from None
     metadata = session.get_modelmeta().custom_metadata_map
     if metadata.get("run_key") != record.key:
-        raise UserError(f"{onnx_file} was not exported from {run_dir} (its run: {metadata.get('run_key')!r}): "
-                        f"export this run with `medpeft export {run_dir}`")
+        raise UserError(
+            f"{onnx_file} was not exported from {run_dir} (its run: {metadata.get('run_key')!r}): "
+            f"export this run with `medpeft export {run_dir}`"
+        )
     samples = list_samples(record, list_file, data_root)
     mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
-    loader = DataLoader(eval_dataset(samples, int(metadata["img_size"]), task=record.task, mean=mean, std=std),
-                        batch_size=batch_size)
+    loader = DataLoader(
+        eval_dataset(samples, int(metadata["img_size"]), task=record.task, mean=mean, std=std), batch_size=batch_size
+    )
     scores = [session.run([OUTPUT], {INPUT: images.numpy()})[0] for images, _, _ in loader]
     return samples.names, np.concatenate(scores) if scores else np.zeros((0, record.task.num_classes), np.float32)
 

@@ -49,8 +49,10 @@ FLOORS = tuple(TITLES)
 
 def pixels(samples: Samples) -> np.ndarray:
     """(n, 32²) greyscale pixels in [0, 1] of each image square-resized (bicubic)."""
-    rows = [np.asarray(read_image(s).convert("L").resize((PIXEL_SIZE, PIXEL_SIZE), Image.BICUBIC), np.float64)
-            for s in samples.sources]
+    rows = [
+        np.asarray(read_image(s).convert("L").resize((PIXEL_SIZE, PIXEL_SIZE), Image.BICUBIC), np.float64)
+        for s in samples.sources
+    ]
     return np.stack(rows).reshape(len(rows), -1) / 255
 
 
@@ -145,8 +147,9 @@ def fit_floor(floor: str, data: DatasetSplits, represent: Representations) -> Fi
     best = None
     for setting in LEAF_GRID if floor == "metadata" else C_GRID:
         model = _classifier(floor, setting, task.multilabel).fit(x["train"], data.train.labels)
-        score = metrics.task_metrics(_probabilities(model, x["val"], data), data.val.labels,
-                                     task.multilabel)[task.selection_metric]
+        score = metrics.task_metrics(_probabilities(model, x["val"], data), data.val.labels, task.multilabel)[
+            task.selection_metric
+        ]
         if best is None or score > best[1]:
             best = (setting, score, model)
     setting, score, model = best
@@ -164,9 +167,12 @@ def run_floors(config, out: str | Path, floors: list[str], progress: bool = True
     if unknown:
         raise UserError(f"unknown floor(s) {unknown}: choose from {', '.join(FLOORS)}")
     first = next(config.specs())
-    represent = Representations(lambda: build_model("linear", first.backbone, 2, pretrained=first.pretrained,
-                                                    weights=first.weights, img_size=first.img_size).eval(),
-                                first.img_size or 224)
+    represent = Representations(
+        lambda: build_model(
+            "linear", first.backbone, 2, pretrained=first.pretrained, weights=first.weights, img_size=first.img_size
+        ).eval(),
+        first.img_size or 224,
+    )
     cells = list(dict.fromkeys((s.task, s.shots, s.exp, s.seed) for s in config.specs()))
     rows = []
     for task, shots, exp, seed in tqdm(cells, desc="floors", disable=not progress or None):
@@ -174,8 +180,18 @@ def run_floors(config, out: str | Path, floors: list[str], progress: bool = True
         data = load_splits(spec)
         for floor in floors:
             fitted = fit_floor(floor, data, represent)
-            rows.append({"floor": floor, "task": task, "shots": shots, "exp": exp, "seed": seed,
-                         "setting": fitted.setting, "val_score": fitted.val_score, "test": fitted.test})
+            rows.append(
+                {
+                    "floor": floor,
+                    "task": task,
+                    "shots": shots,
+                    "exp": exp,
+                    "seed": seed,
+                    "setting": fitted.setting,
+                    "val_score": fitted.val_score,
+                    "test": fitted.test,
+                }
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "floors.jsonl", "".join(json_line(r) for r in rows))
@@ -189,11 +205,16 @@ def floors_markdown(rows: list[dict], backbone: str | None) -> str:
     for r in rows:
         groups.setdefault((r["floor"], r["task"], r["shots"]), []).append(r)
     names = list(dict.fromkeys(k for r in rows for k in r["test"]))
-    lines = ["# Floors", "", "Test metrics ×100, mean ± sample std over samplings, of plain classifiers on exactly "
-             "the bench's splits (setting chosen on its validation images)"
-             + (f"; backbone features from {backbone}." if backbone else "."), "",
-             "| floor | task | shots | runs | " + " | ".join(names) + " | settings chosen |",
-             "|---|---|---|---|" + "---|" * (len(names) + 1)]
+    lines = [
+        "# Floors",
+        "",
+        "Test metrics ×100, mean ± sample std over samplings, of plain classifiers on exactly "
+        "the bench's splits (setting chosen on its validation images)"
+        + (f"; backbone features from {backbone}." if backbone else "."),
+        "",
+        "| floor | task | shots | runs | " + " | ".join(names) + " | settings chosen |",
+        "|---|---|---|---|" + "---|" * (len(names) + 1),
+    ]
     for (floor, task, shots), group in groups.items():
         cells = []
         for name in names:

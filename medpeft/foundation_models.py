@@ -17,8 +17,13 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI
 
 HUB = "https://huggingface.co"
 #: Files a hub snapshot needs: configs and single-file weights.
-HUB_FILES = ["*.json", "model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin",
-             "open_clip_model.safetensors"]
+HUB_FILES = [
+    "*.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+    "open_clip_model.safetensors",
+]
 
 
 @dataclass(frozen=True)
@@ -59,68 +64,167 @@ class FoundationModel:
 
     def commands(self) -> list[str]:
         """How to load it: online (with the login a gated model needs) and offline."""
-        online = (f"--backbone {self.name}" + (f"  (gated: accept its terms at {HUB}/{self.hub_id}, then "
-                                               "`hf auth login` or set HF_TOKEN)" if self.gated else "")
-                  if self.hub_id else "(not on the hub: download it from its authors)")
-        return [f"online:  {online}",
-                f"offline: --backbone {self.name} --weights DIR_OR_FILE  ({self.checkpoint_format})"]
+        online = (
+            f"--backbone {self.name}"
+            + (
+                f"  (gated: accept its terms at {HUB}/{self.hub_id}, then `hf auth login` or set HF_TOKEN)"
+                if self.gated
+                else ""
+            )
+            if self.hub_id
+            else "(not on the hub: download it from its authors)"
+        )
+        return [
+            f"online:  {online}",
+            f"offline: --backbone {self.name} --weights DIR_OR_FILE  ({self.checkpoint_format})",
+        ]
 
 
 MODELS = [
     FoundationModel(
-        "rad-dino", "chest X-ray", "microsoft/rad-dino", "MIT (per its model card; earlier revisions: MSRLA)", False,
-        "DINOv2 ViT-B/14 (no registers)", "transformers Dinov2Model folder (config.json, preprocessor_config.json)",
-        "vit_base_patch14_dinov2", 518, "chest X-rays from public and private sets (see the RAD-DINO paper)",
-        notes="normalisation from its preprocessor_config.json"),
+        "rad-dino",
+        "chest X-ray",
+        "microsoft/rad-dino",
+        "MIT (per its model card; earlier revisions: MSRLA)",
+        False,
+        "DINOv2 ViT-B/14 (no registers)",
+        "transformers Dinov2Model folder (config.json, preprocessor_config.json)",
+        "vit_base_patch14_dinov2",
+        518,
+        "chest X-rays from public and private sets (see the RAD-DINO paper)",
+        notes="normalisation from its preprocessor_config.json",
+    ),
     FoundationModel(
-        "biomedclip", "biomedical (figures of PubMed Central)",
+        "biomedclip",
+        "biomedical (figures of PubMed Central)",
         "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
-        "MIT", False, "open_clip with a timm ViT-B/16 image trunk", "open_clip folder (open_clip_config.json, "
-        "open_clip_pytorch_model.bin)", "vit_base_patch16_224", 224, "PMC-15M: 15M figure-caption pairs",
-        mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, notes="mean/std: open_clip's (OpenAI CLIP) unless its config says"),
+        "MIT",
+        False,
+        "open_clip with a timm ViT-B/16 image trunk",
+        "open_clip folder (open_clip_config.json, open_clip_pytorch_model.bin)",
+        "vit_base_patch16_224",
+        224,
+        "PMC-15M: 15M figure-caption pairs",
+        mean=OPENAI_CLIP_MEAN,
+        std=OPENAI_CLIP_STD,
+        notes="mean/std: open_clip's (OpenAI CLIP) unless its config says",
+    ),
     FoundationModel(
-        "uni", "pathology", "MahmoodLab/UNI", "CC BY-NC-ND 4.0", True, "ViT-L/16 with LayerScale",
-        "timm folder (config.json, pytorch_model.bin)", "vit_large_patch16_224", 224,
+        "uni",
+        "pathology",
+        "MahmoodLab/UNI",
+        "CC BY-NC-ND 4.0",
+        True,
+        "ViT-L/16 with LayerScale",
+        "timm folder (config.json, pytorch_model.bin)",
+        "vit_large_patch16_224",
+        224,
         "Mass-100K: over 100M tissue patches from about 100K H&E whole-slide images",
-        kwargs={"init_values": 1e-5}, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        kwargs={"init_values": 1e-5},
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
     FoundationModel(
-        "uni2-h", "pathology", "MahmoodLab/UNI2-h", "CC BY-NC-ND 4.0", True,
+        "uni2-h",
+        "pathology",
+        "MahmoodLab/UNI2-h",
+        "CC BY-NC-ND 4.0",
+        True,
         "ViT-H/14 (width 1536, 24 blocks, 24 heads) with SwiGLU, 8 registers, LayerScale",
-        "timm folder (config.json, pytorch_model.bin)", "vit_giant_patch14_224", 224,
+        "timm folder (config.json, pytorch_model.bin)",
+        "vit_giant_patch14_224",
+        224,
         "over 200M tissue images from over 350K H&E and IHC whole-slide images",
-        kwargs={"patch_size": 14, "depth": 24, "num_heads": 24, "embed_dim": 1536, "init_values": 1e-5,
-                "mlp_ratio": 2.66667 * 2, "mlp": "swiglu", "no_embed_class": True, "reg_tokens": 8},
-        mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        kwargs={
+            "patch_size": 14,
+            "depth": 24,
+            "num_heads": 24,
+            "embed_dim": 1536,
+            "init_values": 1e-5,
+            "mlp_ratio": 2.66667 * 2,
+            "mlp": "swiglu",
+            "no_embed_class": True,
+            "reg_tokens": 8,
+        },
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
     FoundationModel(
-        "retfound", "retina (colour fundus)", "YukunZhou/RETFound_mae_natureCFP",
-        "CC BY-NC 4.0 (unverified)", True, "MAE ViT-L/16",
-        "MAE checkpoint (.pth with a 'model' dict; encoder, and decoder which is dropped)", "vit_large_patch16_224",
-        224, "about 904K colour fundus photographs (MAE)", mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        notes="hub id unverified; an OCT model exists too"),
+        "retfound",
+        "retina (colour fundus)",
+        "YukunZhou/RETFound_mae_natureCFP",
+        "CC BY-NC 4.0 (unverified)",
+        True,
+        "MAE ViT-L/16",
+        "MAE checkpoint (.pth with a 'model' dict; encoder, and decoder which is dropped)",
+        "vit_large_patch16_224",
+        224,
+        "about 904K colour fundus photographs (MAE)",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        notes="hub id unverified; an OCT model exists too",
+    ),
     FoundationModel(
-        "virchow", "pathology", "paige-ai/Virchow", "Apache 2.0 with usage restrictions (unverified)", True,
-        "ViT-H/14 with SwiGLU and LayerScale (632M parameters)", "timm folder (config.json, pytorch_model.bin)",
-        "vit_huge_patch14_224", 224, "about 1.5M H&E whole-slide images (MSKCC)",
-        kwargs={"init_values": 1e-5, "mlp_ratio": 5.3375, "mlp": "swiglu"}, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        "virchow",
+        "pathology",
+        "paige-ai/Virchow",
+        "Apache 2.0 with usage restrictions (unverified)",
+        True,
+        "ViT-H/14 with SwiGLU and LayerScale (632M parameters)",
+        "timm folder (config.json, pytorch_model.bin)",
+        "vit_huge_patch14_224",
+        224,
+        "about 1.5M H&E whole-slide images (MSKCC)",
+        kwargs={"init_values": 1e-5, "mlp_ratio": 5.3375, "mlp": "swiglu"},
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
     FoundationModel(
-        "virchow2", "pathology", "paige-ai/Virchow2", "CC BY-NC-ND 4.0 (unverified)", True,
-        "ViT-H/14 with SwiGLU, LayerScale and 4 registers", "timm folder (config.json, pytorch_model.bin)",
-        "vit_huge_patch14_224", 224, "about 3.1M whole-slide images (MSKCC)",
+        "virchow2",
+        "pathology",
+        "paige-ai/Virchow2",
+        "CC BY-NC-ND 4.0 (unverified)",
+        True,
+        "ViT-H/14 with SwiGLU, LayerScale and 4 registers",
+        "timm folder (config.json, pytorch_model.bin)",
+        "vit_huge_patch14_224",
+        224,
+        "about 3.1M whole-slide images (MSKCC)",
         kwargs={"init_values": 1e-5, "mlp_ratio": 5.3375, "mlp": "swiglu", "reg_tokens": 4},
-        mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
     FoundationModel(
-        "prov-gigapath", "pathology", "prov-gigapath/prov-gigapath", "Apache 2.0 (unverified)", True,
+        "prov-gigapath",
+        "pathology",
+        "prov-gigapath/prov-gigapath",
+        "Apache 2.0 (unverified)",
+        True,
         "tile encoder: DINOv2 ViT-g/14 (width 1536, 40 blocks, SwiGLU, LayerScale)",
-        "timm folder (config.json, pytorch_model.bin)", "vit_giant_patch14_dinov2", 224,
-        "about 1.3B tiles from 171K whole-slide images (Providence)", kwargs={"init_values": 1e-5},
-        mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        "timm folder (config.json, pytorch_model.bin)",
+        "vit_giant_patch14_dinov2",
+        224,
+        "about 1.3B tiles from 171K whole-slide images (Providence)",
+        kwargs={"init_values": 1e-5},
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ),
     FoundationModel(
-        "chexzero", "chest X-ray", None, "MIT code licence; weights from the authors (unverified)", False,
-        "CLIP ViT-B/32, OpenAI layout", "OpenAI CLIP state dict (.pt, keys visual.*)",
-        "vit_base_patch32_clip_quickgelu_224", 224, "MIMIC-CXR images with their reports",
-        mean=(101.48761 / 255,) * 3, std=(83.43944 / 255,) * 3,
+        "chexzero",
+        "chest X-ray",
+        None,
+        "MIT code licence; weights from the authors (unverified)",
+        False,
+        "CLIP ViT-B/32, OpenAI layout",
+        "OpenAI CLIP state dict (.pt, keys visual.*)",
+        "vit_base_patch32_clip_quickgelu_224",
+        224,
+        "MIMIC-CXR images with their reports",
+        mean=(101.48761 / 255,) * 3,
+        std=(83.43944 / 255,) * 3,
         notes="mean/std: CheXzero's code normalises 0-255 pixels with 101.48761 and 83.43944 (unverified); "
-              "pass them with --mean/--std, a bare state dict states none"),
+        "pass them with --mean/--std, a bare state dict states none",
+    ),
 ]
 _BY_NAME = {m.name: m for m in MODELS}
 
@@ -132,28 +236,36 @@ def get_foundation_model(name: str) -> FoundationModel | None:
 
 def describe(m: FoundationModel) -> list[str]:
     """The lines ``medpeft models`` prints for ``m``."""
-    lines = [f"{m.name}: {m.domain}; {m.architecture}",
-             f"  source: {f'{HUB}/{m.hub_id}' if m.hub_id else 'not on the hub'}; licence: {m.licence}"
-             f"{'; gated' if m.gated else ''}",
-             f"  resolution {m.resolution} px; normalisation: {m.normalisation}; pretraining: {m.pretraining}",
-             f"  timm: {m.timm_name}{' ' + str(m.kwargs) if m.kwargs else ''}",
-             *(f"  {line}" for line in m.commands())]
+    lines = [
+        f"{m.name}: {m.domain}; {m.architecture}",
+        f"  source: {f'{HUB}/{m.hub_id}' if m.hub_id else 'not on the hub'}; licence: {m.licence}"
+        f"{'; gated' if m.gated else ''}",
+        f"  resolution {m.resolution} px; normalisation: {m.normalisation}; pretraining: {m.pretraining}",
+        f"  timm: {m.timm_name}{' ' + str(m.kwargs) if m.kwargs else ''}",
+        *(f"  {line}" for line in m.commands()),
+    ]
     return lines + ([f"  note: {m.notes}"] if m.notes else [])
 
 
 def fetch(model: FoundationModel) -> Path:
     """A local copy of ``model``'s hub repository (configs and weights), downloaded once by ``huggingface_hub``."""
     if model.hub_id is None:
-        raise UserError(f"{model.name} is not on the Hugging Face hub: download it from its authors and pass "
-                        f"--weights FILE ({model.checkpoint_format})")
+        raise UserError(
+            f"{model.name} is not on the Hugging Face hub: download it from its authors and pass "
+            f"--weights FILE ({model.checkpoint_format})"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(model.hub_id, allow_patterns=HUB_FILES))
     except GatedRepoError:
-        raise UserError(f"{model.name} ({model.hub_id}) is gated: accept its terms at {HUB}/{model.hub_id}, then "
-                        "log in with `hf auth login` (or set HF_TOKEN), or pass --weights DIR of a download") from None
+        raise UserError(
+            f"{model.name} ({model.hub_id}) is gated: accept its terms at {HUB}/{model.hub_id}, then "
+            "log in with `hf auth login` (or set HF_TOKEN), or pass --weights DIR of a download"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-        raise UserError(f"cannot download {model.name} ({model.hub_id}: {type(err).__name__}): pass --weights DIR "
-                        "of a local download, or --no-pretrained") from None
+        raise UserError(
+            f"cannot download {model.name} ({model.hub_id}: {type(err).__name__}): pass --weights DIR "
+            "of a local download, or --no-pretrained"
+        ) from None

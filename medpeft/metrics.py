@@ -35,11 +35,14 @@ def _multiclass(scores, labels):
     scores = _scores_2d(scores)
     labels = np.asarray(labels)
     if labels.shape != (scores.shape[0],):
-        raise UserError(f"labels must have shape ({scores.shape[0]},) to match scores {scores.shape}, "
-                        f"got {labels.shape}")
+        raise UserError(
+            f"labels must have shape ({scores.shape[0]},) to match scores {scores.shape}, got {labels.shape}"
+        )
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= scores.shape[1]:
-        raise UserError(f"labels must be integers in [0, {scores.shape[1] - 1}], got {labels.dtype} values "
-                        f"from {labels.min()} to {labels.max()}")
+        raise UserError(
+            f"labels must be integers in [0, {scores.shape[1] - 1}], got {labels.dtype} values "
+            f"from {labels.min()} to {labels.max()}"
+        )
     return scores, labels
 
 
@@ -68,8 +71,10 @@ def average_precision(scores, target):
     scores = np.asarray(scores, dtype=np.float64)
     target = np.asarray(target)
     if scores.ndim != 1 or scores.shape != target.shape or scores.size == 0:
-        raise UserError(f"scores and target must be non-empty 1-d arrays of one length, "
-                        f"got shapes {scores.shape} and {target.shape}")
+        raise UserError(
+            f"scores and target must be non-empty 1-d arrays of one length, "
+            f"got shapes {scores.shape} and {target.shape}"
+        )
     ranked = target[np.argsort(-scores)]
     positive = ranked == 1
     tp = np.cumsum(positive)
@@ -107,8 +112,10 @@ def _mean_class_auc(onehot, scores, undefined):
             aucs.append(roc_auc_score(onehot[:, c], scores[:, c]))
         elif undefined == "medfmc":
             if c == 0:
-                raise UserError("AUC of class 0 is undefined (its targets have a single value) and "
-                                "undefined='medfmc' has no previous class to repeat; use undefined='skip'")
+                raise UserError(
+                    "AUC of class 0 is undefined (its targets have a single value) and "
+                    "undefined='medfmc' has no previous class to repeat; use undefined='skip'"
+                )
             aucs.append(aucs[-1])
     return float(np.mean(aucs)) if aucs else float("nan")
 
@@ -243,8 +250,9 @@ def task_metrics(scores, targets, multilabel, undefined="skip"):
     ``undefined`` is passed to :func:`auc` (use ``"medfmc"`` to reproduce the official AUC numbers).
     """
     first = {"mAP": mean_ap(scores, targets)} if multilabel else {"accuracy": accuracy(scores, targets)}
-    return {**first,
-            "AUC": auc(scores, targets, multilabel, undefined),
-            "ECE": expected_calibration_error(scores, targets, multilabel),
-            "Brier": brier_score(scores, targets, multilabel)}
-
+    return {
+        **first,
+        "AUC": auc(scores, targets, multilabel, undefined),
+        "ECE": expected_calibration_error(scores, targets, multilabel),
+        "Brier": brier_score(scores, targets, multilabel),
+    }

@@ -27,8 +27,14 @@ class PeftClassifier(nn.Module):
     ones, what :func:`save_trainable` writes.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, method: Method, config: ModelConfig,
-                 added: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        method: Method,
+        config: ModelConfig,
+        added: frozenset[str] = frozenset(),
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -147,8 +153,14 @@ def load_trainable(
     config = read_trainable_config(path)
     if model is None:
         model = build_model(
-            config.method, backbone or config.backbone, config.num_classes, pretrained=pretrained,
-            weights=weights, img_size=config.img_size, seed=seed, **config.options,
+            config.method,
+            backbone or config.backbone,
+            config.num_classes,
+            pretrained=pretrained,
+            weights=weights,
+            img_size=config.img_size,
+            seed=seed,
+            **config.options,
         )
     elif model.config.method != config.method:
         raise UserError(f"{path} holds a {config.method!r} model, not {model.config.method!r}")
@@ -161,8 +173,9 @@ def load_trainable(
     with torch.no_grad():
         for name, tensor in state.items():
             if params[name].shape != tensor.shape:
-                raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model "
-                                f"{tuple(params[name].shape)}")
+                raise UserError(
+                    f"{path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(params[name].shape)}"
+                )
             params[name].copy_(tensor)
     model.method.after_load(model)
     model.config.preprocessing = config.preprocessing  # what it was trained with

@@ -159,8 +159,9 @@ def find_layout(g: OnnxGraph) -> tuple[str, list[str]]:
 
 def block_state(g: OnnxGraph, hf: str, i: int) -> dict[str, torch.Tensor]:
     """The timm tensors of block ``i`` from HF layer prefix ``hf``, q/k/v fused into ``attn.qkv`` (order q, k, v)."""
-    found = {key: next((hf + m for m in options if hf + m + ".bias" in g.consts), None)
-             for key, options in MODULES.items()}
+    found = {
+        key: next((hf + m for m in options if hf + m + ".bias" in g.consts), None) for key, options in MODULES.items()
+    }
     missing = [MODULES[k][0] for k, m in found.items() if m is None]
     if missing:
         raise g.fail(f"layer {i} has no {', '.join(missing)}")
@@ -200,11 +201,16 @@ def position_embedding(g: OnnxGraph, prefix: str, dim: int) -> tuple[torch.Tenso
     shapes = {id(t): (name, tuple(t.dims)) for name, t in g.consts.items() if id(t) not in tokens}  # Identity: once
     shapes = dict(shapes.values())
     cls = [n for n, s in shapes.items() if s == (1, 1, dim)]
-    grid = [n for n, s in shapes.items() if len(s) == 3 and s[0] == 1 and s[2] == dim and s[1] > 1
-            and math.isqrt(s[1]) ** 2 == s[1]]
+    grid = [
+        n
+        for n, s in shapes.items()
+        if len(s) == 3 and s[0] == 1 and s[2] == dim and s[1] > 1 and math.isqrt(s[1]) ** 2 == s[1]
+    ]
     if len(cls) != 1 or len(grid) != 1:
-        raise g.fail(f"position embedding: {len(cls)} constants of shape [1, 1, {dim}] and {len(grid)} of "
-                     f"[1, G², {dim}], expected one of each")
+        raise g.fail(
+            f"position embedding: {len(cls)} constants of shape [1, 1, {dim}] and {len(grid)} of "
+            f"[1, G², {dim}], expected one of each"
+        )
     check_resize(g, grid[0])
     return g.tensor(cls[0]), g.tensor(grid[0])
 
@@ -219,9 +225,12 @@ def check_resize(g: OnnxGraph, grid: str) -> None:
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
         want = {"mode": "cubic", "cubic_coeff_a": -0.75, "antialias": 0}
         if any(attrs.get(k, v) != v for k, v in want.items()) or attrs.get(
-                "coordinate_transformation_mode", "half_pixel") not in ("half_pixel", "pytorch_half_pixel"):
-            raise g.fail(f"the position grid is resized by {node.name} with {attrs}, not bicubic (−0.75, half-pixel, "
-                         "no antialias)")
+            "coordinate_transformation_mode", "half_pixel"
+        ) not in ("half_pixel", "pytorch_half_pixel"):
+            raise g.fail(
+                f"the position grid is resized by {node.name} with {attrs}, not bicubic (−0.75, half-pixel, "
+                "no antialias)"
+            )
 
 
 def resample_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -235,8 +244,9 @@ def resample_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return image.permute(0, 2, 3, 1).reshape(1, -1, dim).to(grid.dtype)
 
 
-def token_state(g: OnnxGraph, prefix: str, model, arch: str, cls_pos: torch.Tensor,
-                grid: torch.Tensor) -> dict[str, torch.Tensor]:
+def token_state(
+    g: OnnxGraph, prefix: str, model, arch: str, cls_pos: torch.Tensor, grid: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """cls_token, reg_token and pos_embed as the timm ``model`` holds them, the grid resampled to its grid size.
 
     timm models without ``no_embed_class`` keep the CLS row in ``pos_embed``; the others (DINOv2 with registers)
@@ -246,12 +256,16 @@ def token_state(g: OnnxGraph, prefix: str, model, arch: str, cls_pos: torch.Tens
     state = {"pos_embed": resample_grid(grid, tuple(model.patch_embed.grid_size))}
     registers = prefix + "embeddings.register_tokens"
     if model.num_reg_tokens and registers not in g.consts:
-        raise UserError(f"{arch} has {model.num_reg_tokens} register tokens but {g.path} has none: "
-                        "pass an --arch without registers (e.g. vit_small_patch14_dinov2)")
+        raise UserError(
+            f"{arch} has {model.num_reg_tokens} register tokens but {g.path} has none: "
+            "pass an --arch without registers (e.g. vit_small_patch14_dinov2)"
+        )
     if registers in g.consts:
         if not model.num_reg_tokens:
-            raise UserError(f"{g.path} has register tokens but {arch} has none: pass an --arch with registers "
-                            "(e.g. vit_small_patch14_reg4_dinov2)")
+            raise UserError(
+                f"{g.path} has register tokens but {arch} has none: pass an --arch with registers "
+                "(e.g. vit_small_patch14_reg4_dinov2)"
+            )
         state["reg_token"] = g.tensor(registers)
     if model.no_embed_class:
         state["cls_token"] = cls + cls_pos
@@ -267,11 +281,16 @@ def check_fits(state: dict[str, torch.Tensor], model, arch: str, path: Path) -> 
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-             if k in own and v.shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
-        raise UserError(f"{path} does not fit timm {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                        f"other shapes {wrong[:3]}: pick the --arch the export was made from")
+        raise UserError(
+            f"{path} does not fit timm {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"other shapes {wrong[:3]}: pick the --arch the export was made from"
+        )
 
 
 def import_with_size(path: str | Path, arch: str, img_size: int | None = None) -> tuple[dict[str, torch.Tensor], int]:
@@ -308,8 +327,9 @@ def import_onnx(path: str | Path, arch: str, *, img_size: int | None = None) -> 
     return import_with_size(path, arch, img_size)[0]
 
 
-def save_imported(state: dict[str, torch.Tensor], out: str | Path, *, arch: str, img_size: int,
-                  source: str | Path) -> None:
+def save_imported(
+    state: dict[str, torch.Tensor], out: str | Path, *, arch: str, img_size: int, source: str | Path
+) -> None:
     """Write ``state`` as safetensors with metadata: arch, img_size, source file, medpeft version."""
     from safetensors.torch import save_file
 

@@ -50,9 +50,14 @@ class KeptLogits:
     def load(cls, path: str | Path) -> KeptLogits:
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(z["val"], z["val_names"].tolist(), z["val_labels"],
-                           z["test"] if "test" in z else None, z["test_names"].tolist() if "test" in z else None,
-                           z["test_labels"] if "test_labels" in z else None)
+                return cls(
+                    z["val"],
+                    z["val_names"].tolist(),
+                    z["val_labels"],
+                    z["test"] if "test" in z else None,
+                    z["test_names"].tolist() if "test" in z else None,
+                    z["test_labels"] if "test_labels" in z else None,
+                )
         except (OSError, ValueError, KeyError) as err:
             raise UserError(f"{path} is not a medpeft logits file ({err}): rerun the run") from None
 
@@ -68,22 +73,30 @@ def calibration_step(kept: KeptLogits, task: TaskSpec, calibrate: str) -> Calibr
     metrics after it when the test list is labelled; None for ``none``."""
     calibration = calibrate_logits(calibrate, kept.val, kept.val_labels, task.multilabel)
     if calibration is not None and kept.test is not None and kept.test_labels is not None:
-        calibration.test = task_metrics(probabilities(kept.test, task, calibration), kept.test_labels,
-                                        task.multilabel)
+        calibration.test = task_metrics(probabilities(kept.test, task, calibration), kept.test_labels, task.multilabel)
     return calibration
 
 
-def conformal_of(kept: KeptLogits, task: TaskSpec, config: ConformalConfig, *, calibration: Calibration | None = None,
-                 seed: int = 0) -> Conformal:
+def conformal_of(
+    kept: KeptLogits, task: TaskSpec, config: ConformalConfig, *, calibration: Calibration | None = None, seed: int = 0
+) -> Conformal:
     """Conformal sets calibrated on validation and scored on test, after ``calibration`` when given."""
-    return conformal_step(probabilities(kept.val, task, calibration), kept.val_labels,
-                          None if kept.test is None else probabilities(kept.test, task, calibration),
-                          kept.test_labels, config, multilabel=task.multilabel, classes=list(task.classes), seed=seed,
-                          after=None if calibration is None else calibration.method)
+    return conformal_step(
+        probabilities(kept.val, task, calibration),
+        kept.val_labels,
+        None if kept.test is None else probabilities(kept.test, task, calibration),
+        kept.test_labels,
+        config,
+        multilabel=task.multilabel,
+        classes=list(task.classes),
+        seed=seed,
+        after=None if calibration is None else calibration.method,
+    )
 
 
-def apply(kept: KeptLogits, task: TaskSpec, *, calibrate: str, conformal: ConformalConfig | None,
-          seed: int) -> tuple[Calibration | None, Conformal | None, np.ndarray | None]:
+def apply(
+    kept: KeptLogits, task: TaskSpec, *, calibrate: str, conformal: ConformalConfig | None, seed: int
+) -> tuple[Calibration | None, Conformal | None, np.ndarray | None]:
     """(calibration, conformal, test probabilities) of a run: ``calibrate`` fits a calibration, then conformal runs
     after it. The test probabilities are the calibrated ones where a calibration was fitted."""
     calibration = calibration_step(kept, task, calibrate)
@@ -92,8 +105,7 @@ def apply(kept: KeptLogits, task: TaskSpec, *, calibrate: str, conformal: Confor
     return calibration, result, scores
 
 
-def recompute_run(run_dir: str | Path, *, calibrate: str | None = None,
-                  conformal: ConformalConfig | str | None = None):
+def recompute_run(run_dir: str | Path, *, calibrate: str | None = None, conformal: ConformalConfig | str | None = None):
     """Recompute a finished run's post-hoc results from its ``logits.npz`` and rewrite its ``run.json``, submission
     and sets files; returns its record, or None for a run without kept logits. ``calibrate`` and ``conformal``
     replace the run's own settings (None: keep them; ``"none"``: drop the step)."""
@@ -111,7 +123,8 @@ def recompute_run(run_dir: str | Path, *, calibrate: str | None = None,
         changes["conformal"] = None if conformal == "none" else conformal
     spec = record.spec = dataclasses.replace(record.spec, **changes)
     record.result.calibration, record.result.conformal, scores = apply(
-        kept, record.task, calibrate=spec.calibrate, conformal=spec.conformal, seed=spec.seed)
+        kept, record.task, calibrate=spec.calibrate, conformal=spec.conformal, seed=spec.seed
+    )
     if scores is not None:
         write_test_files(run_dir, spec, record.task, kept.test_names, scores, record.result.conformal)
     write_json(run_dir / RUN_FILE, record.to_dict())

@@ -45,8 +45,9 @@ class Preprocessing:
         """These settings with ``mean`` and/or ``std`` replaced (``--mean/--std``); unchanged when both are None."""
         if mean is None and std is None:
             return self
-        return dataclasses.replace(self, mean=self.mean if mean is None else mean, std=self.std if std is None else std,
-                                   overridden=True)
+        return dataclasses.replace(
+            self, mean=self.mean if mean is None else mean, std=self.std if std is None else std, overridden=True
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -85,12 +86,22 @@ def from_open_clip(config: dict[str, Any], source: str) -> Preprocessing:
     pre = config.get("preprocess_cfg") or {}
     size = (config.get("model_cfg") or {}).get("vision_cfg", {}).get("image_size")
     size = size[0] if isinstance(size, (list, tuple)) else size
-    return Preprocessing(pre.get("mean", OPENAI_CLIP_MEAN), pre.get("std", OPENAI_CLIP_STD), size,
-                         pre.get("interpolation", "bicubic"), source)
+    return Preprocessing(
+        pre.get("mean", OPENAI_CLIP_MEAN),
+        pre.get("std", OPENAI_CLIP_STD),
+        size,
+        pre.get("interpolation", "bicubic"),
+        source,
+    )
 
 
 def from_timm_cfg(cfg: dict[str, Any], source: str) -> Preprocessing:
     """A timm ``pretrained_cfg``: ``mean``, ``std``, ``input_size`` (C, H, W) and ``interpolation``."""
     size = cfg.get("input_size")
-    return Preprocessing(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
-                         int(size[-1]) if size else None, cfg.get("interpolation"), source)
+    return Preprocessing(
+        cfg.get("mean", IMAGENET_MEAN),
+        cfg.get("std", IMAGENET_STD),
+        int(size[-1]) if size else None,
+        cfg.get("interpolation"),
+        source,
+    )

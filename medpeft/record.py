@@ -65,12 +65,16 @@ def write_sets(path: str | Path, names: list[str], sets: np.ndarray, task: TaskS
         writer = csv.writer(f, lineterminator="\n")
         if sets.ndim == 2:
             writer.writerow(["name", "set", "size"])
-            writer.writerows([name, "|".join(c for c, inside in zip(task.classes, row) if inside), int(row.sum())]
-                             for name, row in zip(names, sets))
+            writer.writerows(
+                [name, "|".join(c for c, inside in zip(task.classes, row) if inside), int(row.sum())]
+                for name, row in zip(names, sets)
+            )
             return
         writer.writerow(["name", *task.classes])
-        writer.writerows([name, *("|".join(s for s, inside in zip(STATES, label) if inside) for label in row)]
-                         for name, row in zip(names, sets))
+        writer.writerows(
+            [name, *("|".join(s for s, inside in zip(STATES, label) if inside) for label in row)]
+            for name, row in zip(names, sets)
+        )
 
 
 def method_label(method: str, options: dict[str, Any]) -> str:
@@ -140,11 +144,16 @@ class RunSpec:
             self.conformal = ConformalConfig.from_dict(self.conformal)
         self.shots = self.shots if isinstance(parse_shots(self.shots), float) else int(self.shots)
         if self.val_per_class is not None and self.val_per_class < 1:
-            raise ParameterError("val_per_class", "{val_per_class} {value} must be at least 1",
-                                 value=self.val_per_class)
+            raise ParameterError(
+                "val_per_class", "{val_per_class} {value} must be at least 1", value=self.val_per_class
+            )
         if self.calibrate not in CALIBRATIONS:
-            raise ParameterError("calibrate", "{calibrate} {value!r}: choose from {choices}", value=self.calibrate,
-                                 choices=list(CALIBRATIONS))
+            raise ParameterError(
+                "calibrate",
+                "{calibrate} {value!r}: choose from {choices}",
+                value=self.calibrate,
+                choices=list(CALIBRATIONS),
+            )
         self.options = dict(self.options or {})
         get_method(self.method, **self.options)
         try:
@@ -231,23 +240,38 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; the raw test scores and the logits are left out (in the submission file and ``logits.npz``)."""
-        return {"version": self.version, "key": self.key, "spec": self.spec.to_dict(),
-                "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)},
-                "model": self.model.to_dict(), "result": self.result.to_dict(), "versions": self.versions,
-                "worker": self.worker, "split": self.split, "selected": self.selected}
+        return {
+            "version": self.version,
+            "key": self.key,
+            "spec": self.spec.to_dict(),
+            "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)},
+            "model": self.model.to_dict(),
+            "result": self.result.to_dict(),
+            "versions": self.versions,
+            "worker": self.worker,
+            "split": self.split,
+            "selected": self.selected,
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunRecord:
         version = values.get("version")
         if version != RECORD_VERSION:
-            raise UserError(f"run record of version {version!r}: this medpeft reads version {RECORD_VERSION} "
-                            "(rerun it, or use the medpeft release that wrote it)")
+            raise UserError(
+                f"run record of version {version!r}: this medpeft reads version {RECORD_VERSION} "
+                "(rerun it, or use the medpeft release that wrote it)"
+            )
         task = values["task"]
-        return cls(spec=RunSpec.from_dict(values["spec"]),
-                   task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
-                   model=ModelConfig.from_dict(values["model"]), result=RunResult.from_dict(values["result"]),
-                   versions=values["versions"], worker=values.get("worker") or {}, split=values.get("split") or {},
-                   selected=values.get("selected"))
+        return cls(
+            spec=RunSpec.from_dict(values["spec"]),
+            task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
+            model=ModelConfig.from_dict(values["model"]),
+            result=RunResult.from_dict(values["result"]),
+            versions=values["versions"],
+            worker=values.get("worker") or {},
+            split=values.get("split") or {},
+            selected=values.get("selected"),
+        )
 
 
 def read_record(run_dir: str | Path) -> RunRecord:

@@ -57,8 +57,9 @@ class RunListener:
         """When the run stopped with ``error`` (an interruption too)."""
 
 
-def track_run(listener: RunListener, spec: RunSpec, run_dir: str | Path,
-              run: Callable[[Callable[[dict], None]], RunRecord]) -> RunRecord:
+def track_run(
+    listener: RunListener, spec: RunSpec, run_dir: str | Path, run: Callable[[Callable[[dict], None]], RunRecord]
+) -> RunRecord:
     """``run(on_epoch)`` (a run writing ``run_dir``) with ``listener`` told of its start, epochs and end."""
     listener.started(spec)
     try:
@@ -92,11 +93,14 @@ def connect(uri: str, experiment: str) -> MlflowTarget:
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     except Exception as err:  # connection, store and permission errors have no common type
-        raise UserError(f"--mlflow {uri}: the tracking store cannot be reached ({first_line(err)}); start it, or "
-                        "check the URI") from None
+        raise UserError(
+            f"--mlflow {uri}: the tracking store cannot be reached ({first_line(err)}); start it, or check the URI"
+        ) from None
     if found is not None and found.lifecycle_stage != "active":
-        raise UserError(f"--mlflow {uri}: experiment {experiment!r} is deleted there; restore it, or choose another "
-                        "--mlflow-experiment")
+        raise UserError(
+            f"--mlflow {uri}: experiment {experiment!r} is deleted there; restore it, or choose another "
+            "--mlflow-experiment"
+        )
     return MlflowTarget(uri, experiment_id)
 
 
@@ -154,8 +158,10 @@ def guarded(method):
             return method(self, *args, **kwargs)
         except Exception as err:  # the tracker's failure never stops the run
             self.stopped = True
-            print(f"medpeft: warning: MLflow logging of {self.name} stopped ({first_line(err)}); "
-                  f"{self.left_as}", file=sys.stderr)
+            print(
+                f"medpeft: warning: MLflow logging of {self.name} stopped ({first_line(err)}); {self.left_as}",
+                file=sys.stderr,
+            )
             return None
 
     return call
@@ -189,9 +195,14 @@ class MlflowRun(GuardedClient, RunListener):
 
     @guarded
     def finished(self, record: RunRecord, run_dir: Path) -> None:
-        self._log(params={"img_size": record.model.img_size}, metrics=final_metrics(record),
-                  tags={**{f"medpeft.worker.{k}": v for k, v in record.worker.items()},
-                        **({} if record.selected is None else {SELECTED_TAG: str(record.selected).lower()})})
+        self._log(
+            params={"img_size": record.model.img_size},
+            metrics=final_metrics(record),
+            tags={
+                **{f"medpeft.worker.{k}": v for k, v in record.worker.items()},
+                **({} if record.selected is None else {SELECTED_TAG: str(record.selected).lower()}),
+            },
+        )
         for name in (*ARTIFACTS, submission_name(record.spec.task, record.spec.shots)):
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name))
@@ -218,8 +229,9 @@ class MlflowRun(GuardedClient, RunListener):
         if not any(run.info.status == "FINISHED" for run in logged_runs(self.client, self.target, record.key)):
             self.replay(record, run_dir)
 
-    def _log(self, *, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None,
-             step: int = 0) -> None:
+    def _log(
+        self, *, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None, step: int = 0
+    ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -272,20 +284,35 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
     calibration = result.calibration
     if calibration is not None:
         values.update({f"test_calibrated_{k}": v for k, v in (calibration.test or {}).items()})
-        values.update(calibration_temperature=calibration.temperature,
-                      calibration_val_nll_before=calibration.val_nll_before,
-                      calibration_val_nll_after=calibration.val_nll_after)
+        values.update(
+            calibration_temperature=calibration.temperature,
+            calibration_val_nll_before=calibration.val_nll_before,
+            calibration_val_nll_after=calibration.val_nll_after,
+        )
     conformal = result.conformal
     if conformal is not None:
-        values.update({f"conformal_{k}": (conformal.test or {}).get(k) for k in ("coverage", "mean_set_size",
-                                                                                  "singleton_rate")})
-        values.update(conformal_alpha=conformal.alpha, conformal_n_cal=conformal.n_cal,
-                      **({"conformal_qhat": conformal.qhat} if isinstance(conformal.qhat, float)
-                         and math.isfinite(conformal.qhat) else {}))
-    values.update(selected_epoch=result.selected_epoch, val_best=result.val_best,
-                  trainable_params=result.trainable_params, total_params=result.total_params,
-                  peak_memory_mb=result.peak_memory_mb, added_memory_mb=result.added_memory_mb,
-                  diverged_epoch=result.diverged_epoch, **{f"time_{k}_s": v for k, v in result.time_s.items()})
+        values.update(
+            {f"conformal_{k}": (conformal.test or {}).get(k) for k in ("coverage", "mean_set_size", "singleton_rate")}
+        )
+        values.update(
+            conformal_alpha=conformal.alpha,
+            conformal_n_cal=conformal.n_cal,
+            **(
+                {"conformal_qhat": conformal.qhat}
+                if isinstance(conformal.qhat, float) and math.isfinite(conformal.qhat)
+                else {}
+            ),
+        )
+    values.update(
+        selected_epoch=result.selected_epoch,
+        val_best=result.val_best,
+        trainable_params=result.trainable_params,
+        total_params=result.total_params,
+        peak_memory_mb=result.peak_memory_mb,
+        added_memory_mb=result.added_memory_mb,
+        diverged_epoch=result.diverged_epoch,
+        **{f"time_{k}_s": v for k, v in result.time_s.items()},
+    )
     return values
 
 

@@ -53,10 +53,18 @@ def _finite_weights(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None = None, *,
-        cache: ResizedImageCache | None = None, features: FeatureCache | None = None, calibrate: str = "none",
-        progress: bool = True, log: Callable[[str], None] = lambda line: None,
-        on_epoch: Callable[[dict[str, Any]], None] = lambda row: None) -> RunResult:
+def fit(
+    model: PeftClassifier,
+    data: DatasetSplits,
+    config: TrainConfig | None = None,
+    *,
+    cache: ResizedImageCache | None = None,
+    features: FeatureCache | None = None,
+    calibrate: str = "none",
+    progress: bool = True,
+    log: Callable[[str], None] = lambda line: None,
+    on_epoch: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> RunResult:
     """Train ``model`` on ``data.train``, select on ``data.val``, then score ``data.test`` once.
 
     Deterministic on CPU for a given ``config.seed`` (default: :class:`TrainConfig`). Only tensors with
@@ -77,55 +85,95 @@ def fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig | None =
     if data.val is None and config.select != "last":
         raise UserError(f"task {task.name!r}: without a val split the checkpoint must be the last one (select=last)")
     if calibrate not in CALIBRATIONS:
-        raise ParameterError("calibrate", "{calibrate} {value!r}: choose from {choices}", value=calibrate,
-                             choices=list(CALIBRATIONS))
+        raise ParameterError(
+            "calibrate", "{calibrate} {value!r}: choose from {choices}", value=calibrate, choices=list(CALIBRATIONS)
+        )
     if data.val is None and calibrate != "none":
-        raise ParameterError("calibrate", "task {task!r}: {calibrate} {value} needs a val split to fit on",
-                             task=task.name, value=calibrate)
+        raise ParameterError(
+            "calibrate",
+            "task {task!r}: {calibrate} {value} needs a val split to fit on",
+            task=task.name,
+            value=calibrate,
+        )
     if model.config.num_classes != task.num_classes:
-        raise UserError(f"the model has {model.config.num_classes} outputs, task {task.name!r} {task.num_classes} "
-                        "classes")
+        raise UserError(
+            f"the model has {model.config.num_classes} outputs, task {task.name!r} {task.num_classes} classes"
+        )
     device = resolve_device(config.device)
     with seeded(config.seed, device):
-        return _fit(model, data, config, device, cache=cache, features=features, calibrate=calibrate,
-                    progress=progress, log=log, on_epoch=on_epoch)
+        return _fit(
+            model,
+            data,
+            config,
+            device,
+            cache=cache,
+            features=features,
+            calibrate=calibrate,
+            progress=progress,
+            log=log,
+            on_epoch=on_epoch,
+        )
 
 
-def _fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig, device: torch.device, *,
-         cache: ResizedImageCache | None, features: FeatureCache | None, calibrate: str, progress: bool,
-         log: Callable[[str], None], on_epoch: Callable[[dict[str, Any]], None]) -> RunResult:
+def _fit(
+    model: PeftClassifier,
+    data: DatasetSplits,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    cache: ResizedImageCache | None,
+    features: FeatureCache | None,
+    calibrate: str,
+    progress: bool,
+    log: Callable[[str], None],
+    on_epoch: Callable[[dict[str, Any]], None],
+) -> RunResult:
     task = data.task
     img_size = model.config.img_size
     model.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    loader = DataLoader(train_dataset(data.train, img_size, task=task, mean=model.preprocessing.mean,
-                                      std=model.preprocessing.std), batch_size=config.batch_size, shuffle=True,
-                        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed),
-                        pin_memory=device.type == "cuda")
-    evaluation = dict(img_size=img_size, batch_size=config.eval_batch_size, cache=cache, features=features,
-                      device=device, bf16=config.bf16, num_workers=config.num_workers)
+    loader = DataLoader(
+        train_dataset(data.train, img_size, task=task, mean=model.preprocessing.mean, std=model.preprocessing.std),
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+    )
+    evaluation = dict(
+        img_size=img_size,
+        batch_size=config.eval_batch_size,
+        cache=cache,
+        features=features,
+        device=device,
+        bf16=config.bf16,
+        num_workers=config.num_workers,
+    )
     step = _Step(model, optimizer, loss_fn(task), device, config.bf16 and device.type == "cuda")
     history, best, clock, diverged = [], _Best(task.selection_metric, config.select), _Clock(), None
     with PeakMemory(device) as memory:
-        for epoch in tqdm(range(config.epochs), desc=f"{model.config.method} {task.name}", leave=False,
-                          disable=not progress or None):
+        for epoch in tqdm(
+            range(config.epochs), desc=f"{model.config.method} {task.name}", leave=False, disable=not progress or None
+        ):
             lr = config.lr_at(epoch)
             with clock("train"):
                 train_loss = step.epoch(loader, lr)
             finite = math.isfinite(train_loss) and _finite_weights(model)
             with clock("val"):
-                logits = None if data.val is None or not finite else predict_logits(model, data.val, task,
-                                                                                     **evaluation)
+                logits = None if data.val is None or not finite else predict_logits(model, data.val, task, **evaluation)
             finite = finite and (logits is None or bool(np.isfinite(logits).all()))
             if not finite:
                 diverged = epoch + 1
                 history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss})
-                log(f"epoch={epoch + 1} lr={lr:.6g} train_loss={train_loss}: diverged (loss, weights or validation "
-                    "logits not finite), training stopped")
+                log(
+                    f"epoch={epoch + 1} lr={lr:.6g} train_loss={train_loss}: diverged (loss, weights or validation "
+                    "logits not finite), training stopped"
+                )
                 break
             val = {} if logits is None else evaluate(scores_of(logits, task), data.val, task)
-            history.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
-                            **{f"val_{k}": v for k, v in val.items()}})
+            history.append(
+                {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+            )
             log(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()))
             on_epoch(dict(history[-1]))
             best.update(epoch + 1, val, model, logits)
@@ -144,11 +192,23 @@ def _fit(model: PeftClassifier, data: DatasetSplits, config: TrainConfig, device
                     if calibration is not None:
                         calibration.test = evaluate(test_scores, data.test, task)
     trainable, total_params = count_parameters(model)
-    return RunResult(history, None if diverged else best.epoch,
-                     best.score if data.val is not None and diverged is None else None, test_metrics, test_scores,
-                     trainable, total_params, clock.seconds, memory.peak_mb, str(device), memory.added_mb, diverged,
-                     calibration, val_logits=None if diverged else best.logits, test_logits=logits)
-
+    return RunResult(
+        history,
+        None if diverged else best.epoch,
+        best.score if data.val is not None and diverged is None else None,
+        test_metrics,
+        test_scores,
+        trainable,
+        total_params,
+        clock.seconds,
+        memory.peak_mb,
+        str(device),
+        memory.added_mb,
+        diverged,
+        calibration,
+        val_logits=None if diverged else best.logits,
+        test_logits=logits,
+    )
 
 
 class _Clock:

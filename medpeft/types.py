@@ -37,11 +37,13 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
     weight_decay: float = field(default=1e-4, metadata={"help": "Weight decay."})
     optimizer: str = field(default="sgd", metadata={"choices": ("sgd", "adamw"), "help": "Optimiser."})
-    schedule: str = field(default="cosine", metadata={"choices": ("cosine", "constant"),
-                                                      "help": "Per-epoch learning-rate schedule."})
+    schedule: str = field(
+        default="cosine", metadata={"choices": ("cosine", "constant"), "help": "Per-epoch learning-rate schedule."}
+    )
     warmup_epochs: int = field(default=0, metadata={"help": "Linear warm-up epochs before the schedule."})
-    select: str = field(default="best", metadata={"choices": ("best", "last"),
-                                                  "help": "Checkpoint selection on validation."})
+    select: str = field(
+        default="best", metadata={"choices": ("best", "last"), "help": "Checkpoint selection on validation."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the model's initial values and the data order."})
     eval_batch_size: int = field(default=32, metadata={"help": "Evaluation batch size."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers."})
@@ -57,8 +59,9 @@ class TrainConfig:
                 raise ParameterError(f.name, f"{{{f.name}}} {{value!r}} should be {kind.__name__}", value=value)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                raise ParameterError(f.name, f"{{{f.name}}} {{value!r}}: choose from {{choices}}", value=value,
-                                     choices=list(choices))
+                raise ParameterError(
+                    f.name, f"{{{f.name}}} {{value!r}}: choose from {{choices}}", value=value, choices=list(choices)
+                )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(name, f"{{{name}}} must be at least 1")
@@ -108,10 +111,19 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """A stored config; one written before the preprocessing was recorded was trained with ImageNet's."""
         stored = values.get("preprocessing")
-        preprocessing = (Preprocessing.from_dict(stored) if stored else
-                         Preprocessing(img_size=int(values["img_size"]), source="ImageNet statistics (not recorded)"))
-        return cls(values["method"], dict(values.get("options") or {}), values["backbone"],
-                   int(values["num_classes"]), int(values["img_size"]), preprocessing)
+        preprocessing = (
+            Preprocessing.from_dict(stored)
+            if stored
+            else Preprocessing(img_size=int(values["img_size"]), source="ImageNet statistics (not recorded)")
+        )
+        return cls(
+            values["method"],
+            dict(values.get("options") or {}),
+            values["backbone"],
+            int(values["num_classes"]),
+            int(values["img_size"]),
+            preprocessing,
+        )
 
 
 @dataclass
@@ -178,8 +190,9 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as in ``run.json``; the raw test scores and the logits are left out (they are in the
         submission file and ``logits.npz``)."""
-        values = dataclasses.asdict(dataclasses.replace(self, test_scores=None, calibration=None, val_logits=None,
-                                                        test_logits=None))
+        values = dataclasses.asdict(
+            dataclasses.replace(self, test_scores=None, calibration=None, val_logits=None, test_logits=None)
+        )
         for name in ("test_scores", "val_logits", "test_logits"):
             values.pop(name)
         values["calibration"] = None if self.calibration is None else self.calibration.to_dict()
@@ -190,6 +203,11 @@ class RunResult:
         """From :meth:`to_dict`'s output (the test scores are not in it: None; a record written before conformal
         prediction has none)."""
         conformal = values.get("conformal")
-        return cls(**{**values, "calibration": Calibration.from_dict(values.get("calibration")),
-                      "conformal": None if conformal is None else Conformal.from_dict(conformal),
-                      "test_scores": None})
+        return cls(
+            **{
+                **values,
+                "calibration": Calibration.from_dict(values.get("calibration")),
+                "conformal": None if conformal is None else Conformal.from_dict(conformal),
+                "test_scores": None,
+            }
+        )

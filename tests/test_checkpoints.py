@@ -57,10 +57,19 @@ def test_bad_weights_files_are_one_line_errors(tmp_path):
         build_model("linear", "vit_tiny_patch16_224", 2, weights=tmp_path / "small.pth")
 
 
-@pytest.mark.parametrize("method,options", [
-    ("ept", {"prompt_length": 20}), ("vpt", {}), ("lora", {"r": 2}), ("mlp", {}), ("peft:lora", {"r": 2}),
-    ("ssf", {}), ("vp", {"prompt_size": 4}), ("ept", {"init": "token"}),
-])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("ept", {"prompt_length": 20}),
+        ("vpt", {}),
+        ("lora", {"r": 2}),
+        ("mlp", {}),
+        ("peft:lora", {"r": 2}),
+        ("ssf", {}),
+        ("vp", {"prompt_size": 4}),
+        ("ept", {"init": "token"}),
+    ],
+)
 def test_save_trainable_round_trips_exactly(vit, tmp_path, method, options):
     backbone = tmp_path / "backbone.pth"
     torch.save(vit.state_dict(), backbone)
@@ -105,5 +114,18 @@ def test_load_trainable_refuses_another_method(tmp_path):
 
 
 def test_public_api():
-    assert {"full", "linear", "partial", "mlp", "bitfit", "lora", "adapter", "vp", "vpt", "ept", "ssf",
-            "peft:lora", "peft:dora"} <= set(medpeft.available_methods())
+    assert {
+        "full",
+        "linear",
+        "partial",
+        "mlp",
+        "bitfit",
+        "lora",
+        "adapter",
+        "vp",
+        "vpt",
+        "ept",
+        "ssf",
+        "peft:lora",
+        "peft:dora",
+    } <= set(medpeft.available_methods())

@@ -14,16 +14,31 @@ from PIL import Image
 from medpeft.data import read_names
 
 OFFICIAL = Path(__file__).parent / "data"
-TINY = ["--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--lr", "0.01"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--lr",
+    "0.01",
+]
 
 
 def official_root(tmp_path, task, shots=1):
     """A MedFMC root with the official lists of ``task`` and a small random PNG for every image they name."""
     folder = tmp_path / task
     (folder / "images").mkdir(parents=True)
-    lists = [f"{task}_{shots}-shot_train_exp1.txt", f"{task}_{shots}-shot_val_exp1.txt", "test_WithLabel.txt",
-             "test_WithoutLabel.txt"]
+    lists = [
+        f"{task}_{shots}-shot_train_exp1.txt",
+        f"{task}_{shots}-shot_val_exp1.txt",
+        "test_WithLabel.txt",
+        "test_WithoutLabel.txt",
+    ]
     rng = np.random.default_rng(0)
     for name in lists:
         shutil.copy(OFFICIAL / task / name, folder / name)
@@ -38,14 +53,32 @@ def official_root(tmp_path, task, shots=1):
 def test_train_on_official_held_out_splits(tmp_path, capsys, task, method, classes):
     root = official_root(tmp_path / "data", task)
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli(["train", "--task", task, "--data-root", str(root), "--shots", "1", "--exp", "1",
-                                    "--method", method, *TINY, "--out", str(out)], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "train",
+            "--task",
+            task,
+            "--data-root",
+            str(root),
+            "--shots",
+            "1",
+            "--exp",
+            "1",
+            "--method",
+            method,
+            *TINY,
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     assert "selected epoch 1" in stdout
     record = json.loads((out / "run.json").read_text())
     test_names = read_names(root / task / "test_WithLabel.txt", task)
-    assert set(record["result"]["test_metrics"]) == ({"accuracy", "AUC", "ECE", "Brier"} if task == "colon"
-                                                     else {"mAP", "AUC", "ECE", "Brier"})
+    assert set(record["result"]["test_metrics"]) == (
+        {"accuracy", "AUC", "ECE", "Brier"} if task == "colon" else {"mAP", "AUC", "ECE", "Brier"}
+    )
     rows = (out / f"{task}_1-shot_submission.csv").read_text().splitlines()
     assert len(rows) == len(test_names) and [r.rsplit(",", classes)[0] for r in rows] == test_names
     probs = np.array([[float(v) for v in r.rsplit(",", classes)[1:]] for r in rows])
@@ -91,8 +124,10 @@ def test_user_mistakes_print_one_line(tmp_path, capsys):
         (["--method", "ept", "--momentun", "0"], "No such option '--momentun'"),
         (["--method", "ept", "--epochs", "0"], "--epochs must be at least 1"),
         (["--method", "lora", "--opt", "r=0"], "method 'lora': option r=0 must be at least 1"),
-        (["--method", "ept", "--img-size", "30"], "--img-size 30 is not a multiple of the model's patch size 16: use "
-                                                  "16 or 32"),
+        (
+            ["--method", "ept", "--img-size", "30"],
+            "--img-size 30 is not a multiple of the model's patch size 16: use 16 or 32",
+        ),
     ]:
         code, _, err = run_cli([*base, *args], capsys)
         assert code != 0 and err.count("\n") == 1 and expected in err, (args, err)
@@ -100,9 +135,25 @@ def test_user_mistakes_print_one_line(tmp_path, capsys):
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medpeft.cli", "train", "--task", "chest", "--data-root",
-                             str(tmp_path), "--shots", "1", "--no-pretrained", "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medpeft.cli",
+            "train",
+            "--task",
+            "chest",
+            "--data-root",
+            str(tmp_path),
+            "--shots",
+            "1",
+            "--no-pretrained",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("medpeft: error:") and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1

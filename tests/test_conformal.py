@@ -38,8 +38,9 @@ def test_lac_qhat_and_sets_by_hand():
     # LAC scores of the true classes: 0.3, 0.7, 0.4, 0.4; rank ⌈5(1 − α)⌉
     for alpha, expected in [(0.2, 0.7), (0.4, 0.4), (0.6, 0.4), (0.8, 0.3)]:
         assert calibrate(CAL, CAL_Y, cfg("lac", alpha), multilabel=False) == pytest.approx(expected)
-    sets = prediction_sets(TEST, calibrate(CAL, CAL_Y, cfg("lac", 0.4), multilabel=False), cfg("lac", 0.4),
-                           multilabel=False)
+    sets = prediction_sets(
+        TEST, calibrate(CAL, CAL_Y, cfg("lac", 0.4), multilabel=False), cfg("lac", 0.4), multilabel=False
+    )
     # row 0: 1 − 0.6 = q̂ exactly (a tie at the threshold is in the set); rows 1-2: every score above 0.4
     assert sets.tolist() == [[True, False, False], [False, False, False], [False, False, False]]
     sets = prediction_sets(TEST, 0.7, cfg("lac"), multilabel=False)
@@ -66,8 +67,10 @@ def test_randomised_aps_by_hand_with_a_fixed_rng():
     config = cfg("aps", 0.4, randomized=True)
     qhat = calibrate(CAL, CAL_Y, config, multilabel=False, seed=7)
     assert qhat == pytest.approx(sorted(cal_scores)[2])
-    expected = [[sum(p for p in row if p > row[k]) + u * row[k] <= qhat for k in range(3)]
-                for row, u in zip(TEST.tolist(), u_test)]
+    expected = [
+        [sum(p for p in row if p > row[k]) + u * row[k] <= qhat for k in range(3)]
+        for row, u in zip(TEST.tolist(), u_test)
+    ]
     assert prediction_sets(TEST, qhat, config, multilabel=False, seed=7).tolist() == expected
     assert prediction_sets(TEST, qhat, config, multilabel=False, seed=7).tolist() == expected  # reproducible
 
@@ -82,8 +85,13 @@ def test_raps_by_hand():
     assert prediction_sets(TEST, 0.9, cfg("aps"), multilabel=False)[0].tolist() == [True, True, False]
     randomised = cfg("raps", 0.2, randomized=True, raps_lambda=0.5, raps_k_reg=0)
     u = np.random.default_rng([0, 1]).random(3)
-    expected = [[sum(p for p in row if p > row[k]) + u_i * row[k] + 0.5 * (1 + sum(p > row[k] for p in row)) <= 1.6
-                 for k in range(3)] for row, u_i in zip(TEST.tolist(), u)]
+    expected = [
+        [
+            sum(p for p in row if p > row[k]) + u_i * row[k] + 0.5 * (1 + sum(p > row[k] for p in row)) <= 1.6
+            for k in range(3)
+        ]
+        for row, u_i in zip(TEST.tolist(), u)
+    ]
     assert prediction_sets(TEST, 1.6, randomised, multilabel=False).tolist() == expected
 
 
@@ -102,8 +110,18 @@ def test_too_few_validation_images_give_every_class_and_one_warning_line():
 
 
 def test_mondrian_by_hand():
-    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.65, 0.35],  # class 0: LAC scores .1 .2 .3 .35
-                      [0.5, 0.5], [0.6, 0.4], [0.2, 0.8], [0.4, 0.6]])  # class 1: .5 .6 .2 .4
+    probs = np.array(
+        [
+            [0.9, 0.1],
+            [0.8, 0.2],
+            [0.7, 0.3],
+            [0.65, 0.35],  # class 0: LAC scores .1 .2 .3 .35
+            [0.5, 0.5],
+            [0.6, 0.4],
+            [0.2, 0.8],
+            [0.4, 0.6],
+        ]
+    )  # class 1: .5 .6 .2 .4
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     config = cfg("lac", 0.2, mondrian=True)
     qhat = calibrate(probs, labels, config, multilabel=False)
@@ -125,15 +143,23 @@ def test_multilabel_per_label_by_hand():
     sets = prediction_sets(np.array([[0.5, 0.45]]), qhat, cfg("lac", 0.2), multilabel=True)
     assert sets.tolist() == [[[True, True], [True, False]]]  # label 0: both states; label 1: absent only
     metrics = set_metrics(sets, np.array([[1, 1]]), ["a", "b"])
-    assert metrics == {"coverage": 0.5, "mean_set_size": 1.5, "singleton_rate": 0.5,
-                       "per_class_coverage": {"a": 1.0, "b": 0.0}}
+    assert metrics == {
+        "coverage": 0.5,
+        "mean_set_size": 1.5,
+        "singleton_rate": 0.5,
+        "per_class_coverage": {"a": 1.0, "b": 0.0},
+    }
 
 
 def test_set_metrics_by_hand():
     sets = np.array([[True, True, False], [False, False, True], [False, False, False], [True, False, False]])
     metrics = set_metrics(sets, np.array([1, 2, 0, 1]), ["x", "y", "z"])
-    assert metrics == {"coverage": 0.5, "mean_set_size": 1.0, "singleton_rate": 0.5,
-                       "per_class_coverage": {"x": 0.0, "y": 0.5, "z": 1.0}}
+    assert metrics == {
+        "coverage": 0.5,
+        "mean_set_size": 1.0,
+        "singleton_rate": 0.5,
+        "per_class_coverage": {"x": 0.0, "y": 0.5, "z": 1.0},
+    }
     assert set_metrics(sets[:1], np.array([0]), ["x", "y", "z"])["per_class_coverage"]["y"] is None
 
 
@@ -145,8 +171,15 @@ def test_temper_from_probabilities_equals_scaled_logits():
     assert temper(np.array([[1.0, 0.0]]), 3.0, True).tolist() == [[1.0, 0.0]]
 
 
-@pytest.mark.parametrize("bad,message", [({"method": "thr"}, "--conformal"), ({"alpha": 1.0}, "--alpha"),
-                                         ({"raps_lambda": -1}, "--raps-lambda"), ({"raps_k_reg": 1.5}, "--raps-k-reg")])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"method": "thr"}, "--conformal"),
+        ({"alpha": 1.0}, "--alpha"),
+        ({"raps_lambda": -1}, "--raps-lambda"),
+        ({"raps_k_reg": 1.5}, "--raps-k-reg"),
+    ],
+)
 def test_bad_settings_name_the_option(bad, message):
     with pytest.raises(UserError, match=message):
         ConformalConfig(**bad)
@@ -194,9 +227,17 @@ def assert_in_band(values, n, alpha, exact=True):
 
 
 @pytest.mark.parametrize("n_cal", [20, 100])
-@pytest.mark.parametrize("config", [cfg("lac"), cfg("aps"), cfg("aps", randomized=True),
-                                    cfg("raps", raps_lambda=0.05, raps_k_reg=1, randomized=True), cfg("lac", 0.2)],
-                         ids=["lac", "aps", "aps-randomised", "raps-randomised", "lac-0.2"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        cfg("lac"),
+        cfg("aps"),
+        cfg("aps", randomized=True),
+        cfg("raps", raps_lambda=0.05, raps_k_reg=1, randomized=True),
+        cfg("lac", 0.2),
+    ],
+    ids=["lac", "aps", "aps-randomised", "raps-randomised", "lac-0.2"],
+)
 def test_marginal_coverage_over_random_splits(n_cal, config):
     probs, labels = synthetic(n_cal)
     covered, _ = coverages(probs, labels, n_cal, config)
@@ -251,10 +292,10 @@ def test_lac_sets_equal_mapies_on_prefit_probabilities(n_cal):
 
     rng = np.random.default_rng(n_cal)
     probs, labels = softmax(rng.normal(0, 2, (n_cal + 200, 4)), axis=1), rng.integers(0, 4, n_cal + 200)
-    reference = mapie.SplitConformalClassifier(Probabilities().fit(probs, labels), confidence_level=0.9,
-                                               conformity_score="lac", prefit=True)
+    reference = mapie.SplitConformalClassifier(
+        Probabilities().fit(probs, labels), confidence_level=0.9, conformity_score="lac", prefit=True
+    )
     reference.conformalize(probs[:n_cal], labels[:n_cal])
     _, expected = reference.predict_set(probs[n_cal:])
     qhat = calibrate(probs[:n_cal], labels[:n_cal], cfg("lac"), multilabel=False)
-    np.testing.assert_array_equal(prediction_sets(probs[n_cal:], qhat, cfg("lac"), multilabel=False),
-                                  expected[:, :, 0])
+    np.testing.assert_array_equal(prediction_sets(probs[n_cal:], qhat, cfg("lac"), multilabel=False), expected[:, :, 0])

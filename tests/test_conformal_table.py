@@ -21,8 +21,9 @@ def synthetic_run(label, shots, exp, scale):
     z = rng.normal(0, 1, (120, 2))
     y = (rng.random(120) < softmax(z, axis=1)[:, 1]).astype(np.int64)
     logits = (scale * z).astype(np.float32)  # over-confident by `scale`
-    kept = KeptLogits(logits[:40], [f"v{i}" for i in range(40)], y[:40], logits[40:], [f"t{i}" for i in range(80)],
-                      y[40:])
+    kept = KeptLogits(
+        logits[:40], [f"v{i}" for i in range(40)], y[:40], logits[40:], [f"t{i}" for i in range(80)], y[40:]
+    )
     spec = RunSpec(method="linear", task="colon", data_root="/data", shots=shots, exp=exp, label=label)
     result = RunResult([], 1, 0.5, {}, None, 1, 1, {"train": 0.0}, None, "cpu")
     return RunRecord(spec, get_task("colon"), ModelConfig("linear", {}, "custom", 2, 32), result, {}), kept
@@ -44,14 +45,21 @@ def naive(kept, score, alpha, temperature):
 
 
 def fitted_t(kept):
-    nll = lambda log_t: -log_softmax(kept.val.astype(np.float64) / np.exp(log_t), axis=1)[  # noqa: E731
-        np.arange(len(kept.val)), kept.val_labels].mean()
+    nll = lambda log_t: (
+        -log_softmax(kept.val.astype(np.float64) / np.exp(log_t), axis=1)[  # noqa: E731
+            np.arange(len(kept.val)), kept.val_labels
+        ].mean()
+    )
     return float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded", options={"xatol": 1e-8}).x))
 
 
 def test_coverage_table_per_method_and_shot_before_and_after_temperature(tmp_path):
-    runs = [synthetic_run(label, shots, exp, scale) for label, scale in (("ept", 3.0), ("linear", 0.5))
-            for shots in (1, 5) for exp in (1, 2)]
+    runs = [
+        synthetic_run(label, shots, exp, scale)
+        for label, scale in (("ept", 3.0), ("linear", 0.5))
+        for shots in (1, 5)
+        for exp in (1, 2)
+    ]
     rows = coverage_table(runs)
     assert len(rows) == 2 * 2 * 2 * 2 and all(r["runs"] == 2 for r in rows)
     for row in rows:

@@ -41,15 +41,20 @@ def _relative(a, b):
 HF_CASES = {
     "dinov2": lambda t: t.Dinov2Model(t.Dinov2Config(**SMALL, image_size=28, patch_size=14, layerscale_value=0.5)),
     "dinov2-registers": lambda t: t.Dinov2WithRegistersModel(
-        t.Dinov2WithRegistersConfig(**SMALL, image_size=28, patch_size=14, num_register_tokens=4)),
-    "dinov2-swiglu": lambda t: t.Dinov2Model(t.Dinov2Config(**SMALL, image_size=28, patch_size=14,
-                                                            use_swiglu_ffn=True)),
-    "vit": lambda t: t.ViTModel(t.ViTConfig(**SMALL, intermediate_size=128, image_size=32, patch_size=16),
-                                add_pooling_layer=False),
-    "clip": lambda t: t.CLIPVisionModel(t.CLIPVisionConfig(**SMALL, intermediate_size=128, image_size=32,
-                                                           patch_size=16)),
-    "siglip": lambda t: t.SiglipVisionModel(t.SiglipVisionConfig(**SMALL, intermediate_size=128, image_size=32,
-                                                                 patch_size=16)),
+        t.Dinov2WithRegistersConfig(**SMALL, image_size=28, patch_size=14, num_register_tokens=4)
+    ),
+    "dinov2-swiglu": lambda t: t.Dinov2Model(
+        t.Dinov2Config(**SMALL, image_size=28, patch_size=14, use_swiglu_ffn=True)
+    ),
+    "vit": lambda t: t.ViTModel(
+        t.ViTConfig(**SMALL, intermediate_size=128, image_size=32, patch_size=16), add_pooling_layer=False
+    ),
+    "clip": lambda t: t.CLIPVisionModel(
+        t.CLIPVisionConfig(**SMALL, intermediate_size=128, image_size=32, patch_size=16)
+    ),
+    "siglip": lambda t: t.SiglipVisionModel(
+        t.SiglipVisionConfig(**SMALL, intermediate_size=128, image_size=32, patch_size=16)
+    ),
 }
 
 
@@ -63,15 +68,19 @@ def test_transformers_checkpoints_give_the_reference_features(tmp_path, case):
     with torch.no_grad():
         out = reference(pixel_values=x)
     expected = out.last_hidden_state[:, 0] if case == "vit" else out.pooler_output  # CLS after the final norm, or
-    model, preprocessing = build_backbone(AUTO, weights=tmp_path)                  # SigLIP's attention pool
+    model, preprocessing = build_backbone(AUTO, weights=tmp_path)  # SigLIP's attention pool
     assert _relative(_features(model, x), expected) <= 1e-5
     assert model.num_reg_tokens == (4 if case == "dinov2-registers" else 0)
     assert preprocessing.img_size == size
 
 
 def _open_clip_model(vision, quick_gelu=False):
-    cfg = dict(embed_dim=32, vision_cfg=vision, quick_gelu=quick_gelu,
-               text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=2, layers=1))
+    cfg = dict(
+        embed_dim=32,
+        vision_cfg=vision,
+        quick_gelu=quick_gelu,
+        text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=2, layers=1),
+    )
     model = open_clip.model.CLIP(**cfg)
     model.visual.image_mean, model.visual.image_std = (0.25, 0.5, 0.75), (0.2, 0.3, 0.4)  # as create_model sets them
     return _perturbed(model), cfg
@@ -82,7 +91,8 @@ def _save_open_clip(model, cfg, folder):
     folder.mkdir(exist_ok=True)
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     importlib.import_module("open_clip.push_to_hf_hub").save_config_for_hf(
-        model, folder / "open_clip_config.json", model_config=cfg)
+        model, folder / "open_clip_config.json", model_config=cfg
+    )
 
 
 @pytest.mark.parametrize("quick_gelu", [True, False])
@@ -105,8 +115,9 @@ def test_open_clip_openai_layout_gives_the_reference_features(tmp_path, quick_ge
 
 def test_open_clip_timm_trunk_gives_the_reference_features(tmp_path):
     torch.manual_seed(0)
-    model, cfg = _open_clip_model(dict(image_size=224, timm_model_name="test_vit", timm_model_pretrained=False,
-                                       timm_pool="", timm_proj="linear"))
+    model, cfg = _open_clip_model(
+        dict(image_size=224, timm_model_name="test_vit", timm_model_pretrained=False, timm_pool="", timm_proj="linear")
+    )
     _save_open_clip(model, cfg, tmp_path / "oc")
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -114,8 +125,12 @@ def test_open_clip_timm_trunk_gives_the_reference_features(tmp_path):
     timm_model, _ = build_backbone(AUTO, weights=tmp_path / "oc")
     assert _relative(_features(timm_model, x), expected) <= 1e-5
     # BiomedCLIP's way: the trunk's weights, named by the registry entry's timm model
-    assert json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
-        "timm_model_name"] == "test_vit"
+    assert (
+        json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"][
+            "timm_model_name"
+        ]
+        == "test_vit"
+    )
 
 
 def _naive_mae_features(state, x, heads, patch):
@@ -147,8 +162,12 @@ def test_mae_checkpoint_gives_the_naive_features(tmp_path):
     source = _perturbed(timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32, global_pool="avg"))
     encoder = {k: v.clone() for k, v in source.state_dict().items()}
     assert "fc_norm.weight" in encoder and "norm.weight" not in encoder
-    decoder = {"mask_token": torch.randn(1, 1, 32), "decoder_embed.weight": torch.randn(32, 64),
-               "decoder_blocks.0.norm1.weight": torch.randn(32), "decoder_pred.weight": torch.randn(768, 32)}
+    decoder = {
+        "mask_token": torch.randn(1, 1, 32),
+        "decoder_embed.weight": torch.randn(32, 64),
+        "decoder_blocks.0.norm1.weight": torch.randn(32),
+        "decoder_pred.weight": torch.randn(768, 32),
+    }
     torch.save({"model": {**encoder, **decoder}, "epoch": 799}, tmp_path / "RETFound_like.pth")
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     expected = _naive_mae_features(encoder, x, heads=2, patch=16)
@@ -160,17 +179,27 @@ def test_mae_checkpoint_gives_the_naive_features(tmp_path):
 def _dinov2_original(hf_state, depth):
     """The HF Dinov2 tensors under DINOv2's own names (facebookresearch/dinov2's ``DinoVisionTransformer``)."""
     e, out = "embeddings.", {}
-    out.update(cls_token=hf_state[e + "cls_token"], pos_embed=hf_state[e + "position_embeddings"],
-               register_tokens=hf_state[e + "register_tokens"], mask_token=hf_state[e + "mask_token"],
-               **{f"patch_embed.proj.{p}": hf_state[f"{e}patch_embeddings.projection.{p}"] for p in ("weight", "bias")},
-               **{f"norm.{p}": hf_state[f"layernorm.{p}"] for p in ("weight", "bias")})
+    out.update(
+        cls_token=hf_state[e + "cls_token"],
+        pos_embed=hf_state[e + "position_embeddings"],
+        register_tokens=hf_state[e + "register_tokens"],
+        mask_token=hf_state[e + "mask_token"],
+        **{f"patch_embed.proj.{p}": hf_state[f"{e}patch_embeddings.projection.{p}"] for p in ("weight", "bias")},
+        **{f"norm.{p}": hf_state[f"layernorm.{p}"] for p in ("weight", "bias")},
+    )
     for i in range(depth):
         h, o = f"encoder.layer.{i}.", f"blocks.{i}."
         for p in ("weight", "bias"):
-            out[f"{o}attn.qkv.{p}"] = torch.cat([hf_state[f"{h}attention.attention.{n}.{p}"]
-                                                 for n in ("query", "key", "value")])
-            for mine, theirs in (("attn.proj", "attention.output.dense"), ("norm1", "norm1"), ("norm2", "norm2"),
-                                 ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            out[f"{o}attn.qkv.{p}"] = torch.cat(
+                [hf_state[f"{h}attention.attention.{n}.{p}"] for n in ("query", "key", "value")]
+            )
+            for mine, theirs in (
+                ("attn.proj", "attention.output.dense"),
+                ("norm1", "norm1"),
+                ("norm2", "norm2"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+            ):
                 out[f"{o}{mine}.{p}"] = hf_state[f"{h}{theirs}.{p}"]
         out[f"{o}ls1.gamma"], out[f"{o}ls2.gamma"] = (hf_state[f"{h}layer_scale{j}.lambda1"] for j in (1, 2))
     return out
@@ -190,8 +219,15 @@ def test_dinov2_original_layout_gives_the_reference_features(tmp_path):
     x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = reference(pixel_values=x).pooler_output
-    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, embed_dim=64, depth=2,
-                              num_heads=2, img_size=28)
+    model = timm.create_model(
+        "vit_small_patch14_reg4_dinov2",
+        pretrained=False,
+        num_classes=0,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        img_size=28,
+    )
     model, _ = build_backbone(model, weights=tmp_path / "dinov2_vits14_reg.pth")
     assert _relative(_features(model, x), expected) <= 1e-5
 
@@ -213,8 +249,9 @@ def test_preprocessing_comes_from_the_checkpoint(tmp_path):
     reference.save_pretrained(tmp_path)
     _, without = build_backbone(AUTO, weights=tmp_path)  # no processor config: the timm CLIP tag's statistics
     assert without.mean == pytest.approx(OPENAI_CLIP_MEAN) and "pretrained_cfg" in without.source
-    transformers.ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6],
-                                   size={"height": 32, "width": 32}, resample=2).save_pretrained(tmp_path)
+    transformers.ViTImageProcessor(
+        image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6], size={"height": 32, "width": 32}, resample=2
+    ).save_pretrained(tmp_path)
     _, stated = build_backbone(AUTO, weights=tmp_path)
     assert stated.mean == (0.1, 0.2, 0.3) and stated.std == (0.4, 0.5, 0.6)
     assert stated.interpolation == "bilinear" and stated.source.endswith("preprocessor_config.json")
@@ -231,8 +268,17 @@ def test_timm_hub_folder_gives_the_reference_features(tmp_path):
     from timm.models._hub import save_for_hf
 
     torch.manual_seed(0)
-    reference = _perturbed(timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32, reg_tokens=2,
-                                             no_embed_class=True, init_values=1e-5))
+    reference = _perturbed(
+        timm.create_model(
+            "test_vit",
+            pretrained=False,
+            num_classes=0,
+            img_size=32,
+            reg_tokens=2,
+            no_embed_class=True,
+            init_values=1e-5,
+        )
+    )
     save_for_hf(reference, str(tmp_path), data_config={"mean": (0.7, 0.6, 0.5), "std": (0.2, 0.25, 0.3)})
     assert json.loads((tmp_path / "config.json").read_text())["architecture"] == "test_vit"
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -252,6 +298,7 @@ def test_the_feature_cache_key_holds_the_normalisation():
     keys = set()
     for mean in (None, [0.5, 0.5, 0.5]):
         model = build_model("linear", "test_vit", 2, pretrained=False, img_size=32, seed=0, mean=mean)
-        keys.add(FeatureCache().key(model, 7, samples, img_size=32, batch_size=4, device=torch.device("cpu"),
-                                    bf16=False))
+        keys.add(
+            FeatureCache().key(model, 7, samples, img_size=32, batch_size=4, device=torch.device("cpu"), bf16=False)
+        )
     assert len(keys) == 2

@@ -70,16 +70,60 @@ def positives(task, name):
 
 
 def test_counts_quoted_in_the_protocol():
-    sizes = {(t, f): len(read_annotations(MEDFMC / t / f, t)) for t in GRAMMAR
-             for f in ("trainval.txt", "train_20.txt", "val_20.txt", "test_WithLabel.txt")}
+    sizes = {
+        (t, f): len(read_annotations(MEDFMC / t / f, t))
+        for t in GRAMMAR
+        for f in ("trainval.txt", "train_20.txt", "val_20.txt", "test_WithLabel.txt")
+    }
     assert [sizes[t, "trainval.txt"] for t in ("chest", "colon", "endo")] == [979, 2358, 929]
     assert [sizes[t, "test_WithLabel.txt"] for t in ("chest", "colon", "endo")] == [1161, 3296, 881]
     assert [(sizes[t, "train_20.txt"], sizes[t, "val_20.txt"]) for t in ("chest", "colon", "endo")] == [
-        (783, 196), (1677, 681), (743, 186)]
-    assert positives("chest", "trainval.txt") == [255, 129, 193, 245, 163, 91, 97, 135, 135, 112, 55, 49, 34, 43, 17,
-                                                  19, 12, 10, 10]
-    assert positives("chest", "test_WithLabel.txt") == [428, 199, 273, 271, 224, 161, 212, 141, 151, 157, 124, 136,
-                                                        44, 93, 35, 20, 13, 4, 12]
+        (783, 196),
+        (1677, 681),
+        (743, 186),
+    ]
+    assert positives("chest", "trainval.txt") == [
+        255,
+        129,
+        193,
+        245,
+        163,
+        91,
+        97,
+        135,
+        135,
+        112,
+        55,
+        49,
+        34,
+        43,
+        17,
+        19,
+        12,
+        10,
+        10,
+    ]
+    assert positives("chest", "test_WithLabel.txt") == [
+        428,
+        199,
+        273,
+        271,
+        224,
+        161,
+        212,
+        141,
+        151,
+        157,
+        124,
+        136,
+        44,
+        93,
+        35,
+        20,
+        13,
+        4,
+        12,
+    ]
     assert positives("endo", "trainval.txt") == [220, 250, 153, 108]
     assert positives("endo", "test_WithLabel.txt") == [196, 222, 69, 0]
     colon = [label for _, label in read_annotations(MEDFMC / "colon" / "trainval.txt", "colon")]
@@ -107,20 +151,24 @@ def test_crlf_blank_lines_and_round_trip(tmp_path):
     assert [(n, y.tolist()) for n, y in read_annotations(crlf, "endo")] == [(n, y.tolist()) for n, y in items]
 
 
-@pytest.mark.parametrize("task,line,what", [
-    ("chest", "a.png " + ",".join("0" * 18), "19 comma-separated"),
-    ("chest", "a.png " + ",".join("0" * 18 + "2"), "19 comma-separated"),
-    ("endo", "x_2021.01_0001_1.png 0 1 2 0", "4 space-separated"),
-    ("endo", "x_2021.01_0001_1.png 0 1 0", "4 space-separated"),
-    ("endo", "x_2021.01_0001_1.png 0 1 0 0 1", "4 space-separated"),
-    ("colon", "2019-1_2019-05-28 17_55_39-lv1-1-2-3-4p0001.png 0 1", "class index 0..1"),
-    ("colon", "2019-1_2019-05-28 17_55_39-lv1-1-2-3-4p0001.png", "class index 0..1"),
-    ("colon", "2019-1_2019-05-28 17_55_39-lv1-1-2-3-4p0001.png 2", "class index 0..1"),
-    ("colon", "1", "class index 0..1"),
-])
+@pytest.mark.parametrize(
+    "task,line,what",
+    [
+        ("chest", "a.png " + ",".join("0" * 18), "19 comma-separated"),
+        ("chest", "a.png " + ",".join("0" * 18 + "2"), "19 comma-separated"),
+        ("endo", "x_2021.01_0001_1.png 0 1 2 0", "4 space-separated"),
+        ("endo", "x_2021.01_0001_1.png 0 1 0", "4 space-separated"),
+        ("endo", "x_2021.01_0001_1.png 0 1 0 0 1", "4 space-separated"),
+        ("colon", "2019-1_2019-05-28 17_55_39-lv1-1-2-3-4p0001.png 0 1", "class index 0..1"),
+        ("colon", "2019-1_2019-05-28 17_55_39-lv1-1-2-3-4p0001.png", "class index 0..1"),
+        ("colon", "2019-1_2019-05-28 17_55_39-lv1-1-2-3-4p0001.png 2", "class index 0..1"),
+        ("colon", "1", "class index 0..1"),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, task, line, what):
-    good = {"chest": "b.png " + ",".join("0" * 19), "endo": "y_2021.01_0001_2.png 1 0 0 0",
-            "colon": "r 1_p0001.png 1"}[task]
+    good = {"chest": "b.png " + ",".join("0" * 19), "endo": "y_2021.01_0001_2.png 1 0 0 0", "colon": "r 1_p0001.png 1"}[
+        task
+    ]
     path = tmp_path / "bad.txt"
     path.write_text(f"{good}\n\n{line}\n")
     with pytest.raises(UserError, match=r"bad\.txt, line 3: expected .*" + what) as info:

@@ -96,6 +96,8 @@ def test_classes_are_visible_in_pixels(demo):
     endo = load_medfmc(demo, "endo", 5, 1)
     train, test = colour_statistics(endo.train), colour_statistics(endo.test)
     model = make_pipeline(StandardScaler(), LogisticRegression())
-    aucs = [roc_auc_score(endo.test.labels[:, c], model.fit(train, endo.train.labels[:, c]).decision_function(test))
-            for c in range(4)]
+    aucs = [
+        roc_auc_score(endo.test.labels[:, c], model.fit(train, endo.train.labels[:, c]).decision_function(test))
+        for c in range(4)
+    ]
     assert np.mean(aucs) > 0.7

@@ -56,9 +56,11 @@ def test_16_bit_and_float_greyscale_use_their_own_range(tmp_path):
     assert Image.open(tmp_path / "ramp.png").mode == "I;16" and (grey == grey[..., :1]).all()
     assert len(np.unique(grey)) >= 200 and np.array_equal(grey[..., 0], np.rint(ramp / 4095 * 255))
     rng = np.random.default_rng(0)
-    arrays = {"I;16": ramp[::2] // 3 + 20000,  # 20000..21365, nowhere near 65,535
-              "I": rng.integers(-70000, 90000, (9, 7)).astype(np.int32),
-              "F": np.where(rng.random((9, 7)) < 0.1, np.nan, rng.normal(0, 3, (9, 7))).astype(np.float32)}
+    arrays = {
+        "I;16": ramp[::2] // 3 + 20000,  # 20000..21365, nowhere near 65,535
+        "I": rng.integers(-70000, 90000, (9, 7)).astype(np.int32),
+        "F": np.where(rng.random((9, 7)) < 0.1, np.nan, rng.normal(0, 3, (9, 7))).astype(np.float32),
+    }
     for mode, values in arrays.items():
         name = f"{mode.replace(';', '_')}.tif"
         Image.fromarray(values).save(tmp_path / name)

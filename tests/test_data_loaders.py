@@ -34,12 +34,18 @@ def test_load_medfmc_official_lists():
     assert colon.train.labels.dtype == np.int64 and colon.train.labels.shape == (512,)
     endo = load_medfmc(MEDFMC, "endo", 5, 1, test_list=MEDFMC / "endo" / "val_20.txt")
     assert len(endo.test) == 186 and endo.test.labels.shape == (186, 4)
-    with pytest.raises(UserError, match=r"endo_5-shot_train_exp3\.txt not found.*1-shot exp1, 5-shot exp1, "
-                                        r"10-shot exp1"):
+    with pytest.raises(
+        UserError,
+        match=r"endo_5-shot_train_exp3\.txt not found.*1-shot exp1, 5-shot exp1, "
+        r"10-shot exp1",
+    ):
         load_medfmc(MEDFMC, "endo", 5, 3)
     unique = len({*splits.train.names, *splits.val.names, *splits.test.names})
-    with pytest.raises(UserError, match=rf"{unique} of {unique} images .* missing: [^,]+png, [^,]+png, [^,]+png "
-                                        rf"and {unique - 3} more$"):
+    with pytest.raises(
+        UserError,
+        match=rf"{unique} of {unique} images .* missing: [^,]+png, [^,]+png, [^,]+png "
+        rf"and {unique - 3} more$",
+    ):
         check_images(splits)
     with pytest.raises(UserError, match="chest/images/"):
         splits.check_images()
@@ -151,8 +157,9 @@ def make_images(folder, names):
 
 
 def test_load_csv_class_names_and_split_column(tmp_path):
-    rows = [(f"img/{s}{i}.png", "benign" if i % 2 else "malignant", s) for s in ("train", "val", "test")
-            for i in range(10)]
+    rows = [
+        (f"img/{s}{i}.png", "benign" if i % 2 else "malignant", s) for s in ("train", "val", "test") for i in range(10)
+    ]
     make_images(tmp_path, [r[0] for r in rows])
     path = tmp_path / "lesions.csv"
     path.write_text("image,label,split\n" + "".join(",".join(r) + "\n" for r in rows))

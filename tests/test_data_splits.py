@@ -29,7 +29,7 @@ def check_chest(train, items, k):
     """19 blocks of K lines; block c holds K distinct c-positive images (every class has >= 10 positives)."""
     assert len(train) == 19 * k
     for c in range(19):
-        block = train[c * k:(c + 1) * k]
+        block = train[c * k : (c + 1) * k]
         assert all(label[c] == 1 for _, label in block) and len({n for n, _ in block}) == k
 
 
@@ -104,8 +104,12 @@ def test_generation_is_seeded(task):
 
 
 def test_class_with_fewer_groups_than_k_takes_them_all():
-    items = [("a.png", np.array([1, 0], np.uint8)), ("b.png", np.array([1, 1], np.uint8)),
-             ("c.png", np.array([1, 0], np.uint8)), ("d.png", np.array([0, 0], np.uint8))]
+    items = [
+        ("a.png", np.array([1, 0], np.uint8)),
+        ("b.png", np.array([1, 1], np.uint8)),
+        ("c.png", np.array([1, 0], np.uint8)),
+        ("d.png", np.array([0, 0], np.uint8)),
+    ]
     task = TaskSpec("toy", ("x", "y"), True)
     train, val = medfmc_few_shot(items, task, 2, 0)
     assert len(train) == 3 and train[2][0] == "b.png"
@@ -132,7 +136,7 @@ def test_per_class_few_shot_multilabel():
     labels = (rng.random((200, 5)) < 0.2).astype(np.uint8)
     train, val = per_class_few_shot(labels, 3, seed=(1, 2))
     assert len(train) == 15
-    assert all(labels[train[c * 3:(c + 1) * 3], c].all() for c in range(5))
+    assert all(labels[train[c * 3 : (c + 1) * 3], c].all() for c in range(5))
     assert not set(train) & set(val) and set(train) | set(val) == set(range(200))
     _, val = per_class_few_shot(labels, 3, seed=(1, 2), val_per_class=4)
     assert not set(train) & set(val) and all(labels[val, c].sum() >= 4 for c in range(5))

@@ -20,8 +20,15 @@ from medpeft.errors import UserError
 FILES = os.path.join(os.path.dirname(pydicom.data.__file__), "test_files")
 MR = os.path.join(FILES, "MR_small.dcm")
 CT = os.path.join(FILES, "CT_small.dcm")
-MR_LOSSLESS = ["MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
-               "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_padded.dcm"]
+MR_LOSSLESS = [
+    "MR_small_RLE.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_expb.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_padded.dcm",
+]
 
 
 def pixels(source) -> np.ndarray:
@@ -96,14 +103,22 @@ def test_colour_dicom(tmp_path):
     rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns, 3)  # PlanarConfiguration 0
     assert np.array_equal(np.asarray(read_image(os.path.join(FILES, "examples_rgb_color.dcm"))), rgb)
     r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))  # to YCbCr by PS3.3 C.7.6.3.1.2 (YBR_FULL)
-    ybr = np.stack([0.299 * r + 0.587 * g + 0.114 * b, -0.168736 * r - 0.331264 * g + 0.5 * b + 128,
-                    0.5 * r - 0.418688 * g - 0.081312 * b + 128], -1)
+    ybr = np.stack(
+        [
+            0.299 * r + 0.587 * g + 0.114 * b,
+            -0.168736 * r - 0.331264 * g + 0.5 * b + 128,
+            0.5 * r - 0.418688 * g - 0.081312 * b + 128,
+        ],
+        -1,
+    )
     ds.PixelData = np.clip(np.rint(ybr), 0, 255).astype(np.uint8).tobytes()
     ds.PhotometricInterpretation = "YBR_FULL"
     ds.save_as(tmp_path / "ybr.dcm")
     assert np.abs(np.asarray(read_image(tmp_path / "ybr.dcm")).astype(int) - rgb).max() <= 2
-    assert np.array_equal(np.asarray(read_image(os.path.join(FILES, "SC_rgb_rle_16bit.dcm"))),
-                          np.asarray(read_image(os.path.join(FILES, "SC_rgb_rle.dcm"))))  # 16 bits stored: /65535
+    assert np.array_equal(
+        np.asarray(read_image(os.path.join(FILES, "SC_rgb_rle_16bit.dcm"))),
+        np.asarray(read_image(os.path.join(FILES, "SC_rgb_rle.dcm"))),
+    )  # 16 bits stored: /65535
     palette = pydicom.dcmread(os.path.join(FILES, "examples_palette.dcm"))  # 256 entries of 16 bits
     index = np.frombuffer(palette.PixelData, np.uint8).reshape(palette.Rows, palette.Columns)
     luts = [np.frombuffer(getattr(palette, f"{c}PaletteColorLookupTableData"), "<u2") for c in ("Red", "Green", "Blue")]
@@ -115,7 +130,7 @@ def bad_files(tmp_path) -> dict:
     """One bad file of each kind: ``{kind: (path, what its error says)}``."""
     cut = tmp_path / "cut_rle.dcm"
     data = open(os.path.join(FILES, "MR_small_RLE.dcm"), "rb").read()
-    cut.write_bytes(data[:len(data) // 2])
+    cut.write_bytes(data[: len(data) // 2])
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"not a dicom file at all" * 20)
     png = tmp_path / "cut.png"
@@ -143,8 +158,9 @@ def without_jpeg_ls_decoder(monkeypatch):
     """pydicom as it is when no JPEG-LS decoder is installed (its plugin table says so)."""
     decoder = get_decoder(JPEGLSLossless)
     monkeypatch.setattr(decoder, "_available", {})
-    monkeypatch.setattr(decoder, "_unavailable",
-                        {**decoder._unavailable, "pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")})
+    monkeypatch.setattr(
+        decoder, "_unavailable", {**decoder._unavailable, "pylibjpeg": ("pylibjpeg>=2.0", "pylibjpeg-libjpeg>=2.1")}
+    )
 
 
 def test_a_missing_decoder_or_pydicom_is_one_line(tmp_path, monkeypatch):
@@ -154,8 +170,10 @@ def test_a_missing_decoder_or_pydicom_is_one_line(tmp_path, monkeypatch):
         with pytest.raises(UserError) as info:
             call(path)
         message = str(info.value)
-        assert message.startswith(f"cannot read image {path}: its transfer syntax JPEG-LS Lossless Image "
-                                  f"Compression ({JPEGLSLossless}) needs a decoder that is not installed (")
+        assert message.startswith(
+            f"cannot read image {path}: its transfer syntax JPEG-LS Lossless Image "
+            f"Compression ({JPEGLSLossless}) needs a decoder that is not installed ("
+        )
         assert "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1" in message and "\n" not in message
         assert message.endswith("): pip install 'medpeft[dicom]'")
     monkeypatch.undo()
@@ -183,10 +201,14 @@ def dicom_folder(root):
     """train/val/test folders of two classes: MR_small in its transfer syntaxes, CT_small with noise."""
     rng = np.random.default_rng(0)
     ct = pydicom.dcmread(CT)
-    mr = [("train", "MR_small.dcm", "MR_small.dcm"), ("train", "MR_small_RLE.dcm", "MR_small_RLE.dcm"),
-          ("val", "MR_small_jp2klossless.dcm", "MR_small_jp2klossless.dcm"),
-          ("val", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jpeg_ls_lossless.dicom"),
-          ("test", "MR_small_implicit.dcm", "scan_0001"), ("test", "MR_small_bigendian.dcm", "1.2.840.99.5")]
+    mr = [
+        ("train", "MR_small.dcm", "MR_small.dcm"),
+        ("train", "MR_small_RLE.dcm", "MR_small_RLE.dcm"),
+        ("val", "MR_small_jp2klossless.dcm", "MR_small_jp2klossless.dcm"),
+        ("val", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jpeg_ls_lossless.dicom"),
+        ("test", "MR_small_implicit.dcm", "scan_0001"),
+        ("test", "MR_small_bigendian.dcm", "1.2.840.99.5"),
+    ]
     for i, (split, source, target) in enumerate(mr):
         (root / split / "mr").mkdir(parents=True, exist_ok=True)
         (root / split / "ct").mkdir(parents=True, exist_ok=True)
@@ -203,12 +225,31 @@ def test_folder_of_dicoms_trains_end_to_end(tmp_path, capsys):
     dicom_folder(root)
     splits = load_folder(root, shots=2)
     assert splits.task.classes == ("ct", "mr") and sorted(splits.train.names) == [
-        "train/ct/ct0.dcm", "train/ct/ct1.dcm", "train/mr/MR_small.dcm", "train/mr/MR_small_RLE.dcm"]
+        "train/ct/ct0.dcm",
+        "train/ct/ct1.dcm",
+        "train/mr/MR_small.dcm",
+        "train/mr/MR_small_RLE.dcm",
+    ]
     assert splits.val.names[-1] == "val/mr/MR_small_jpeg_ls_lossless.dicom"
     assert splits.test.names[-2:] == ["test/mr/1.2.840.99.5", "test/mr/scan_0001"]
     assert is_image_file(root / "test" / "mr" / "scan_0001") and not is_image_file(root / "train" / "mr" / "DICOMDIR")
-    code, out, err = run_cli(["train", "--task", "folder", "--data-root", str(root), "--shots", "2",
-                              "--method", "linear", *TINY, "--out", str(tmp_path / "run")], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--task",
+            "folder",
+            "--data-root",
+            str(root),
+            "--shots",
+            "2",
+            "--method",
+            "linear",
+            *TINY,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = (tmp_path / "run" / "folder_2-shot_submission.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == splits.test.names
@@ -221,8 +262,23 @@ def test_csv_of_dicoms_trains_and_predicts(tmp_path, capsys, monkeypatch):
     (tmp_path / "scans.csv").write_text("image,label,split\n" + "\n".join(lines) + "\n")
     assert len(load_csv(tmp_path / "scans.csv").test) == 4
     run = tmp_path / "run"
-    code, out, err = run_cli(["train", "--task", "csv", "--data-root", str(tmp_path / "scans.csv"), "--shots", "2",
-                              "--method", "linear", *TINY, "--out", str(run)], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--task",
+            "csv",
+            "--data-root",
+            str(tmp_path / "scans.csv"),
+            "--shots",
+            "2",
+            "--method",
+            "linear",
+            *TINY,
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
     assert code == 0, err
     names = [str(p.relative_to(tmp_path)) for p in files if p.parent.parent.name == "test"]
     (tmp_path / "to_predict.txt").write_text("\n".join(names) + "\n")
@@ -235,9 +291,13 @@ def test_csv_of_dicoms_trains_and_predicts(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.txt").write_text(f"{names[0]}\n{truncated}\n")
     monkeypatch.setattr("medpeft.experiment.load_run", lambda *a, **k: pytest.fail("got past the image check"))
     code, out, err = run_cli(["predict", str(run), "--list", str(tmp_path / "bad.txt")], capsys)
-    assert code == 2 and err == f"medpeft: error: cannot read image {truncated}: The number of bytes of pixel data " \
-                                "is less than expected (8130 vs 8192 bytes) - the dataset may be corrupted, have an " \
-                                "invalid group 0028 element value, or the transfer syntax may be incorrect\n"
+    assert (
+        code == 2
+        and err
+        == f"medpeft: error: cannot read image {truncated}: The number of bytes of pixel data "
+        "is less than expected (8130 vs 8192 bytes) - the dataset may be corrupted, have an "
+        "invalid group 0028 element value, or the transfer syntax may be incorrect\n"
+    )
 
 
 @pytest.mark.parametrize("kind", ["truncated", "cut_rle", "no_pixels", "frames", "garbage", "png", "decoder"])
@@ -250,8 +310,23 @@ def test_bad_files_stop_the_cli_before_training(tmp_path, capsys, monkeypatch, k
     rows = [f"{MR},a,train", f"{CT},b,train", f"{MR},a,val", f"{CT},b,val", f"{bad},a,test"]
     (tmp_path / "data.csv").write_text("image,label,split\n" + "\n".join(rows) + "\n")
     monkeypatch.setattr("medpeft.experiment.build_model", lambda *a, **k: pytest.fail("got past the image check"))
-    code, out, err = run_cli(["train", "--task", "csv", "--data-root", str(tmp_path / "data.csv"), "--shots", "1",
-                              "--method", "linear", *TINY, "--out", str(tmp_path / "run")], capsys)
+    code, out, err = run_cli(
+        [
+            "train",
+            "--task",
+            "csv",
+            "--data-root",
+            str(tmp_path / "data.csv"),
+            "--shots",
+            "1",
+            "--method",
+            "linear",
+            *TINY,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 2 and err.startswith(f"medpeft: error: cannot read image {bad}: ") and err.count("\n") == 1
 
 
@@ -260,10 +335,35 @@ def test_a_bench_stops_on_a_bad_file_before_its_first_run(tmp_path, capsys, monk
     rows = [f"{MR},a,train", f"{CT},b,train", f"{MR},a,val", f"{bad},b,val", f"{CT},b,test"]
     (tmp_path / "data.csv").write_text("image,label,split\n" + "\n".join(rows) + "\n")
     monkeypatch.setattr("medpeft.experiment.build_model", lambda *a, **k: pytest.fail("got past the image check"))
-    code, out, err = run_cli(["bench", "--methods", "linear,lora", "--tasks", "csv", "--data-root",
-                              str(tmp_path / "data.csv"), "--shots", "1", "--exps", "1-2", "--backbone",
-                              "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
-                              "--out", str(tmp_path / "bench")], capsys)
-    assert code == 2 and err == f"medpeft: error: cannot read image {bad}: a DICOM with 2 frames; medpeft reads " \
-                                "single-frame images (save the frame to classify as its own file)\n"
+    code, out, err = run_cli(
+        [
+            "bench",
+            "--methods",
+            "linear,lora",
+            "--tasks",
+            "csv",
+            "--data-root",
+            str(tmp_path / "data.csv"),
+            "--shots",
+            "1",
+            "--exps",
+            "1-2",
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "bench"),
+        ],
+        capsys,
+    )
+    assert (
+        code == 2
+        and err
+        == f"medpeft: error: cannot read image {bad}: a DICOM with 2 frames; medpeft reads "
+        "single-frame images (save the frame to classify as its own file)\n"
+    )
     assert not (tmp_path / "bench" / "runs").exists()

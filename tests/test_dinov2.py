@@ -33,10 +33,23 @@ def dinov2(name: str, img_size: int = 56, depth: int = 2, dtype=torch.float32, *
 
 
 CASES = [
-    ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("bitfit", {}), ("lora", {}),
-    ("adapter", {}), ("adapter", {"bottleneck": 8}), ("vp", {}), ("vpt", {}), ("vpt", {"deep": False}),
-    ("ept", {}), ("ept", {"prompt_length": 20, "layers": [0]}), ("ept", {"layers": [2, 0]}), ("ssf", {}),
-    ("peft:lora", {}), ("peft:ia3", {}),
+    ("linear", {}),
+    ("partial", {}),
+    ("partial", {"k": 3}),
+    ("mlp", {}),
+    ("bitfit", {}),
+    ("lora", {}),
+    ("adapter", {}),
+    ("adapter", {"bottleneck": 8}),
+    ("vp", {}),
+    ("vpt", {}),
+    ("vpt", {"deep": False}),
+    ("ept", {}),
+    ("ept", {"prompt_length": 20, "layers": [0]}),
+    ("ept", {"layers": [2, 0]}),
+    ("ssf", {}),
+    ("peft:lora", {}),
+    ("peft:ia3", {}),
 ]
 
 
@@ -71,8 +84,10 @@ def test_ept_equals_naive_eq5(name, way):
     ours = model.forward_features(images)
     theirs = naive_ept_features(reference, prompts, way, images)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
-    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), list(prompts.values())),
-                                torch.autograd.grad(theirs.square().sum(), list(prompts.values()))):
+    for g_ours, g_theirs in zip(
+        torch.autograd.grad(ours.square().sum(), list(prompts.values())),
+        torch.autograd.grad(theirs.square().sum(), list(prompts.values())),
+    ):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
         assert g_ours.abs().max() > 0
 
@@ -117,8 +132,11 @@ def test_adapter_on_layerscale_blocks_is_beside_the_whole_mlp_branch(name):
         for block, a in zip(reference.blocks, adapters):  # by hand: the adapter's output is not multiplied by γ₂
             x = x + block.ls1.gamma * block.attn(block.norm1(x))
             down = F.linear(x, a.adapter_down.weight, a.adapter_down.bias).relu()
-            x = x + block.ls2.gamma * block.mlp(block.norm2(x)) + 0.5 * F.linear(down, a.adapter_up.weight,
-                                                                                   a.adapter_up.bias)
+            x = (
+                x
+                + block.ls2.gamma * block.mlp(block.norm2(x))
+                + 0.5 * F.linear(down, a.adapter_up.weight, a.adapter_up.bias)
+            )
         torch.testing.assert_close(model.forward_features(images), reference.norm(x)[:, 0], rtol=0, atol=1e-12)
 
 

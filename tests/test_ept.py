@@ -40,8 +40,9 @@ def test_ept_equals_naive_eq5(size, way, layers):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
     prompts = list(prompts_of(model).values())
     assert len(prompts) == (12 if layers is None else len(layers))
-    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), prompts),
-                                torch.autograd.grad(theirs.square().sum(), prompts)):
+    for g_ours, g_theirs in zip(
+        torch.autograd.grad(ours.square().sum(), prompts), torch.autograd.grad(theirs.square().sum(), prompts)
+    ):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
         assert g_ours.abs().max() > 0
 
@@ -52,9 +53,12 @@ def test_ept_float32_matches_naive():
     reference = copy.deepcopy(vit)
     model = build_model("ept", vit, 3, init="uniform")
     images = torch.randn(2, 3, 224, 224)
-    torch.testing.assert_close(model.forward_features(images),
-                               naive_ept_features(reference, prompts_of(model), "concat", images),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model.forward_features(images),
+        naive_ept_features(reference, prompts_of(model), "concat", images),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_ept_with_vanishing_prompt_is_the_frozen_backbone():
@@ -77,14 +81,16 @@ def test_both_null_key_kernels_equal_materialised_softmax(dtype):
     B, H, N, d = 2, 3, 11, 16
     q, k, v = (torch.randn(B, H, N, d, dtype=dtype, requires_grad=True) for _ in range(3))
     logit = torch.randn(B, H, N, dtype=dtype, requires_grad=True)
-    scale = d ** -0.5
+    scale = d**-0.5
     S = q @ k.transpose(-2, -1) * scale
     expected = torch.cat([logit[..., None], S], -1).softmax(-1)[..., 1:] @ v
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     grads_expected = torch.autograd.grad(expected.square().sum(), (q, k, v, logit))
-    for fn in (lambda: _ScaledFusedAttention.apply(q, k, v, logit, scale, _CPU_FLASH),
-               lambda: _extra_channel_attention(q, k, v, logit, scale),
-               lambda: null_key_attention(q, k, v, logit, scale)):
+    for fn in (
+        lambda: _ScaledFusedAttention.apply(q, k, v, logit, scale, _CPU_FLASH),
+        lambda: _extra_channel_attention(q, k, v, logit, scale),
+        lambda: null_key_attention(q, k, v, logit, scale),
+    ):
         out = fn()
         torch.testing.assert_close(out, expected, **tol)
         for g, g_expected in zip(torch.autograd.grad(out.square().sum(), (q, k, v, logit)), grads_expected):
@@ -104,8 +110,19 @@ def test_ept_patch_scaling_is_z_over_z_plus_prompt_mass():
 
 def test_ept_inits():
     torch.manual_seed(0)
-    make = lambda **o: build_model("ept", "vit_tiny_patch16_224", 3, pretrained=False, img_size=64,  # noqa: E731
-                                   prompt_length=50, **o).backbone.blocks[0].attn.prompt
+    make = lambda **o: (
+        build_model(
+            "ept",
+            "vit_tiny_patch16_224",
+            3,
+            pretrained=False,
+            img_size=64,  # noqa: E731
+            prompt_length=50,
+            **o,
+        )
+        .backbone.blocks[0]
+        .attn.prompt
+    )
     assert abs(make().std().item() - 0.02) < 0.002
     assert make(init="uniform").abs().max() <= 0.08
     assert make(init="zero").abs().max() == 0
@@ -116,8 +133,9 @@ def test_ept_inits():
 
 def test_token_init_adds_the_mean_embedded_token_once():
     torch.manual_seed(0)
-    model = build_model("ept", "vit_tiny_patch16_224", 3, pretrained=False, img_size=64, prompt_length=192,
-                        init="token", layers=[0, 3])
+    model = build_model(
+        "ept", "vit_tiny_patch16_224", 3, pretrained=False, img_size=64, prompt_length=192, init="token", layers=[0, 3]
+    )
     images = torch.randn(2, 3, 64, 64)
     bb = model.backbone
     with torch.no_grad():
@@ -139,15 +157,17 @@ def test_ept_input_size_mismatch_is_explained():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("kernel, dtype", [(_CUDA_EFFICIENT, torch.float32), (_CUDA_FLASH, torch.bfloat16),
-                                           (None, torch.float32), (None, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "kernel, dtype",
+    [(_CUDA_EFFICIENT, torch.float32), (_CUDA_FLASH, torch.bfloat16), (None, torch.float32), (None, torch.bfloat16)],
+)
 def test_cuda_null_key_kernels_equal_materialised_softmax(kernel, dtype):
     """Both CUDA log-sum-exp kernels (and the extra-channel path, None) against a float64 materialised reference."""
     torch.manual_seed(0)
     B, H, N, d = 3, 4, 197, 64
     q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     logit = torch.randn(B, H, N, device="cuda", requires_grad=True)
-    scale = d ** -0.5
+    scale = d**-0.5
     q64, k64, v64, logit64 = (t.detach().double().requires_grad_() for t in (q, k, v, logit))
     expected = torch.cat([logit64[..., None], q64 @ k64.transpose(-2, -1) * scale], -1).softmax(-1)[..., 1:] @ v64
     dy = torch.randn_like(expected)
@@ -180,8 +200,9 @@ def test_ept_on_cuda_equals_naive_eq5(way):
     theirs = naive_ept_features(reference, prompts_of(model), way, images)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     prompts = list(prompts_of(model).values())
-    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), prompts),
-                                torch.autograd.grad(theirs.square().sum(), prompts)):
+    for g_ours, g_theirs in zip(
+        torch.autograd.grad(ours.square().sum(), prompts), torch.autograd.grad(theirs.square().sum(), prompts)
+    ):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-3, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         low = model.forward_features(images).float()

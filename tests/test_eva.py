@@ -48,29 +48,54 @@ REGS = dict(num_reg_tokens=2, init_values=0.5, depth=3)  # registers and LayerSc
 def expected_trainable(method, D, depth, N, S, hidden, layer_scale=False, classes=C, **o):
     """Trainable parameter count from the definitions on an EVA-02 block: fused qkv without bias beside q/v biases,
     packed SwiGLU (fc1: D → 2·hidden, fc2: hidden → D); the final norm is ``fc_norm`` (average pooling)."""
-    block = (2 * D + 3 * D * D + 2 * D + (D * D + D) + 2 * D + (D * 2 * hidden + 2 * hidden) + (hidden * D + D)
-             + 2 * D * layer_scale)
+    block = (
+        2 * D
+        + 3 * D * D
+        + 2 * D
+        + (D * D + D)
+        + 2 * D
+        + (D * 2 * hidden + 2 * hidden)
+        + (hidden * D + D)
+        + 2 * D * layer_scale
+    )
     r, L = o.get("r", 8), o.get("prompt_length", 100 if method == "ept" else 10)
-    return D * classes + classes + {
-        "linear": lambda: 0,
-        "partial": lambda: o.get("k", 1) * block + 2 * D,
-        "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
-        "bitfit": lambda: D + depth * (D + 2 * D + D + D + 2 * hidden + D) + D,
-        "lora": lambda: depth * 2 * (r * D + D * r),
-        "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
-        "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
-        "vpt": lambda: (depth if o.get("deep", True) else 1) * L * D,
-        "ept": lambda: len(o.get("layers") or range(depth)) * N * L,
-        "ssf": lambda: 2 * D + depth * 2 * (D + 3 * D + D + D + 2 * hidden + D) + 2 * D,
-        "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 2 * hidden) + (hidden + D)),
-        "peft:ia3": lambda: depth * (3 * D + D + 2 * hidden + hidden),
-    }[method]()
+    return (
+        D * classes
+        + classes
+        + {
+            "linear": lambda: 0,
+            "partial": lambda: o.get("k", 1) * block + 2 * D,
+            "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
+            "bitfit": lambda: D + depth * (D + 2 * D + D + D + 2 * hidden + D) + D,
+            "lora": lambda: depth * 2 * (r * D + D * r),
+            "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
+            "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
+            "vpt": lambda: (depth if o.get("deep", True) else 1) * L * D,
+            "ept": lambda: len(o.get("layers") or range(depth)) * N * L,
+            "ssf": lambda: 2 * D + depth * 2 * (D + 3 * D + D + D + 2 * hidden + D) + 2 * D,
+            "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 2 * hidden) + (hidden + D)),
+            "peft:ia3": lambda: depth * (3 * D + D + 2 * hidden + hidden),
+        }[method]()
+    )
 
 
 CASES = [
-    ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("bitfit", {}), ("lora", {}),
-    ("adapter", {}), ("adapter", {"reduction": 8}), ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"deep": False}),
-    ("ept", {}), ("ept", {"prompt_length": 20, "layers": [0, -1]}), ("ssf", {}), ("peft:lora", {}), ("peft:ia3", {}),
+    ("linear", {}),
+    ("partial", {}),
+    ("partial", {"k": 3}),
+    ("mlp", {}),
+    ("bitfit", {}),
+    ("lora", {}),
+    ("adapter", {}),
+    ("adapter", {"reduction": 8}),
+    ("vp", {"prompt_size": 5}),
+    ("vpt", {}),
+    ("vpt", {"deep": False}),
+    ("ept", {}),
+    ("ept", {"prompt_length": 20, "layers": [0, -1]}),
+    ("ssf", {}),
+    ("peft:lora", {}),
+    ("peft:ia3", {}),
 ]
 
 
@@ -102,8 +127,10 @@ def test_ept_equals_naive_eq5_on_rotated_queries_and_keys(way):
     ours = model.forward_features(images)
     theirs = naive_ept_eva_features(reference, prompts, way, images)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
-    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), list(prompts.values())),
-                                torch.autograd.grad(theirs.square().sum(), list(prompts.values()))):
+    for g_ours, g_theirs in zip(
+        torch.autograd.grad(ours.square().sum(), list(prompts.values())),
+        torch.autograd.grad(theirs.square().sum(), list(prompts.values())),
+    ):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
         assert g_ours.abs().max() > 0
 
@@ -152,8 +179,12 @@ def test_separate_q_k_v_projections():
     with torch.no_grad():
         assert torch.equal(lora(images), frozen(images))
     names = sorted(n for n, p in lora.named_parameters() if p.requires_grad and "lora" in n)
-    assert names[:4] == ["backbone.blocks.0.attn.q_proj.lora_A", "backbone.blocks.0.attn.q_proj.lora_B",
-                         "backbone.blocks.0.attn.v_proj.lora_A", "backbone.blocks.0.attn.v_proj.lora_B"]
+    assert names[:4] == [
+        "backbone.blocks.0.attn.q_proj.lora_A",
+        "backbone.blocks.0.attn.q_proj.lora_B",
+        "backbone.blocks.0.attn.v_proj.lora_A",
+        "backbone.blocks.0.attn.v_proj.lora_B",
+    ]
 
 
 @pytest.fixture(scope="module")

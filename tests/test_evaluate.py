@@ -19,8 +19,9 @@ def samples(n=10, size=40, seed=0):
     return Samples([f"s{i}" for i in range(n)], images, rng.integers(0, 2, n))
 
 
-@pytest.mark.parametrize("method,options,stages", [("linear", {}, 13), ("mlp", {"k": 2}, 13),
-                                                   ("partial", {"k": 2}, 10), ("ept", {}, 0)])
+@pytest.mark.parametrize(
+    "method,options,stages", [("linear", {}, 13), ("mlp", {"k": 2}, 13), ("partial", {"k": 2}, 10), ("ept", {}, 0)]
+)
 def test_prefix_then_suffix_is_the_model(method, options, stages):
     model = build_model(method, "vit_tiny_patch16_224", 2, pretrained=False, img_size=32, seed=0, **options).eval()
     assert model.method.frozen_stages(model.backbone) == stages
@@ -51,8 +52,18 @@ def test_other_weights_images_or_settings_never_hit():
     a = build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32, seed=0)
     b = build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32, seed=1)
     data = samples()
-    key = lambda m, s=data, **kw: cache.key(m, 13, s, **{"img_size": 32, "batch_size": 4,  # noqa: E731
-                                                          "device": torch.device("cpu"), "bf16": False, **kw})
+    key = lambda m, s=data, **kw: cache.key(
+        m,
+        13,
+        s,
+        **{
+            "img_size": 32,
+            "batch_size": 4,  # noqa: E731
+            "device": torch.device("cpu"),
+            "bf16": False,
+            **kw,
+        },
+    )
     assert key(a) != key(b)  # another random backbone
     assert key(a) != key(a, samples(seed=1))  # other images
     assert key(a) != key(a, batch_size=8) and key(a) != key(a, img_size=48)
@@ -76,8 +87,16 @@ def test_on_disk_entries_are_shared(tmp_path):
 @pytest.mark.parametrize("method", ["linear", "partial"])
 def test_runs_give_identical_records_with_and_without_the_cache(tmp_path, method):
     make_demo_data(tmp_path / "data")
-    spec = RunSpec(method=method, task="endo", data_root=str(tmp_path / "data"), shots=5,
-                   backbone="vit_tiny_patch16_224", pretrained=False, img_size=32, train={"epochs": 3, "lr": 0.05})
+    spec = RunSpec(
+        method=method,
+        task="endo",
+        data_root=str(tmp_path / "data"),
+        shots=5,
+        backbone="vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        train={"epochs": 3, "lr": 0.05},
+    )
     plain = run_experiment(spec, tmp_path / "plain", progress=False)
     cached = run_experiment(spec, tmp_path / "cached", progress=False, features=FeatureCache())
     assert plain.result.history == cached.result.history and plain.test == cached.test

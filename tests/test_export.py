@@ -29,12 +29,22 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 
 EPT = {"prompt_length": 5}
 CASES = [  # (method, options, task): every EPT way, shallow and unfused too; every other kind of method
-    ("ept", EPT, "colon"), ("ept", {**EPT, "way": "multiply_concat"}, "endo"), ("ept", {**EPT, "way": "add"}, "colon"),
-    ("ept", {**EPT, "way": "multiply"}, "endo"), ("ept", {**EPT, "layers": [0], "fused": False}, "colon"),
+    ("ept", EPT, "colon"),
+    ("ept", {**EPT, "way": "multiply_concat"}, "endo"),
+    ("ept", {**EPT, "way": "add"}, "colon"),
+    ("ept", {**EPT, "way": "multiply"}, "endo"),
+    ("ept", {**EPT, "layers": [0], "fused": False}, "colon"),
     ("ept", {**EPT, "way": "multiply_concat", "layers": [-1, 2]}, "colon"),
-    ("vpt", {"prompt_length": 3}, "endo"), ("vpt", {"prompt_length": 3, "deep": False}, "colon"),
-    ("lora", {}, "endo"), ("adapter", {}, "colon"), ("ssf", {}, "endo"), ("vp", {"prompt_size": 4}, "colon"),
-    ("mlp", {}, "endo"), ("peft:lora", {}, "colon"), ("peft:ia3", {}, "endo"), ("peft:lokr", {}, "colon"),
+    ("vpt", {"prompt_length": 3}, "endo"),
+    ("vpt", {"prompt_length": 3, "deep": False}, "colon"),
+    ("lora", {}, "endo"),
+    ("adapter", {}, "colon"),
+    ("ssf", {}, "endo"),
+    ("vp", {"prompt_size": 4}, "colon"),
+    ("mlp", {}, "endo"),
+    ("peft:lora", {}, "colon"),
+    ("peft:ia3", {}, "endo"),
+    ("peft:lokr", {}, "colon"),
 ]
 
 
@@ -49,9 +59,20 @@ def trained_run(root, out, method, options, task):
     """A run trained one epoch (on timm's smallest ViT: 6 blocks of width 64), whose saved tensors are then moved far
     from their start (LoRA's B, SSF's and IA3's identity, EPT-add's zero prompt …), so that a method missing from
     the graph cannot go unnoticed."""
-    spec = RunSpec(method=method, task=task, data_root=str(root), shots=1, exp=1, backbone="test_vit",
-                   pretrained=False, img_size=32, options=options, val_per_class=2, test_list="test_WithoutLabel.txt",
-                   train={"epochs": 1, "batch_size": 8, "lr": 0.05})
+    spec = RunSpec(
+        method=method,
+        task=task,
+        data_root=str(root),
+        shots=1,
+        exp=1,
+        backbone="test_vit",
+        pretrained=False,
+        img_size=32,
+        options=options,
+        val_per_class=2,
+        test_list="test_WithoutLabel.txt",
+        train={"epochs": 1, "batch_size": 8, "lr": 0.05},
+    )
     run_experiment(spec, out, progress=False)
     model, _ = load_run(out)
     names = saved_names(model)
@@ -79,8 +100,9 @@ def test_onnx_engine_writes_the_torch_engine_submission(demo_root, tmp_path, cap
     csv = {}
     for engine in ("torch", "onnx"):  # batches of 32 for a list of 70 or 72: a last batch of another size
         csv[engine] = tmp_path / f"{engine}.csv"
-        code, _, stderr = run_cli(["predict", str(run), "--list", str(listed), "--engine", engine, "--out",
-                                   str(csv[engine])], capsys)
+        code, _, stderr = run_cli(
+            ["predict", str(run), "--list", str(listed), "--engine", engine, "--out", str(csv[engine])], capsys
+        )
         assert code == 0, stderr
     classes = 2 if task == "colon" else 4
     (names, torch_probs), (onnx_names, onnx_probs) = read_csv(csv["torch"], classes), read_csv(csv["onnx"], classes)
@@ -109,8 +131,14 @@ def test_the_metadata_says_how_to_read_an_image(demo_root, tmp_path, capsys):
     size, mean, std = int(metadata["img_size"]), json.loads(metadata["mean"]), json.loads(metadata["std"])
     listed = demo_root / "endo" / "test_WithoutLabel.txt"
     names = read_names(listed)
-    pixels = [np.asarray(Image.open(demo_root / "endo" / "images" / name).convert("RGB").resize(
-        (size, size), Image.BICUBIC), dtype=np.float32) / 255 for name in names]
+    pixels = [
+        np.asarray(
+            Image.open(demo_root / "endo" / "images" / name).convert("RGB").resize((size, size), Image.BICUBIC),
+            dtype=np.float32,
+        )
+        / 255
+        for name in names
+    ]
     batch = ((np.stack(pixels) - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
     (probs,) = session.run(None, {session.get_inputs()[0].name: batch})
     out = tmp_path / "torch.csv"
@@ -131,8 +159,9 @@ def test_ept_export_formulation_equals_the_fused_kernel_and_eq5(way, monkeypatch
             block.attn.prompt.add_(torch.randn_like(block.attn.prompt))
     images = torch.randn(3, 3, 64, 64, dtype=torch.double)
     calls, fused_kernel = [], kernels._ScaledFusedAttention.apply
-    monkeypatch.setattr(kernels._ScaledFusedAttention, "apply", lambda *args: calls.append(args[5]) or
-                        fused_kernel(*args))
+    monkeypatch.setattr(
+        kernels._ScaledFusedAttention, "apply", lambda *args: calls.append(args[5]) or fused_kernel(*args)
+    )
     fused = model.forward_features(images)
     assert calls == [kernels._CPU_FLASH] * 12  # every block ran the kernel that returns its log-sum-exp
     exported = copy.deepcopy(model)
@@ -184,8 +213,9 @@ def test_export_and_onnx_predict_errors_are_one_line(demo_root, tmp_path, capsys
     assert code == 2 and err.count("\n") == 1 and "model.onnx does not exist: write it with `medpeft export" in err
     other = trained_run(demo_root, tmp_path / "other", "linear", {}, "colon")
     assert run_cli(["export", str(other)], capsys)[0] == 0
-    code, _, err = run_cli(["predict", str(run), "--list", listed, "--engine", "onnx", "--onnx",
-                            str(other / "model.onnx")], capsys)
+    code, _, err = run_cli(
+        ["predict", str(run), "--list", listed, "--engine", "onnx", "--onnx", str(other / "model.onnx")], capsys
+    )
     assert code == 2 and err.count("\n") == 1 and f"was not exported from {run}" in err
     code, _, err = run_cli(["predict", str(other), "--list", listed, "--onnx", str(other / "model.onnx")], capsys)
     assert code == 2 and "--onnx applies to --engine onnx" in err

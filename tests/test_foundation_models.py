@@ -38,10 +38,14 @@ def test_every_entry_builds_its_architecture_and_trains_one_ept_step(entry):
     with torch.device("meta"):
         full = timm.create_model(entry.timm_name, pretrained=False, num_classes=0, **kwargs)
     patch = full.patch_embed.patch_size[0]
-    backbone = timm.create_model(entry.timm_name, pretrained=False, num_classes=0,
-                                 **{**kwargs, "depth": 1, "img_size": 2 * patch})
-    assert backbone.embed_dim == full.embed_dim and backbone.blocks[0].mlp.fc1.weight.shape == \
-        full.blocks[0].mlp.fc1.weight.shape and backbone.num_reg_tokens == full.num_reg_tokens
+    backbone = timm.create_model(
+        entry.timm_name, pretrained=False, num_classes=0, **{**kwargs, "depth": 1, "img_size": 2 * patch}
+    )
+    assert (
+        backbone.embed_dim == full.embed_dim
+        and backbone.blocks[0].mlp.fc1.weight.shape == full.blocks[0].mlp.fc1.weight.shape
+        and backbone.num_reg_tokens == full.num_reg_tokens
+    )
     model = build_model("ept", backbone, 2, seed=0, prompt_length=2)
     trainable = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trainable]
@@ -73,8 +77,9 @@ def test_a_named_model_offline_is_one_line(tmp_path):
 def clip_checkpoint(tmp_path_factory):
     """A transformers CLIP vision tower with CLIP's image processor, as ``save_pretrained`` leaves them."""
     folder = tmp_path_factory.mktemp("clip")
-    config = transformers.CLIPVisionConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                           intermediate_size=128, image_size=32, patch_size=16)
+    config = transformers.CLIPVisionConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32, patch_size=16
+    )
     torch.manual_seed(0)
     model = transformers.CLIPVisionModel(config)
     with torch.no_grad():
@@ -98,9 +103,32 @@ def test_a_clip_checkpoint_run_trains_predicts_and_exports_with_clip_statistics(
     root = tmp_path / "data"
     make_demo_data(root)
     run = tmp_path / "run"
-    code, _, err = run_cli(["train", "--task", "endo", "--data-root", str(root), "--shots", "1", "--weights",
-                            str(clip_checkpoint), "--opt", "prompt_length=3", "--epochs", "1", "--batch-size", "8",
-                            "--val-per-class", "2", "--test-list", "test_WithoutLabel.txt", "--out", str(run)], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--task",
+            "endo",
+            "--data-root",
+            str(root),
+            "--shots",
+            "1",
+            "--weights",
+            str(clip_checkpoint),
+            "--opt",
+            "prompt_length=3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--val-per-class",
+            "2",
+            "--test-list",
+            "test_WithoutLabel.txt",
+            "--out",
+            str(run),
+        ],
+        capsys,
+    )
     assert code == 0, err
     recorded = json.loads((run / "run.json").read_text())["model"]["preprocessing"]
     assert recorded["mean"] == pytest.approx(OPENAI_CLIP_MEAN) and recorded["std"] == pytest.approx(OPENAI_CLIP_STD)
@@ -128,18 +156,48 @@ def test_a_clip_checkpoint_run_trains_predicts_and_exports_with_clip_statistics(
     metadata = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
     assert json.loads(metadata["mean"]) == pytest.approx(OPENAI_CLIP_MEAN)
     assert json.loads(metadata["std"]) == pytest.approx(OPENAI_CLIP_STD)
-    assert run_cli(["predict", str(run), "--list", str(listed), "--engine", "onnx", "--out", str(tmp_path / "o.csv")],
-                   capsys)[0] == 0
+    assert (
+        run_cli(
+            ["predict", str(run), "--list", str(listed), "--engine", "onnx", "--out", str(tmp_path / "o.csv")], capsys
+        )[0]
+        == 0
+    )
     np.testing.assert_allclose(_read_csv(tmp_path / "o.csv", 4)[1], predicted, rtol=0, atol=1e-4)
 
 
 def test_mean_and_std_overrides_are_recorded(tmp_path, capsys, clip_checkpoint):
     root = tmp_path / "data"
     make_demo_data(root)
-    code, _, err = run_cli(["train", "--task", "colon", "--data-root", str(root), "--shots", "1", "--weights",
-                            str(clip_checkpoint), "--method", "linear", "--epochs", "1", "--val-per-class", "2",
-                            "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--out",
-                            str(tmp_path / "run")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--task",
+            "colon",
+            "--data-root",
+            str(root),
+            "--shots",
+            "1",
+            "--weights",
+            str(clip_checkpoint),
+            "--method",
+            "linear",
+            "--epochs",
+            "1",
+            "--val-per-class",
+            "2",
+            "--mean",
+            "0.5",
+            "0.5",
+            "0.5",
+            "--std",
+            "0.25",
+            "0.25",
+            "0.25",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["spec"]["mean"] == [0.5] * 3 and record["spec"]["std"] == [0.25] * 3
@@ -150,8 +208,24 @@ def test_another_architecture_stops_the_run_with_one_line_and_writes_nothing(tmp
     root = tmp_path / "data"
     make_demo_data(root)
     out = tmp_path / "run"
-    code, stdout, err = run_cli(["train", "--task", "colon", "--data-root", str(root), "--shots", "1", "--backbone",
-                                 "biomedclip", "--weights", str(clip_checkpoint), "--out", str(out)], capsys)
+    code, stdout, err = run_cli(
+        [
+            "train",
+            "--task",
+            "colon",
+            "--data-root",
+            str(root),
+            "--shots",
+            "1",
+            "--backbone",
+            "biomedclip",
+            "--weights",
+            str(clip_checkpoint),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and err.startswith("medpeft: error: weights ")
     assert "embed_dim 64 vs 768" in err and "act quick_gelu vs gelu" in err
     assert not out.exists() and not any(p.name.startswith(".run") for p in tmp_path.iterdir())

@@ -81,6 +81,9 @@ def test_only_the_cli_imports_the_study_code():
     """Study code (medpeft.studies: the demo's datasets, backbones and tables) uses the library; the library never
     uses it, except the CLI that runs the demo."""
     graph = import_graph()
-    users = sorted(m for m, targets in graph.items() if not m.startswith("medpeft.studies")
-                   and any(t.startswith("medpeft.studies") for t in targets))
+    users = sorted(
+        m
+        for m, targets in graph.items()
+        if not m.startswith("medpeft.studies") and any(t.startswith("medpeft.studies") for t in targets)
+    )
     assert users and all(u == "medpeft.cli" or u.startswith("medpeft.cli.") for u in users), users

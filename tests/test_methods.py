@@ -15,8 +15,9 @@ C = 5
 
 def block_params(D, layer_scale=False):
     """norm1, qkv, proj, norm2, fc1 (4D), fc2 of one pre-norm ViT block, and its two LayerScale γ (DINOv2)."""
-    return (2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D)
-            + 2 * D * layer_scale)
+    return (
+        2 * D + (3 * D * D + 3 * D) + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D) + 2 * D * layer_scale
+    )
 
 
 def width(o, D):
@@ -29,30 +30,50 @@ def expected_trainable(method, D, depth=12, N=197, S=224, layer_scale=False, cla
     patches) at S px. LayerScale γ are no biases (BitFit leaves them), no operation outputs (SSF adds nothing for
     them), and part of a block (partial-k trains them)."""
     head = D * classes + classes
-    return head + {
-        "linear": lambda: 0,
-        "partial": lambda: o.get("k", 1) * block_params(D, layer_scale) + 2 * D,
-        "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
-        "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
-        "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
-        "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
-        "vp": lambda: (2 * 3 * o.get("prompt_size", 30) * S
-                       + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get("prompt_size", 30)),
-        "vpt": lambda: (depth if o.get("deep", True) else 1) * o.get("prompt_length", 10) * D,
-        "ept": lambda: len(o.get("layers") or range(depth)) * N * o.get("prompt_length", 100),
-        "ssf": lambda: depth * 2 * (D + D + 3 * D + D + 4 * D + D) + 2 * D + 2 * D,
-        "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)),
-        "peft:ia3": lambda: depth * (3 * D + D + 4 * D + 4 * D),
-    }[method]()
+    return (
+        head
+        + {
+            "linear": lambda: 0,
+            "partial": lambda: o.get("k", 1) * block_params(D, layer_scale) + 2 * D,
+            "mlp": lambda: (o.get("k", 3) - 1) * (D * D + D),
+            "bitfit": lambda: depth * (3 * D + D + 4 * D + D + 2 * D) + D + D,
+            "lora": lambda: depth * 2 * (o.get("r", 8) * D + D * o.get("r", 8)),
+            "adapter": lambda: depth * (2 * D * width(o, D) + width(o, D) + D),
+            "vp": lambda: (
+                2 * 3 * o.get("prompt_size", 30) * S
+                + 2 * 3 * (S - 2 * o.get("prompt_size", 30)) * o.get("prompt_size", 30)
+            ),
+            "vpt": lambda: (depth if o.get("deep", True) else 1) * o.get("prompt_length", 10) * D,
+            "ept": lambda: len(o.get("layers") or range(depth)) * N * o.get("prompt_length", 100),
+            "ssf": lambda: depth * 2 * (D + D + 3 * D + D + 4 * D + D) + 2 * D + 2 * D,
+            "peft:lora": lambda: depth * 8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)),
+            "peft:ia3": lambda: depth * (3 * D + D + 4 * D + 4 * D),
+        }[method]()
+    )
 
 
 CASES = [
-    ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("mlp", {"k": 2}), ("bitfit", {}),
-    ("lora", {}), ("lora", {"r": 4}), ("adapter", {}), ("adapter", {"bottleneck": 8}), ("adapter", {"reduction": 8}),
+    ("linear", {}),
+    ("partial", {}),
+    ("partial", {"k": 3}),
+    ("mlp", {}),
+    ("mlp", {"k": 2}),
+    ("bitfit", {}),
+    ("lora", {}),
+    ("lora", {"r": 4}),
+    ("adapter", {}),
+    ("adapter", {"bottleneck": 8}),
+    ("adapter", {"reduction": 8}),
     ("vp", {}),
-    ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"prompt_length": 50, "deep": False}), ("ept", {}),
-    ("ept", {"prompt_length": 20, "layers": [0]}), ("ept", {"layers": [11, 10, 9]}), ("ssf", {}),
-    ("peft:lora", {}), ("peft:ia3", {}),
+    ("vp", {"prompt_size": 5}),
+    ("vpt", {}),
+    ("vpt", {"prompt_length": 50, "deep": False}),
+    ("ept", {}),
+    ("ept", {"prompt_length": 20, "layers": [0]}),
+    ("ept", {"layers": [11, 10, 9]}),
+    ("ssf", {}),
+    ("peft:lora", {}),
+    ("peft:ia3", {}),
 ]
 
 
@@ -174,13 +195,22 @@ def test_user_mistakes_are_one_line_errors():
         build_model("peft:lora", "vit_tiny_patch16_224", C, pretrained=False, bogus=1)
 
 
-@pytest.mark.parametrize("method,options,culprit", [
-    ("lora", {"r": 0}, "r=0"), ("adapter", {"bottleneck": 0}, "bottleneck=0"),
-    ("vpt", {"prompt_length": 0}, "prompt_length=0"), ("ept", {"prompt_length": 0}, "prompt_length=0"),
-    ("mlp", {"k": 0}, "k=0"), ("partial", {"k": -1}, "k=-1"), ("vp", {"prompt_size": 0}, "prompt_size=0"),
-    ("vpt", {"dropout": 1.5}, "dropout=1.5"), ("ept", {"layers": []}, "layers=[]"),
-    ("ept", {"way": "add", "init": "zero"}, "init='zero'"), ("peft:lora", {"bogus": 1}, "bogus"),
-])
+@pytest.mark.parametrize(
+    "method,options,culprit",
+    [
+        ("lora", {"r": 0}, "r=0"),
+        ("adapter", {"bottleneck": 0}, "bottleneck=0"),
+        ("vpt", {"prompt_length": 0}, "prompt_length=0"),
+        ("ept", {"prompt_length": 0}, "prompt_length=0"),
+        ("mlp", {"k": 0}, "k=0"),
+        ("partial", {"k": -1}, "k=-1"),
+        ("vp", {"prompt_size": 0}, "prompt_size=0"),
+        ("vpt", {"dropout": 1.5}, "dropout=1.5"),
+        ("ept", {"layers": []}, "layers=[]"),
+        ("ept", {"way": "add", "init": "zero"}, "init='zero'"),
+        ("peft:lora", {"bogus": 1}, "bogus"),
+    ],
+)
 def test_options_are_checked_when_the_method_is_constructed(method, options, culprit):
     from medpeft.methods import get_method
 
@@ -264,8 +294,9 @@ def test_lora_fast_path_is_the_slice_formulation(base_trains):
 def test_partial_trains_the_final_norm_of_a_gap_vit():
     import timm
 
-    gap = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, global_pool="avg", fc_norm=True,
-                            num_classes=0)
+    gap = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, global_pool="avg", fc_norm=True, num_classes=0
+    )
     model = build_model("partial", backbone=gap, num_classes=2)
     trained = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert trained == {"blocks", "fc_norm"}  # norm is an identity on a GAP model: fc_norm is its final norm

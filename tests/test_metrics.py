@@ -49,6 +49,7 @@ def softmax_data(seed, n=80, c=4):
 
 # ---- mAP ----
 
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mean_ap_matches_naive_loop(seed, ties):
@@ -86,6 +87,7 @@ def test_difficult_labels_are_not_counted():
 
 # ---- AUC ----
 
+
 def test_auc_multilabel_matches_sklearn():
     scores, targets = multilabel_data(4)
     expected = roc_auc_score(targets, scores, average="macro")
@@ -106,7 +108,8 @@ def test_auc_medfmc_quirk_repeats_previous_class():
     targets[:, 3] = 0
     a = [roc_auc_score(targets[:, c], scores[:, c]) for c in range(3)]
     assert auc(scores, targets, multilabel=True, undefined="medfmc") == pytest.approx(
-        (a[0] + a[1] + a[2] + a[2]) / 4, abs=1e-12)
+        (a[0] + a[1] + a[2] + a[2]) / 4, abs=1e-12
+    )
     targets[:, 0] = 0
     with pytest.raises(UserError):
         auc(scores, targets, multilabel=True, undefined="medfmc")
@@ -135,6 +138,7 @@ def test_auc_multiclass_skips_absent_class():
 
 # ---- accuracy ----
 
+
 def test_accuracy_hand_example():
     # argmax: 1, 0, 0 (tie -> lowest index), 1; labels 1, 1, 0, 0 -> 2 of 4 correct
     scores = [[0.1, 0.9], [0.6, 0.4], [0.5, 0.5], [0.3, 0.7]]
@@ -142,6 +146,7 @@ def test_accuracy_hand_example():
 
 
 # ---- calibration ----
+
 
 def test_ece_zero_when_perfectly_calibrated():
     # multi-label: 10 entries at each probability p, exactly 10*p of them positive
@@ -186,16 +191,20 @@ def test_reliability_curve_bins_and_counts():
 
 def test_brier_score_matches_explicit_formula():
     probs, labels = softmax_data(12)
-    expected = np.mean([sum((probs[i, c] - (labels[i] == c)) ** 2 for c in range(probs.shape[1]))
-                        for i in range(len(labels))])
+    expected = np.mean(
+        [sum((probs[i, c] - (labels[i] == c)) ** 2 for c in range(probs.shape[1])) for i in range(len(labels))]
+    )
     assert brier_score(probs, labels, multilabel=False) == pytest.approx(expected, abs=1e-12)
     scores, targets = multilabel_data(13)
-    expected = sum((scores[i, c] - targets[i, c]) ** 2 for i in range(scores.shape[0])
-                   for c in range(scores.shape[1])) / scores.size
+    expected = (
+        sum((scores[i, c] - targets[i, c]) ** 2 for i in range(scores.shape[0]) for c in range(scores.shape[1]))
+        / scores.size
+    )
     assert brier_score(scores, targets, multilabel=True) == pytest.approx(expected, abs=1e-12)
 
 
 # ---- task-level helpers ----
+
 
 def test_task_metrics_keys():
     scores, targets = multilabel_data(14)
@@ -207,25 +216,33 @@ def test_task_metrics_keys():
 def test_selection_and_report_metrics():
     from medpeft.data import TaskSpec, get_task
 
-    assert [get_task(t).selection_metric for t in ("chest", "colon", "endo", "isic")] == ["mAP", "accuracy", "AUC",
-                                                                                           "accuracy"]
+    assert [get_task(t).selection_metric for t in ("chest", "colon", "endo", "isic")] == [
+        "mAP",
+        "accuracy",
+        "AUC",
+        "accuracy",
+    ]
     assert [get_task(t).report_metric for t in ("chest", "colon", "endo")] == ["mAP", "accuracy", "mAP"]
     assert TaskSpec("mine", ("a", "b", "c"), multilabel=True).selection_metric == "mAP"
 
 
 # ---- validation ----
 
-@pytest.mark.parametrize("call", [
-    lambda: mean_ap(np.zeros((5, 3)), np.zeros((5, 4))),
-    lambda: average_precision(np.zeros(5), np.zeros(4)),
-    lambda: auc(np.zeros((5, 3)), np.zeros((5, 2)), multilabel=True),
-    lambda: auc(np.full((5, 2), 0.5), np.zeros((5, 2), dtype=int), multilabel=False),
-    lambda: accuracy(np.zeros((5, 3)), np.zeros(4, dtype=int)),
-    lambda: accuracy(np.zeros((5, 3)), np.full(5, 3)),
-    lambda: expected_calibration_error(np.zeros(5), np.zeros(5), multilabel=True),
-    lambda: brier_score(np.zeros((5, 3)), np.zeros((4, 3)), multilabel=True),
-    lambda: reliability_curve(np.full((2, 2), 1.5), np.zeros((2, 2)), multilabel=True),
-])
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: mean_ap(np.zeros((5, 3)), np.zeros((5, 4))),
+        lambda: average_precision(np.zeros(5), np.zeros(4)),
+        lambda: auc(np.zeros((5, 3)), np.zeros((5, 2)), multilabel=True),
+        lambda: auc(np.full((5, 2), 0.5), np.zeros((5, 2), dtype=int), multilabel=False),
+        lambda: accuracy(np.zeros((5, 3)), np.zeros(4, dtype=int)),
+        lambda: accuracy(np.zeros((5, 3)), np.full(5, 3)),
+        lambda: expected_calibration_error(np.zeros(5), np.zeros(5), multilabel=True),
+        lambda: brier_score(np.zeros((5, 3)), np.zeros((4, 3)), multilabel=True),
+        lambda: reliability_curve(np.full((2, 2), 1.5), np.zeros((2, 2)), multilabel=True),
+    ],
+)
 def test_bad_shapes_raise_user_error(call):
     with pytest.raises(UserError):
         call()

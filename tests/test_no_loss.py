@@ -8,8 +8,17 @@ from test_cli import official_root, run_cli
 import medpeft.train as train
 from medpeft import UserError, build_model
 
-TINY = ["--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
-        "--batch-size", "8"]
+TINY = [
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +27,21 @@ def root(tmp_path_factory):
 
 
 def train_args(root, out, method="linear", *extra):
-    return ["train", "--task", "colon", "--data-root", str(root), "--shots", "1", "--method", method, *TINY,
-            "--out", str(out), *extra]
+    return [
+        "train",
+        "--task",
+        "colon",
+        "--data-root",
+        str(root),
+        "--shots",
+        "1",
+        "--method",
+        method,
+        *TINY,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def one_line_error(code, err, *expected):
@@ -100,18 +122,26 @@ def test_image_sizes_that_are_not_patch_multiples(root, tmp_path, capsys):
     with pytest.raises(UserError, match="--img-size 30 .* patch size 16"):
         build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=30)
     config = tmp_path / "bench.yaml"
-    config.write_text(f"methods: [linear]\ntasks: [colon]\ndata_root: {root}\nbackbone: vit_small_patch14_dinov2\n"
-                      "pretrained: false\nimg_size: 100\n")
-    one_line_error(*run_cli(["bench", "--config", str(config), "--out", str(tmp_path / "b")], capsys)[::2],
-                   "--img-size 100", "patch size 14", "98 or 112")
+    config.write_text(
+        f"methods: [linear]\ntasks: [colon]\ndata_root: {root}\nbackbone: vit_small_patch14_dinov2\n"
+        "pretrained: false\nimg_size: 100\n"
+    )
+    one_line_error(
+        *run_cli(["bench", "--config", str(config), "--out", str(tmp_path / "b")], capsys)[::2],
+        "--img-size 100",
+        "patch size 14",
+        "98 or 112",
+    )
     assert not (tmp_path / "b").exists()
 
 
 def test_a_weights_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path):
     text = tmp_path / "weights.pth"
     text.write_text("hello, this is not a checkpoint\n")
-    with pytest.raises(UserError, match="expected a PyTorch state dict .* safetensors .* found text starting "
-                                        "'hello, this is not a checkpoi"):
+    with pytest.raises(
+        UserError,
+        match="expected a PyTorch state dict .* safetensors .* found text starting 'hello, this is not a checkpoi",
+    ):
         build_model("linear", "vit_tiny_patch16_224", 2, weights=text)
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
@@ -122,9 +152,20 @@ def test_a_weights_file_that_is_not_a_checkpoint_says_what_it_is(tmp_path):
 def test_a_bench_never_leaves_a_half_written_run(tmp_path, monkeypatch, root):
     from medpeft.bench import BenchConfig, read_index, run_bench
 
-    config = BenchConfig.from_dict({"methods": ["linear"], "tasks": ["colon"], "data_root": str(root),
-                                    "shots": [1], "exps": [1], "backbone": "vit_tiny_patch16_224",
-                                    "pretrained": False, "img_size": 32, "train": {"epochs": 1}})
+    config = BenchConfig.from_dict(
+        {
+            "methods": ["linear"],
+            "tasks": ["colon"],
+            "data_root": str(root),
+            "shots": [1],
+            "exps": [1],
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "img_size": 32,
+            "train": {"epochs": 1},
+        }
+    )
+
     def crash_while_writing(model, path, *args, **kwargs):
         raise KeyboardInterrupt
 

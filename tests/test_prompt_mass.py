@@ -29,16 +29,21 @@ def direct_mass(attn, x, **kwargs):
             logits = logits + extra
     prompt = attn._rows(attn.prompt, q.shape[0])
     if attn.way == "multiply_concat":
-        prompt = attn._alpha(q, k, attn.family.logit_bias(attn, **kwargs),
-                             attn.family.logit_mask(attn, x.shape[0], **kwargs)) * prompt
+        prompt = (
+            attn._alpha(
+                q, k, attn.family.logit_bias(attn, **kwargs), attn.family.logit_mask(attn, x.shape[0], **kwargs)
+            )
+            * prompt
+        )
     L = attn.prompt.shape[-1]
     weights = torch.cat([prompt.expand(*logits.shape[:3], L), logits], dim=-1).softmax(dim=-1)
     share = weights[..., :L].sum(-1)  # (B or windows·B, H, rows)
     if attn.token_index is not None:  # window rows -> the block's tokens (rows on padding dropped)
         real = attn.token_index.reshape(-1) < attn.num_tokens
         windows, area = attn.token_index.shape
-        share = share.reshape(-1, windows, share.shape[1], area).transpose(1, 2).reshape(-1, share.shape[1],
-                                                                                           windows * area)
+        share = (
+            share.reshape(-1, windows, share.shape[1], area).transpose(1, 2).reshape(-1, share.shape[1], windows * area)
+        )
         share = share[..., real]
     return share
 
@@ -58,8 +63,9 @@ def test_prompt_mass_equals_the_materialised_attention(family, way):
     probes = model.method.prompt_mass(model)
     assert sorted(probes) == list(range(fam.depth))
     inputs = {}
-    handles = [attn.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
-               for i, (attn, _) in probes.items()]
+    handles = [
+        attn.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i, (attn, _) in probes.items()
+    ]
     images = torch.randn(3, 3, size, size, dtype=torch.double)
     with torch.no_grad():
         model.forward_features(images)
@@ -79,8 +85,17 @@ def test_prompt_mass_summary_over_a_sample_set_and_at_length_1():
     1 / (1 + Z_j) of row j."""
     images = [np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8) for i in range(5)]
     samples, task = Samples(list("abcde"), images, np.array([0, 1, 0, 1, 1])), get_task("colon")
-    model = build_model("ept", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32, prompt_length=1,
-                        init="zero", seed=0, layers=[0, 1]).eval()
+    model = build_model(
+        "ept",
+        "vit_tiny_patch16_224",
+        2,
+        pretrained=False,
+        img_size=32,
+        prompt_length=1,
+        init="zero",
+        seed=0,
+        layers=[0, 1],
+    ).eval()
     shares = prompt_mass(model, samples, task, 32, batch_size=2)
     assert sorted(shares) == [0, 1]
     inputs = []
@@ -97,6 +112,8 @@ def test_prompt_mass_summary_over_a_sample_set_and_at_length_1():
     assert shares[0].mean == pytest.approx(expected.mean(), rel=1e-5)
     assert shares[0].min == pytest.approx(expected.min(), rel=1e-4)
     assert shares[0].max == pytest.approx(expected.max(), rel=1e-4)
-    assert prompt_mass(build_model("lora", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32), samples,
-                       task, 32) == {}
+    assert (
+        prompt_mass(build_model("lora", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32), samples, task, 32)
+        == {}
+    )
     assert np.isfinite(shares[1].mean)

@@ -12,8 +12,12 @@ from medpeft.cli.options import parse_options
 from medpeft.data import TASKS, make_demo_data, read_annotations, read_names, write_annotations
 from medpeft.experiment import read_record
 
-TINY = {"backbone": "vit_tiny_patch16_224", "pretrained": False, "img_size": 32,
-        "train": {"epochs": 2, "batch_size": 8}}
+TINY = {
+    "backbone": "vit_tiny_patch16_224",
+    "pretrained": False,
+    "img_size": 32,
+    "train": {"epochs": 2, "batch_size": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +28,16 @@ def demo_root(tmp_path_factory):
 
 
 def search_bench(root, out):
-    config = BenchConfig.from_dict({
-        "methods": [{"method": "lora", "search": {"lr": [0.001, 0.05, 0.2]}}], "tasks": ["colon"],
-        "data_root": str(root), "shots": [5], "exps": [1, 2], **TINY})
+    config = BenchConfig.from_dict(
+        {
+            "methods": [{"method": "lora", "search": {"lr": [0.001, 0.05, 0.2]}}],
+            "tasks": ["colon"],
+            "data_root": str(root),
+            "shots": [5],
+            "exps": [1, 2],
+            **TINY,
+        }
+    )
     return run_bench(config, out, progress=False)
 
 
@@ -50,10 +61,35 @@ def test_prompt_gradient_off_trains_the_head_only(tmp_path, capsys):
     root = official_root(tmp_path / "data", "colon")
     for method in ("vpt", "ept"):
         out = tmp_path / method
-        code, _, err = run_cli(["train", "--task", "colon", "--data-root", str(root), "--shots", "1", "--method",
-                                method, "--opt", "train_prompt=false", "--opt", "prompt_length=3", "--backbone",
-                                "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "1",
-                                "--batch-size", "8", "--out", str(out)], capsys)
+        code, _, err = run_cli(
+            [
+                "train",
+                "--task",
+                "colon",
+                "--data-root",
+                str(root),
+                "--shots",
+                "1",
+                "--method",
+                method,
+                "--opt",
+                "train_prompt=false",
+                "--opt",
+                "prompt_length=3",
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--img-size",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+            ],
+            capsys,
+        )
         assert code == 0, err
         record = read_record(out)
         assert record.result.trainable_params == 192 * 2 + 2  # the head only: the prompts are frozen
@@ -67,14 +103,37 @@ def test_twenty_percent_of_the_training_set(tmp_path, capsys):
         for image in read_names(root / "endo" / name, "endo"):
             if not (root / "endo" / "images" / image).exists():
                 Image.new("RGB", (8, 8)).save(root / "endo" / "images" / image)
-    config = BenchConfig.from_dict({"methods": ["linear"], "tasks": ["endo"], "data_root": str(root),
-                                    "shots": ["20%"], "exps": [1], **{**TINY, "train": {"epochs": 1,
-                                                                                         "batch_size": 64}}})
+    config = BenchConfig.from_dict(
+        {
+            "methods": ["linear"],
+            "tasks": ["endo"],
+            "data_root": str(root),
+            "shots": ["20%"],
+            "exps": [1],
+            **{**TINY, "train": {"epochs": 1, "batch_size": 64}},
+        }
+    )
     (record,) = run_bench(config, tmp_path / "bench", progress=False)
     assert record.spec.shots == "20%" and record.key == "linear/endo/20%-shot/exp1/seed0"
     assert "endo 20%-shot" in (tmp_path / "bench" / "summary.md").read_text()
-    code, _, err = run_cli(["train", "--task", "endo", "--data-root", str(root), "--shots", "20%", "--exp", "2",
-                            "--method", "linear", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--task",
+            "endo",
+            "--data-root",
+            str(root),
+            "--shots",
+            "20%",
+            "--exp",
+            "2",
+            "--method",
+            "linear",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capsys,
+    )
     assert code == 2 and "one sampling" in err
 
 

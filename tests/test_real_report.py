@@ -32,9 +32,14 @@ def _selected_by_hand(path: Path) -> dict[tuple, dict]:
     for cell, runs in cells.items():
         scored = [r for r in runs if r["result"]["val_best"] is not None and math.isfinite(r["result"]["val_best"])]
         if scored:
-            chosen[cell] = max(scored, key=lambda r: (
-                r["result"]["val_best"], r["result"]["history"][r["result"]["selected_epoch"] - 1]["val_AUC"],
-                -r["spec"]["train"]["lr"]))
+            chosen[cell] = max(
+                scored,
+                key=lambda r: (
+                    r["result"]["val_best"],
+                    r["result"]["history"][r["result"]["selected_epoch"] - 1]["val_AUC"],
+                    -r["spec"]["train"]["lr"],
+                ),
+            )
     return chosen
 
 
@@ -52,8 +57,11 @@ def test_rows_are_the_validation_selected_runs(report, dataset):
 
 
 def test_table_mean_and_sample_std(report):
-    rows = {"m": {(10, e): {"accuracy": a, "AUC": 0.5, "ECE": 0.1, "ECE_cal": 0.05} for e, a in
-                  enumerate([0.6, 0.7, 0.8], 1)}}
+    rows = {
+        "m": {
+            (10, e): {"accuracy": a, "AUC": 0.5, "ECE": 0.1, "ECE_cal": 0.05} for e, a in enumerate([0.6, 0.7, 0.8], 1)
+        }
+    }
     line = report.table(rows)[2]
     assert "70.0 ± 10.0" in line  # sample std of 60, 70, 80
     assert line.split("|")[-2].strip() == "3"
@@ -73,7 +81,7 @@ def test_paired_counts_and_exact_tests(report):
     t = report.paired(a, b)
     assert (t["n"], t["wins"], t["losses"]) == (5, 4, 0)
     assert t["median"] == pytest.approx(2.0)  # differences 1, 2, 0, 3, 4 points
-    assert t["p_sign"] == pytest.approx(2 * 0.5 ** 4)  # two-sided exact binomial, 4 of 4
+    assert t["p_sign"] == pytest.approx(2 * 0.5**4)  # two-sided exact binomial, 4 of 4
     # Wilcoxon without the zero: ranks 1-4 all positive, W- = 0; exact two-sided p = 2 * P(W- = 0) = 2 / 2**4
     assert t["p_wilcoxon"] == pytest.approx(0.125)
 
@@ -84,11 +92,15 @@ def _lr_cells(*lrs):
 
 def test_edges_name_the_methods_that_chose_an_end_of_their_own_grid(report):
     three, four = [6e-4, 6e-3, 6e-2], [6e-5, 6e-4, 6e-3, 6e-2]
-    rows = {"vpt": _lr_cells(6e-4, 6e-4, 6e-4, 6e-2), "lora": _lr_cells(6e-2, 6e-2, 6e-3),  # 3 of 4 low; 2 of 3 high
-            "ept": _lr_cells(6e-4, 6e-3, 6e-2), "full": _lr_cells(6e-4, 6e-4),  # spread; too few cells to tell
-            "bitfit": _lr_cells(6e-4, 6e-4, 6e-4),  # the lowest of three, not of its own four
-            "ssf": _lr_cells(6e-5, 6e-5, 6e-4),  # the lowest of its four
-            "control: linear": _lr_cells(6e-4, 6e-4, 6e-4)}  # not a method of the study
+    rows = {
+        "vpt": _lr_cells(6e-4, 6e-4, 6e-4, 6e-2),
+        "lora": _lr_cells(6e-2, 6e-2, 6e-3),  # 3 of 4 low; 2 of 3 high
+        "ept": _lr_cells(6e-4, 6e-3, 6e-2),
+        "full": _lr_cells(6e-4, 6e-4),  # spread; too few cells to tell
+        "bitfit": _lr_cells(6e-4, 6e-4, 6e-4),  # the lowest of three, not of its own four
+        "ssf": _lr_cells(6e-5, 6e-5, 6e-4),  # the lowest of its four
+        "control: linear": _lr_cells(6e-4, 6e-4, 6e-4),
+    }  # not a method of the study
     grid = {row: three for row in rows} | {"bitfit": four, "ssf": four}
     line = report.edges(rows, grid)
     assert "vpt chose 0.0006 in 3 of 4 cells (below)" in line and "lora chose 0.06 in 2 of 3 cells (above)" in line
@@ -100,8 +112,11 @@ def test_edges_name_the_methods_that_chose_an_end_of_their_own_grid(report):
 
 
 def test_chosen_counts_each_rate_and_marks_the_rates_a_row_did_not_try(report):
-    rows = {"ept": _lr_cells(6e-4, 6e-4, 6e-2), "bitfit": _lr_cells(6e-5, 6e-4, 6e-5),
-            "floor: raw pixels + LR": {(1, 1): {"accuracy": 0.5}}}
+    rows = {
+        "ept": _lr_cells(6e-4, 6e-4, 6e-2),
+        "bitfit": _lr_cells(6e-5, 6e-4, 6e-5),
+        "floor: raw pixels + LR": {(1, 1): {"accuracy": 0.5}},
+    }
     grid = {"ept": [6e-4, 6e-3, 6e-2], "bitfit": [6e-5, 6e-4, 6e-3, 6e-2]}
     lines = report.chosen(rows, grid)
     assert lines[0] == "| learning rate chosen | 6e-05 | 0.0006 | 0.006 | 0.06 |"
@@ -121,7 +136,8 @@ def test_progress_counts_each_methods_own_search(report, tmp_path):
     (tmp_path / "study.yaml").write_text(
         "search: {lr: [1, 2, 3]}\nmethods: [linear, {method: bitfit, search: {lr: [0, 1, 2, 3]}}, "
         "{method: vp, search: {lr: [1], epochs: [5, 10]}}]\ntasks: [a]\nshots: [1, 5, 10]\nexps: [1, 2]\n"
-        "seeds: [0]\n")
+        "seeds: [0]\n"
+    )
     total = (3 + 4 + 2) * 3 * 2
     assert f"{total - 1} of the study's {total} runs" in report.progress(tmp_path, total - 1)
     assert report.progress(tmp_path, total) == ""
@@ -154,18 +170,20 @@ def _acc_cells(*accuracies, ece=0.1, ece_cal=0.05):
 
 def test_overall_verdict_names_what_holds_after_holm(report):
     n = 8
-    rows = {"linear": _acc_cells(*[0.60] * n, ece=0.20, ece_cal=0.10),
-            "vpt": _acc_cells(*[0.70 + 0.01 * i for i in range(n)]),  # above EPT in every cell
-            "ept": _acc_cells(*[0.60 + 0.01 * i for i in range(n)], ece=0.05, ece_cal=0.10),  # ties linear at i = 0
-            "floor: raw pixels + LR": _acc_cells(*[0.62] * n)}
+    rows = {
+        "linear": _acc_cells(*[0.60] * n, ece=0.20, ece_cal=0.10),
+        "vpt": _acc_cells(*[0.70 + 0.01 * i for i in range(n)]),  # above EPT in every cell
+        "ept": _acc_cells(*[0.60 + 0.01 * i for i in range(n)], ece=0.05, ece_cal=0.10),  # ties linear at i = 0
+        "floor: raw pixels + LR": _acc_cells(*[0.62] * n),
+    }
     lines, tests = report.comparisons(rows)
     text = "\n".join(report.overall({"A": (rows, tests)}))
     # ranks by mean accuracy: vpt 73.5, ept 63.5, linear 60.0
     assert "it ranks 2 of 3 on A (63.5 %; best vpt, 73.5 %)" in text and "**Is EPT the best method?** No" in text
     # EPT − vpt = -10 points in all 8 cells: exact Wilcoxon p = 2 / 2**8, Holm ×3 (smallest of three p-values)
-    assert f"EPT loses to vpt on A (median -10.0 points, 0–8 cells, Holm p = {3 * 2 / 2 ** 8:.3f})" in text
+    assert f"EPT loses to vpt on A (median -10.0 points, 0–8 cells, Holm p = {3 * 2 / 2**8:.3f})" in text
     # EPT − linear = 0, 1, ..., 7 points: the tie dropped, p = 2 / 2**7, Holm ×2 (second smallest) = 0.031
-    assert f"EPT beats linear on A (median +3.5 points, 7–0 cells, Holm p = {2 * 2 / 2 ** 7:.3f})" in text
+    assert f"EPT beats linear on A (median +3.5 points, 7–0 cells, Holm p = {2 * 2 / 2**7:.3f})" in text
     assert "floor raw pixels + LR on A" not in text  # EPT − floor = -2 ... +5 points: not significant
     # EPT's own ECE 5 vs the scaled probe's 10 in every cell: lower, exact p = 2 / 2**8
     assert "EPT's own ECE against it: EPT's significantly lower (median -5.0 points, EPT lower in 8 of 8" in text
@@ -176,14 +194,21 @@ def test_overall_verdict_names_what_holds_after_holm(report):
 
 def test_features_reads_the_analysis_groups(report, tmp_path):
     def group(label, ratio, ratio_std, scatter, scatter_std, shots=10):
-        return {"label": label, "shots": shots, "n_runs": 5 if shots else 1,
-                "scatter_ratio": {"mean": ratio, "std": ratio_std},
-                "intra_class_scatter": {"mean": scatter, "std": scatter_std}}
-    groups = [group("pretrain", 30.0, None, 100.0, None, shots=None),
-              group("linear", 30.0, 0.0, 100.0, 0.0),  # the pretrained features: not "unlike" them
-              group("ept", 12.0, 0.05, 200.0, 0.2),  # 0.1 % spread, 2× the pretrained scatter
-              group("vp", 7.0, 1.0, 110.0, 20.0),  # spread 18 %
-              group("lora", 29.0, 1.0, 100.5, 0.1)]  # 0.1 % spread but within 1 % of the pretrained scatter
+        return {
+            "label": label,
+            "shots": shots,
+            "n_runs": 5 if shots else 1,
+            "scatter_ratio": {"mean": ratio, "std": ratio_std},
+            "intra_class_scatter": {"mean": scatter, "std": scatter_std},
+        }
+
+    groups = [
+        group("pretrain", 30.0, None, 100.0, None, shots=None),
+        group("linear", 30.0, 0.0, 100.0, 0.0),  # the pretrained features: not "unlike" them
+        group("ept", 12.0, 0.05, 200.0, 0.2),  # 0.1 % spread, 2× the pretrained scatter
+        group("vp", 7.0, 1.0, 110.0, 20.0),  # spread 18 %
+        group("lora", 29.0, 1.0, 100.5, 0.1),
+    ]  # 0.1 % spread but within 1 % of the pretrained scatter
     (tmp_path / "bench" / "analysis").mkdir(parents=True)
     (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"groups": groups}))
     [line] = report.features(tmp_path)

@@ -24,12 +24,32 @@ from medpeft.data import make_demo_data
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytest.importorskip("submitit", reason="the slurm extra is not installed")
 
-TINY = {"backbone": "vit_tiny_patch16_224", "pretrained": False, "img_size": 32,
-        "train": {"epochs": 2, "batch_size": 8}}
+TINY = {
+    "backbone": "vit_tiny_patch16_224",
+    "pretrained": False,
+    "img_size": 32,
+    "train": {"epochs": 2, "batch_size": 8},
+}
 GRID = {"methods": ["linear", "lora"], "tasks": ["colon"], "shots": [5], "exps": [1, 2], **TINY}
-FLAGS = ["--methods", "linear,lora", "--tasks", "colon", "--shots", "5", "--exps", "1,2", "--backbone",
-         "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "2", "--train-opt",
-         "batch_size=8"]
+FLAGS = [
+    "--methods",
+    "linear,lora",
+    "--tasks",
+    "colon",
+    "--shots",
+    "5",
+    "--exps",
+    "1,2",
+    "--backbone",
+    "vit_tiny_patch16_224",
+    "--no-pretrained",
+    "--img-size",
+    "32",
+    "--epochs",
+    "2",
+    "--train-opt",
+    "batch_size=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +63,12 @@ def demo_root(tmp_path_factory):
 def local_runs(demo_root, tmp_path_factory):
     """The reference: the grid run in this process, one thread per run."""
     out = tmp_path_factory.mktemp("local")
-    runs = run_bench(BenchConfig.from_dict({**GRID, "data_root": str(demo_root)}), out,
-                     executor=LocalExecutor(cpus_per_run=1), progress=False)
+    runs = run_bench(
+        BenchConfig.from_dict({**GRID, "data_root": str(demo_root)}),
+        out,
+        executor=LocalExecutor(cpus_per_run=1),
+        progress=False,
+    )
     return {r.key: r for r in runs}
 
 
@@ -81,8 +105,24 @@ def same_numbers(runs, reference):
 
 
 def test_ray_on_two_nodes_matches_local(cluster, demo_root, local_runs, tmp_path, capsys):
-    main(["bench", *FLAGS, "--data-root", str(demo_root), "--out", str(tmp_path), "--executor", "ray", "--address",
-          cluster.address, "--cpus-per-run", "1", "--max-retries", "1"])
+    main(
+        [
+            "bench",
+            *FLAGS,
+            "--data-root",
+            str(demo_root),
+            "--out",
+            str(tmp_path),
+            "--executor",
+            "ray",
+            "--address",
+            cluster.address,
+            "--cpus-per-run",
+            "1",
+            "--max-retries",
+            "1",
+        ]
+    )
     assert "4 runs in" in capsys.readouterr().out
     runs = read_index(tmp_path)
     same_numbers(runs, local_runs)
@@ -173,9 +213,19 @@ def test_a_run_larger_than_the_local_ray_is_refused(cluster, tmp_path):
 
 
 def test_a_second_bench_process_on_the_same_out_refuses(demo_root, tmp_path, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom medpeft.bench import BenchStore\nwith BenchStore(sys.argv[1]):\n"
-        "    print('holding', flush=True)\n    time.sleep(120)\n"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\nfrom medpeft.bench import BenchStore\nwith BenchStore(sys.argv[1]):\n"
+                "    print('holding', flush=True)\n    time.sleep(120)\n"
+            ),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(SystemExit) as exit_info:
@@ -196,8 +246,22 @@ def cli(args, capsys):
 
 def test_slurm_job_array_packs_collects_and_resumes(demo_root, local_runs, tmp_path, capsys):
     out = tmp_path / "out"
-    submit = [*FLAGS, "--data-root", str(demo_root), "--out", str(out), "--executor", "slurm", "--slurm-cluster",
-              "local", "--slurm-runs-per-job", "2", "--cpus-per-run", "1", "--no-wait"]
+    submit = [
+        *FLAGS,
+        "--data-root",
+        str(demo_root),
+        "--out",
+        str(out),
+        "--executor",
+        "slurm",
+        "--slurm-cluster",
+        "local",
+        "--slurm-runs-per-job",
+        "2",
+        "--cpus-per-run",
+        "1",
+        "--no-wait",
+    ]
     started = time.time()
     printed = cli(submit, capsys)
     assert "submitted 4 run(s) in 2 SLURM job(s)" in printed
@@ -228,22 +292,40 @@ def test_slurm_wait_collects_as_jobs_end(demo_root, local_runs, tmp_path):
     same_numbers(runs, {k: r for k, r in local_runs.items() if r.spec.method == "linear"})
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--executor", "local", "--address", "auto"], "--address does not apply to --executor local (only to ray)"),
-    (["--executor", "ray", "--slurm-time", "5"], "--slurm-time does not apply to --executor ray (only to slurm)"),
-    (["--executor", "local", "--wait"], "--wait does not apply to --executor local"),
-    (["--cpus-per-run", "0"], "Invalid value for '--cpus-per-run'"),
-    (["--executor", "ray", "--gpus-per-run", "-1"], "Invalid value for '--gpus-per-run'"),
-    (["--executor", "ray", "--gpus-per-run", "1.5"], "gpus per run must be a fraction of one GPU or a whole number"),
-    (["--executor", "slurm", "--slurm-runs-per-job", "0"], "Invalid value for '--slurm-runs-per-job'"),
-    (["--executor", "slurm"], "sbatch is not on this machine's PATH"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--executor", "local", "--address", "auto"], "--address does not apply to --executor local (only to ray)"),
+        (["--executor", "ray", "--slurm-time", "5"], "--slurm-time does not apply to --executor ray (only to slurm)"),
+        (["--executor", "local", "--wait"], "--wait does not apply to --executor local"),
+        (["--cpus-per-run", "0"], "Invalid value for '--cpus-per-run'"),
+        (["--executor", "ray", "--gpus-per-run", "-1"], "Invalid value for '--gpus-per-run'"),
+        (
+            ["--executor", "ray", "--gpus-per-run", "1.5"],
+            "gpus per run must be a fraction of one GPU or a whole number",
+        ),
+        (["--executor", "slurm", "--slurm-runs-per-job", "0"], "Invalid value for '--slurm-runs-per-job'"),
+        (["--executor", "slurm"], "sbatch is not on this machine's PATH"),
+    ],
+)
 def test_executor_option_errors_are_one_line(tmp_path, capsys, args, message):
     if "sbatch" in message and shutil.which("sbatch"):
         pytest.skip("this machine has SLURM")
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--methods", "linear", "--tasks", "colon", "--data-root", str(tmp_path), *args, "--out",
-              str(tmp_path / "out")])
+        main(
+            [
+                "bench",
+                "--methods",
+                "linear",
+                "--tasks",
+                "colon",
+                "--data-root",
+                str(tmp_path),
+                *args,
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()

@@ -14,8 +14,17 @@ from medpeft.cli.speed import command
 from medpeft.speed import build_entry, build_floor, markdown, run_speed
 from medpeft.speed.__main__ import main as _main
 
-TINY = dict(backbone="vit_tiny_patch16_224", img_size=64, batch=2, memory_batch=2, steps=1, warmup=0, max_rounds=1,
-            threads=1, progress=False)
+TINY = dict(
+    backbone="vit_tiny_patch16_224",
+    img_size=64,
+    batch=2,
+    memory_batch=2,
+    steps=1,
+    warmup=0,
+    max_rounds=1,
+    threads=1,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,8 +39,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def report(one_thread, tmp_path_factory):
     out = tmp_path_factory.mktemp("speed")
-    result = run_speed(["naive-ept", "ept", "lora", "peft:lora-qkv", "linear"], memory=["ept"], out=out,
-                       omp_wait_policy=None, **TINY)  # timed in this process, the memory of ept in a child
+    result = run_speed(
+        ["naive-ept", "ept", "lora", "peft:lora-qkv", "linear"], memory=["ept"], out=out, omp_wait_policy=None, **TINY
+    )  # timed in this process, the memory of ept in a child
     return result, out
 
 
@@ -73,8 +83,9 @@ def test_gpu_table_adds_busy_time_columns(report):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown(gpu).splitlines() if line.startswith("| ")}
     assert "GPU busy (ms) | busy × floor |" in rows["method"]
     assert rows["floor"].endswith("| 10.0 | 1.000 |")
-    assert rows["ept"].endswith(f"| {gpu['methods']['ept']['device_ms']:.1f} | "
-                                f"{gpu['methods']['ept']['device_ms'] / 10:.3f} |")
+    assert rows["ept"].endswith(
+        f"| {gpu['methods']['ept']['device_ms']:.1f} | {gpu['methods']['ept']['device_ms'] / 10:.3f} |"
+    )
 
 
 def test_outputs_written(report):
@@ -122,11 +133,29 @@ def test_naive_reference_equals_ept():
 
 
 def test_cli_writes_table(tmp_path):
-    result = CliRunner().invoke(command, [
-        "--methods", "linear", "--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--steps", "1",
-        "--warmup", "0", "--threads", "1", "--omp-wait-policy", "inherit", "--no-memory", "--quiet",
-        "--out", str(tmp_path),
-    ])
+    result = CliRunner().invoke(
+        command,
+        [
+            "--methods",
+            "linear",
+            "--backbone",
+            "vit_tiny_patch16_224",
+            "--img-size",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--omp-wait-policy",
+            "inherit",
+            "--no-memory",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "| floor |" in result.output and "| linear |" in result.output
     assert (tmp_path / "speed.md").read_text() in result.output

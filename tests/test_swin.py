@@ -42,8 +42,11 @@ SMALL = dict(embed_dim=24, depths=(2, 2), num_heads=(1, 2))  # 64 px: 16×16 the
 
 def blocks_of(model):
     """(width D, heads, window, starts a later stage, tokens) of every block of a timm Swin, in order."""
-    return [(b.dim, b.attn.num_heads, b.window_size, s > 0 and j == 0, b.input_resolution[0] * b.input_resolution[1])
-            for s, stage in enumerate(model.layers) for j, b in enumerate(stage.blocks)]
+    return [
+        (b.dim, b.attn.num_heads, b.window_size, s > 0 and j == 0, b.input_resolution[0] * b.input_resolution[1])
+        for s, stage in enumerate(model.layers)
+        for j, b in enumerate(stage.blocks)
+    ]
 
 
 def swin_block_params(D, heads, window):
@@ -66,27 +69,47 @@ def expected_trainable(method, model, S, classes=C, **o):
     head = F_ * classes + classes
     r, L = o.get("r", 8), o.get("prompt_length", 100 if method == "ept" else 10)
     prompted = blocks if o.get("deep", True) else blocks[:1]
-    return head + {
-        "linear": lambda: 0,
-        "partial": lambda: sum(swin_block_params(D, h, w) + (merging_params(D) if m else 0)
-                               for D, h, w, m, _ in blocks[-o.get("k", 1):]) + 2 * F_,
-        "mlp": lambda: (o.get("k", 3) - 1) * (F_ * F_ + F_),
-        "bitfit": lambda: E + E + sum(11 * D + (2 * D if m else 0) for D, _, _, m, _ in blocks) + F_,
-        "lora": lambda: sum(2 * (r * D + D * r) for D, *_ in blocks),
-        "adapter": lambda: sum(2 * D * width(o, D) + width(o, D) + D for D, *_ in blocks),
-        "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
-        "vpt": lambda: sum(L * D for D, *_ in prompted),
-        "ept": lambda: sum(blocks[i][4] * L for i in (o.get("layers") or range(len(blocks)))),
-        "ssf": lambda: 2 * E + sum(2 * 11 * D + (2 * 3 * D if m else 0) for D, _, _, m, _ in blocks) + 2 * F_,
-        "peft:lora": lambda: sum(8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)) for D, *_ in blocks),
-        "peft:ia3": lambda: sum(3 * D + D + 4 * D + 4 * D for D, *_ in blocks),
-    }[method]()
+    return (
+        head
+        + {
+            "linear": lambda: 0,
+            "partial": lambda: (
+                sum(
+                    swin_block_params(D, h, w) + (merging_params(D) if m else 0)
+                    for D, h, w, m, _ in blocks[-o.get("k", 1) :]
+                )
+                + 2 * F_
+            ),
+            "mlp": lambda: (o.get("k", 3) - 1) * (F_ * F_ + F_),
+            "bitfit": lambda: E + E + sum(11 * D + (2 * D if m else 0) for D, _, _, m, _ in blocks) + F_,
+            "lora": lambda: sum(2 * (r * D + D * r) for D, *_ in blocks),
+            "adapter": lambda: sum(2 * D * width(o, D) + width(o, D) + D for D, *_ in blocks),
+            "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
+            "vpt": lambda: sum(L * D for D, *_ in prompted),
+            "ept": lambda: sum(blocks[i][4] * L for i in (o.get("layers") or range(len(blocks)))),
+            "ssf": lambda: 2 * E + sum(2 * 11 * D + (2 * 3 * D if m else 0) for D, _, _, m, _ in blocks) + 2 * F_,
+            "peft:lora": lambda: sum(8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)) for D, *_ in blocks),
+            "peft:ia3": lambda: sum(3 * D + D + 4 * D + 4 * D for D, *_ in blocks),
+        }[method]()
+    )
 
 
 CASES = [
-    ("linear", {}), ("partial", {}), ("partial", {"k": 3}), ("mlp", {}), ("bitfit", {}), ("lora", {}),
-    ("adapter", {}), ("adapter", {"reduction": 8}), ("vp", {"prompt_size": 5}), ("vpt", {}), ("vpt", {"deep": False}),
-    ("ept", {}), ("ept", {"prompt_length": 20, "layers": [0, 3]}), ("ssf", {}), ("peft:lora", {}),
+    ("linear", {}),
+    ("partial", {}),
+    ("partial", {"k": 3}),
+    ("mlp", {}),
+    ("bitfit", {}),
+    ("lora", {}),
+    ("adapter", {}),
+    ("adapter", {"reduction": 8}),
+    ("vp", {"prompt_size": 5}),
+    ("vpt", {}),
+    ("vpt", {"deep": False}),
+    ("ept", {}),
+    ("ept", {"prompt_length": 20, "layers": [0, 3]}),
+    ("ssf", {}),
+    ("peft:lora", {}),
     ("peft:ia3", {}),
 ]
 
@@ -105,12 +128,16 @@ def test_trainable_counts_match_definitions():
 
 
 def prompts_of(model):
-    return {i: b.attn.prompt for i, b in enumerate(medpeft.families.family_of(model.backbone).blocks())
-            if hasattr(b.attn, "prompt")}
+    return {
+        i: b.attn.prompt
+        for i, b in enumerate(medpeft.families.family_of(model.backbone).blocks())
+        if hasattr(b.attn, "prompt")
+    }
 
 
-@pytest.mark.parametrize("way,layers", [("concat", None), ("multiply_concat", [3, 0]), ("add", [1, 2]),
-                                        ("multiply", [1])])
+@pytest.mark.parametrize(
+    "way,layers", [("concat", None), ("multiply_concat", [3, 0]), ("add", [1, 2]), ("multiply", [1])]
+)
 def test_ept_equals_naive_eq5_per_window(way, layers):
     """Fused EPT against the materialised formula on shifted, padded windows (16×16 grid, 7×7 windows), float64."""
     vit = swin(dtype=torch.double, **SMALL)
@@ -119,7 +146,8 @@ def test_ept_equals_naive_eq5_per_window(way, layers):
     prompts = prompts_of(model)
     assert {i: tuple(p.shape[:1]) for i, p in prompts.items()} == {
         i: (256 if i < 2 else 64,) if way in ("concat", "multiply_concat") else (9 if i < 2 else 4,)
-        for i in (layers or range(4))}  # rows: the stage's tokens; add/multiply: one block per window
+        for i in (layers or range(4))
+    }  # rows: the stage's tokens; add/multiply: one block per window
     with torch.no_grad():
         for p in prompts.values():
             p.add_(torch.randn_like(p))
@@ -127,8 +155,10 @@ def test_ept_equals_naive_eq5_per_window(way, layers):
     ours = model.forward_features(images)
     theirs = naive_ept_swin_features(reference, prompts, way, images)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
-    for g_ours, g_theirs in zip(torch.autograd.grad(ours.square().sum(), list(prompts.values())),
-                                torch.autograd.grad(theirs.square().sum(), list(prompts.values()))):
+    for g_ours, g_theirs in zip(
+        torch.autograd.grad(ours.square().sum(), list(prompts.values())),
+        torch.autograd.grad(theirs.square().sum(), list(prompts.values())),
+    ):
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
         assert g_ours.abs().max() > 0
 
@@ -144,8 +174,10 @@ def test_ept_patch_scaling_maps_each_token_through_its_window():
     images = torch.randn(2, 3, 64, 64, dtype=torch.double)
     seen = {}
     maps = model.method.token_maps(model)
-    handles = [module.register_forward_pre_hook(lambda m, args, i=i, fn=fn: seen.update({i: fn(args[0])}))
-               for i, (module, fn) in maps.probes.items()]
+    handles = [
+        module.register_forward_pre_hook(lambda m, args, i=i, fn=fn: seen.update({i: fn(args[0])}))
+        for i, (module, fn) in maps.probes.items()
+    ]
     inputs = {}
     blocks = medpeft.families.family_of(model.backbone).blocks()
     handles += [blocks[i].register_forward_pre_hook(lambda m, args, i=i: inputs.update({i: args[0]})) for i in (1, 2)]
@@ -192,8 +224,9 @@ def test_vpt_equals_the_official_prompted_swin(deep):
     theirs = naive_vpt_swin_features(reference, per_block, images)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
     params = list(tokens.parameters())
-    for g1, g2 in zip(torch.autograd.grad(ours.square().sum(), params),
-                      torch.autograd.grad(theirs.square().sum(), params)):
+    for g1, g2 in zip(
+        torch.autograd.grad(ours.square().sum(), params), torch.autograd.grad(theirs.square().sum(), params)
+    ):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-14)
         assert g1.abs().max() > 0
     one = model.forward_features(images[:1])  # each image's prompts meet its own windows only
@@ -232,8 +265,9 @@ def test_gradient_checkpointing_changes_nothing(method):
     assert_checkpointing_changes_nothing(model.double(), torch.randn(2, 3, 32, 32, dtype=torch.double))
 
 
-@pytest.mark.parametrize("method,options,stages", [("linear", {}, 13), ("partial", {"k": 4}, 8),
-                                                   ("partial", {"k": 7}, 5)])
+@pytest.mark.parametrize(
+    "method,options,stages", [("linear", {}, 13), ("partial", {"k": 4}, 8), ("partial", {"k": 7}, 5)]
+)
 def test_cached_prefix_then_suffix_is_the_model(method, options, stages, swin_t):
     """The evaluation cache's split (a stage's first block runs its patch merging) gives the model, bit for bit."""
     model = build_model(method, copy.deepcopy(swin_t).float(), C, seed=0, **options).eval()
@@ -253,10 +287,31 @@ def test_medpeft_speed_takes_a_swin(tmp_path):
     input), EPT and its naive reference, and every number reported."""
     from medpeft.cli.speed import command
 
-    result = CliRunner().invoke(command, [
-        "--methods", "naive-ept,ept", "--backbone", SWIN, "--img-size", "32", "--steps", "1", "--warmup", "0",
-        "--batch", "1", "--threads", "1", "--omp-wait-policy", "inherit", "--no-memory", "--quiet",
-        "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        command,
+        [
+            "--methods",
+            "naive-ept,ept",
+            "--backbone",
+            SWIN,
+            "--img-size",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch",
+            "1",
+            "--threads",
+            "1",
+            "--omp-wait-policy",
+            "inherit",
+            "--no-memory",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "speed.json").read_text())
     methods = saved["methods"]

@@ -45,9 +45,18 @@ def demo_root(tmp_path_factory):
 
 
 def spec(root, method="ept", task="endo", **train):
-    return RunSpec(method=method, task=task, data_root=str(root), shots=5, exp=1, backbone="vit_tiny_patch16_224",
-                   pretrained=False, img_size=32, options={"prompt_length": 5} if method == "ept" else {},
-                   train={"epochs": 3, "lr": 0.05, **train})
+    return RunSpec(
+        method=method,
+        task=task,
+        data_root=str(root),
+        shots=5,
+        exp=1,
+        backbone="vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        options={"prompt_length": 5} if method == "ept" else {},
+        train={"epochs": 3, "lr": 0.05, **train},
+    )
 
 
 @pytest.mark.parametrize("task", ["endo", "colon"])
@@ -114,8 +123,13 @@ def test_a_random_backbone_is_rebuilt_whatever_ran_before(demo_root, tmp_path):
 
 
 def test_refit_trains_on_train_and_val_without_validation(demo_root, tmp_path):
-    s = RunSpec(**{**spec(demo_root, method="linear").to_dict(), "refit": True, "train": {"epochs": 2, "lr": 0.05,
-                                                                                          "select": "last"}})
+    s = RunSpec(
+        **{
+            **spec(demo_root, method="linear").to_dict(),
+            "refit": True,
+            "train": {"epochs": 2, "lr": 0.05, "select": "last"},
+        }
+    )
     record = run_experiment(s, tmp_path / "refit", progress=False)
     assert record.result.val_best is None and record.result.selected_epoch == 2
     assert all(set(h) == {"epoch", "lr", "train_loss"} for h in record.result.history)
@@ -130,9 +144,30 @@ def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp
     from medpeft.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--task", "colon", "--data-root", str(demo_root), "--shots", "5", "--method", "full",
-              "--backbone", "vit_tiny_patch16_224", "--no-pretrained", "--img-size", "32", "--epochs", "4",
-              "--lr", "1e6", "--out", str(tmp_path / "run")])
+        main(
+            [
+                "train",
+                "--task",
+                "colon",
+                "--data-root",
+                str(demo_root),
+                "--shots",
+                "5",
+                "--method",
+                "full",
+                "--backbone",
+                "vit_tiny_patch16_224",
+                "--no-pretrained",
+                "--img-size",
+                "32",
+                "--epochs",
+                "4",
+                "--lr",
+                "1e6",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "diverged at epoch" in err
     record = read_record(tmp_path / "run")
@@ -141,10 +176,20 @@ def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp
     assert record.result.history[-1]["train_loss"] is None  # not finite: null in strict JSON
     assert record.result.val_best is None and record.test is None and record.result.selected_epoch is None
 
-    grid = BenchConfig.from_dict({"methods": [{"method": "full", "search": {"lr": [1e6, 0.01]}}], "tasks": ["colon"],
-                                  "data_root": str(demo_root), "shots": [5], "exps": [1], "seeds": [0],
-                                  "backbone": "vit_tiny_patch16_224", "pretrained": False, "img_size": 32,
-                                  "train": {"epochs": 2}})
+    grid = BenchConfig.from_dict(
+        {
+            "methods": [{"method": "full", "search": {"lr": [1e6, 0.01]}}],
+            "tasks": ["colon"],
+            "data_root": str(demo_root),
+            "shots": [5],
+            "exps": [1],
+            "seeds": [0],
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "img_size": 32,
+            "train": {"epochs": 2},
+        }
+    )
     run_bench(grid, tmp_path / "bench", progress=False)  # the bench goes on and ends without error
     records = {r.spec.train.lr: r for r in read_index(tmp_path / "bench")}
     assert records[1e6].result.diverged_epoch is not None and not records[1e6].selected
@@ -155,8 +200,9 @@ def test_a_diverging_run_stops_and_is_recorded_and_never_selected(demo_root, tmp
 def test_a_step_that_leaves_nan_weights_after_a_finite_loss_is_a_divergence(demo_root, tmp_path):
     """At lr 1e3 the epoch's loss is still finite (it is computed before each step) but the last step leaves
     weights that give NaN logits: the run stops as diverged instead of failing in the validation metrics."""
-    s = RunSpec(**{**spec(demo_root, method="full").to_dict(), "task": "colon", "shots": 1,
-                   "train": {"epochs": 3, "lr": 1e3}})
+    s = RunSpec(
+        **{**spec(demo_root, method="full").to_dict(), "task": "colon", "shots": 1, "train": {"epochs": 3, "lr": 1e3}}
+    )
     record = run_experiment(s, tmp_path / "r", progress=False)
     assert record.result.diverged_epoch == 1 and record.result.history[0]["train_loss"] is not None
     assert record.result.val_best is None and record.test is None

@@ -20,16 +20,31 @@ from .paired import PairedComparison, holm, paired_comparison
 from .report import report_markdown
 from .runs import RunRef, collect_runs
 from .scatter import (
-                      class_statistics,
-                      inter_class_scatter,
-                      intra_class_scatter,
-                      linear_separability,
-                      per_class,
-                      scatter_ratio,
+    class_statistics,
+    inter_class_scatter,
+    intra_class_scatter,
+    linear_separability,
+    per_class,
+    scatter_ratio,
 )
 
 __all__ = [
-    "MassShare", "PairedComparison", "RunRef", "analyze", "class_statistics", "collect_runs", "extract_features",
-    "forward_pass", "holm", "inter_class_scatter", "intra_class_scatter", "linear_separability", "paired_comparison",
-    "per_class", "prompt_mass", "report_markdown", "scatter_ratio", "token_maps",
+    "MassShare",
+    "PairedComparison",
+    "RunRef",
+    "analyze",
+    "class_statistics",
+    "collect_runs",
+    "extract_features",
+    "forward_pass",
+    "holm",
+    "inter_class_scatter",
+    "intra_class_scatter",
+    "linear_separability",
+    "paired_comparison",
+    "per_class",
+    "prompt_mass",
+    "report_markdown",
+    "scatter_ratio",
+    "token_maps",
 ]

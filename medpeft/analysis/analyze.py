@@ -21,9 +21,19 @@ from .runs import collect_runs
 from .search import draw_search, search_curves
 
 
-def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 30.0, max_points: int = 200,
-            n_splits: int = 5, device: str = "cpu", batch_size: int = 32, candidates: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+def analyze(
+    paths,
+    out,
+    *,
+    class_index: int | None = None,
+    perplexity: float = 30.0,
+    max_points: int = 200,
+    n_splits: int = 5,
+    device: str = "cpu",
+    batch_size: int = 32,
+    candidates: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Analyse the runs of ``paths`` (bench directories and/or run directories); write ``out``; return analysis.json.
 
     For each run: test features (the CLS token the head reads), scatter numbers and separability
@@ -46,15 +56,23 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
     for ref in refs:
         classes = ref.record.task.classes
         if class_index is not None and not 0 <= class_index < len(classes):
-            raise ParameterError("class_index", "{class_index} {value}: task {task!r} has {n} classes (0 to {last})",
-                                 value=class_index, task=ref.record.spec.task, n=len(classes), last=len(classes) - 1)
+            raise ParameterError(
+                "class_index",
+                "{class_index} {value}: task {task!r} has {n} classes (0 to {last})",
+                value=class_index,
+                task=ref.record.spec.task,
+                n=len(classes),
+                last=len(classes) - 1,
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
     results, numbers = measure(refs, n_splits=n_splits, device=device, batch_size=batch_size, progress=progress)
     measured = time.perf_counter() - start
-    colors = figures.method_colors([r.label for r in results.values()],
-                                   {r.label: r.record.spec.method for r in results.values() if r.record is not None})
+    colors = figures.method_colors(
+        [r.label for r in results.values()],
+        {r.label: r.record.spec.method for r in results.values() if r.record is not None},
+    )
     gallery = Gallery(out, colors)
     draw(results, numbers, gallery, class_index=class_index, perplexity=perplexity, max_points=max_points)
     curves = search_curves([r for p in sources if (p / "runs.jsonl").is_file() for r in read_index(p)])
@@ -65,8 +83,14 @@ def analyze(paths, out, *, class_index: int | None = None, perplexity: float = 3
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sources": [str(p) for p in sources],
         "summaries": [os.path.relpath(p / "summary.md", out) for p in sources if (p / "summary.md").is_file()],
-        "settings": {"class_index": class_index, "perplexity": perplexity, "max_points": max_points,
-                     "n_splits": n_splits, "device": str(device), "candidates": candidates},
+        "settings": {
+            "class_index": class_index,
+            "perplexity": perplexity,
+            "max_points": max_points,
+            "n_splits": n_splits,
+            "device": str(device),
+            "candidates": candidates,
+        },
         "definitions": DEFINITIONS,
         "runs": numbers,
         "groups": groups(numbers),

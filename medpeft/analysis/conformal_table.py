@@ -27,8 +27,9 @@ def kept_runs(run_dirs) -> tuple[list[tuple[RunRecord, KeptLogits]], list[str]]:
     return runs, missing
 
 
-def coverage_table(runs: list[tuple[RunRecord, KeptLogits]], alphas=(0.1, 0.2),
-                   scores=("lac", "aps")) -> list[dict[str, Any]]:
+def coverage_table(
+    runs: list[tuple[RunRecord, KeptLogits]], alphas=(0.1, 0.2), scores=("lac", "aps")
+) -> list[dict[str, Any]]:
     """One row per (label, task, shots, α, score): the runs' mean test coverage and mean set size, of sets on the
     softmax probabilities (``before``) and on the temperature-scaled ones (``after``, T fitted on each run's
     validation), with the number of runs. Runs without a labelled test list are left out."""
@@ -42,8 +43,9 @@ def coverage_table(runs: list[tuple[RunRecord, KeptLogits]], alphas=(0.1, 0.2),
             for alpha, score in itertools.product(alphas, scores):
                 values = {}
                 for when, calibration in (("before", None), ("after", calibrated)):
-                    test = conformal_of(kept, record.task, ConformalConfig(score, alpha), calibration=calibration,
-                                        seed=record.spec.seed).test
+                    test = conformal_of(
+                        kept, record.task, ConformalConfig(score, alpha), calibration=calibration, seed=record.spec.seed
+                    ).test
                     values.update({f"coverage_{when}": test["coverage"], f"set_size_{when}": test["mean_set_size"]})
                 key = (record.spec.label, record.spec.task, record.spec.shots, alpha, score)
                 groups.setdefault(key, []).append(values)
@@ -57,10 +59,14 @@ def coverage_table(runs: list[tuple[RunRecord, KeptLogits]], alphas=(0.1, 0.2),
 
 def coverage_markdown(rows: list[dict[str, Any]]) -> str:
     """:func:`coverage_table` as a Markdown table (coverage ×100, mean set size, before / after T)."""
-    lines = ["| method | task | shots | runs | α | score | coverage | set size | coverage after T | set size after T |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| method | task | shots | runs | α | score | coverage | set size | coverage after T | set size after T |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['runs']} | {r['alpha']:g} | {r['score']} | "
-                     f"{100 * r['coverage_before']:.1f} | {r['set_size_before']:.2f} | "
-                     f"{100 * r['coverage_after']:.1f} | {r['set_size_after']:.2f} |")
+        lines.append(
+            f"| {r['label']} | {r['task']} | {r['shots']} | {r['runs']} | {r['alpha']:g} | {r['score']} | "
+            f"{100 * r['coverage_before']:.1f} | {r['set_size_before']:.2f} | "
+            f"{100 * r['coverage_after']:.1f} | {r['set_size_after']:.2f} |"
+        )
     return "\n".join(lines) + "\n"

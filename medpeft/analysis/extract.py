@@ -54,9 +54,19 @@ class _MassStats:
 
 
 @torch.no_grad()
-def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None, img_size: int, *,
-                 batch_size: int = 32, cache: ResizedImageCache | None = None, device: torch.device | str = "cpu",
-                 head: bool = True, maps: bool = True, mass: bool = False) -> ForwardResult:
+def forward_pass(
+    model: PeftClassifier,
+    samples: Samples,
+    task: TaskSpec | None,
+    img_size: int,
+    *,
+    batch_size: int = 32,
+    cache: ResizedImageCache | None = None,
+    device: torch.device | str = "cpu",
+    head: bool = True,
+    maps: bool = True,
+    mass: bool = False,
+) -> ForwardResult:
     """One eval-mode float32 pass over ``samples`` (square-resized as at test time).
 
     Features are ``model.forward_features``, the feature the head reads (ViT: the CLS token after the final norm, or
@@ -73,17 +83,21 @@ def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None,
     sums: dict[int, torch.Tensor] = {}
     handles = []
     for i, (module, fn) in probes.items():
+
         def hook(module, args, i=i, fn=fn):
             s = fn(args[0]).float().sum(dim=0)  # (B, N) -> (N,)
             sums[i] = s if i not in sums else sums[i] + s
+
         handles.append(module.register_forward_pre_hook(hook))
     mass_probes = model.method.prompt_mass(model) if mass else {}
     shares = {i: _MassStats() for i in mass_probes}
     for i, (module, fn) in mass_probes.items():
         handles.append(module.register_forward_pre_hook(lambda module, args, i=i, fn=fn: shares[i].add(fn(args[0]))))
     features, probs = [], []
-    loader = DataLoader(eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean,
-                                     std=model.preprocessing.std), batch_size=batch_size)
+    loader = DataLoader(
+        eval_dataset(samples, img_size, cache, task=task, mean=model.preprocessing.mean, std=model.preprocessing.std),
+        batch_size=batch_size,
+    )
     try:
         for images, _, _ in loader:
             feats = model.forward_features(images.to(device)).float()
@@ -104,31 +118,64 @@ def forward_pass(model: PeftClassifier, samples: Samples, task: TaskSpec | None,
     )
 
 
-def prompt_mass(model: PeftClassifier, samples: Samples, task: TaskSpec | None, img_size: int, *,
-                batch_size: int = 32, cache: ResizedImageCache | None = None,
-                device: torch.device | str = "cpu") -> dict[int, MassShare]:
+def prompt_mass(
+    model: PeftClassifier,
+    samples: Samples,
+    task: TaskSpec | None,
+    img_size: int,
+    *,
+    batch_size: int = 32,
+    cache: ResizedImageCache | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[int, MassShare]:
     """Per prompted block, the share of attention-row softmax mass the prompt takes on ``samples`` (EPT's concat
     ways: 1 − s_j, mean and range over images, heads and query tokens); empty for a method without prompt mass."""
-    return forward_pass(model, samples, task, img_size, batch_size=batch_size, cache=cache, device=device,
-                        head=False, maps=False, mass=True).prompt_mass
+    return forward_pass(
+        model,
+        samples,
+        task,
+        img_size,
+        batch_size=batch_size,
+        cache=cache,
+        device=device,
+        head=False,
+        maps=False,
+        mass=True,
+    ).prompt_mass
 
 
-def extract_features(model: PeftClassifier, samples: Samples, task: TaskSpec | None, img_size: int, *,
-                     batch_size: int = 32, cache: ResizedImageCache | None = None,
-                     device: torch.device | str = "cpu") -> np.ndarray:
+def extract_features(
+    model: PeftClassifier,
+    samples: Samples,
+    task: TaskSpec | None,
+    img_size: int,
+    *,
+    batch_size: int = 32,
+    cache: ResizedImageCache | None = None,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """The features the head reads (``model.forward_features``: see :func:`forward_pass`), (n, D) float64.
 
     Eval mode, no gradients, float32, images square-resized to ``img_size`` as at test time.
     """
-    return forward_pass(model, samples, task, img_size, batch_size=batch_size, cache=cache, device=device,
-                        head=False, maps=False).features
+    return forward_pass(
+        model, samples, task, img_size, batch_size=batch_size, cache=cache, device=device, head=False, maps=False
+    ).features
 
 
-def token_maps(model: PeftClassifier, samples: Samples, task: TaskSpec | None, img_size: int, *,
-               batch_size: int = 32, cache: ResizedImageCache | None = None,
-               device: torch.device | str = "cpu") -> dict[int, np.ndarray]:
+def token_maps(
+    model: PeftClassifier,
+    samples: Samples,
+    task: TaskSpec | None,
+    img_size: int,
+    *,
+    batch_size: int = 32,
+    cache: ResizedImageCache | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[int, np.ndarray]:
     """The method's per-token maps per block, averaged over ``samples`` (EPT: the patch-wise scaling
     s_j = Z_j / (Z_j + Σ_l exp P_jl) per query token, CLS first, then the patches in row-major grid order, mean over
     heads; a Swin stage's map on the patch grid); empty for a method without maps."""
-    return forward_pass(model, samples, task, img_size, batch_size=batch_size, cache=cache, device=device,
-                        head=False, maps=True).maps
+    return forward_pass(
+        model, samples, task, img_size, batch_size=batch_size, cache=cache, device=device, head=False, maps=True
+    ).maps

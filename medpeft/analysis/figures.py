@@ -56,8 +56,16 @@ def _grid(fig, n: int, ncols: int, **kwargs):
     return axes[:n]
 
 
-def _panel_grid(n: int, ncols: int, panel: tuple[float, float], gap: tuple[float, float],
-                margins: tuple[float, float, float, float], *, axes: bool = True, **kwargs):
+def _panel_grid(
+    n: int,
+    ncols: int,
+    panel: tuple[float, float],
+    gap: tuple[float, float],
+    margins: tuple[float, float, float, float],
+    *,
+    axes: bool = True,
+    **kwargs,
+):
     """A figure of ``n`` panels laid out in fixed inches (no layout engine: many panels stay fast to draw).
 
     ``panel`` (w, h) and ``gap`` (between columns, between rows) and ``margins`` (left, right, top, bottom) are in
@@ -71,8 +79,14 @@ def _panel_grid(n: int, ncols: int, panel: tuple[float, float], gap: tuple[float
     width = max(left + right + ncols * w + (ncols - 1) * wg, 5.0)
     height = max(top + bottom + nrows * h + (nrows - 1) * hg, 4.0)
     fig = Figure(figsize=(width, height), dpi=DPI)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
-                        wspace=wg / w, hspace=hg / h)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=wg / w,
+        hspace=hg / h,
+    )
     return fig, (_grid(fig, n, ncols, **kwargs) if axes else None)
 
 
@@ -80,16 +94,25 @@ def _title_and_legend(fig, title: str, handles, names, ncols: int, **legend_kw) 
     """Figure title at the top, legend centred at the bottom (for :func:`_panel_grid` figures)."""
     height = fig.get_figheight()
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
-    fig.legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 0.04 / height), ncols=ncols, fontsize=8,
-               frameon=False, **legend_kw)
+    fig.legend(
+        handles,
+        names,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.04 / height),
+        ncols=ncols,
+        fontsize=8,
+        frameon=False,
+        **legend_kw,
+    )
 
 
 def _save(fig, path: Path) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def pca_histograms(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, str]], *, class_name: str,
-                   title: str) -> None:
+def pca_histograms(
+    path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, str]], *, class_name: str, title: str
+) -> None:
     """One panel per model: PC1 of all its test features, histogram of class ``class_name`` vs the other images.
 
     ``panels``: (label, features (n, D), in_class bool (n,), colour). PC1 is fitted on all the model's test
@@ -110,8 +133,14 @@ def pca_histograms(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, s
     ncols = min(4, len(panels))
     fig, axes = _panel_grid(len(panels), ncols, (2.6, 1.8), (0.6, 0.95), (0.6, 0.2, 0.95, 0.85), sharex=True)
     for ax, (label, _, in_class, color), z in zip(axes, panels, scores):
-        ax.hist(z[~in_class], bins=bins, histtype="step", color="black", linewidth=1.0,
-                label=f"other images (n={int((~in_class).sum())})")
+        ax.hist(
+            z[~in_class],
+            bins=bins,
+            histtype="step",
+            color="black",
+            linewidth=1.0,
+            label=f"other images (n={int((~in_class).sum())})",
+        )
         ax.hist(z[in_class], bins=bins, color=color, alpha=0.75, label=class_name)
         spread = z[in_class].std() if in_class.sum() > 1 else float("nan")
         ax.set_title(f"{label}\nσ(class) = {spread:.2f}", fontsize=9)
@@ -123,8 +152,9 @@ def pca_histograms(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, s
     _save(fig, path)
 
 
-def tsne_densities(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, str]], group_names: list[str], *,
-                   title: str) -> None:
+def tsne_densities(
+    path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, str]], group_names: list[str], *, title: str
+) -> None:
     """One panel per model: 2-D t-SNE of its test features, points and Gaussian-KDE density contours per group.
 
     ``panels``: (label, embedding (n, 2), group index (n,), model colour for the title).
@@ -153,8 +183,15 @@ def tsne_densities(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, s
                             ax.contour(xx, yy, dens, levels=[level], colors=[c], linewidths=0.7)
                 except (np.linalg.LinAlgError, ValueError):
                     pass
-            ax.scatter(pts[:, 0], pts[:, 1], s=10, color=c, edgecolors="white", linewidths=0.3,
-                       label=f"{name} ({len(pts)} images)")
+            ax.scatter(
+                pts[:, 0],
+                pts[:, 1],
+                s=10,
+                color=c,
+                edgecolors="white",
+                linewidths=0.3,
+                label=f"{name} ({len(pts)} images)",
+            )
         ax.set_title(label, fontsize=9, color="black")
         for spine in ax.spines.values():
             spine.set_edgecolor(color)
@@ -170,8 +207,9 @@ def tsne_densities(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, s
     _save(fig, path)
 
 
-def patch_scaling_maps(path: Path, layers: list[int], scaling: np.ndarray, grid: tuple[int, int], num_prefix: int, *,
-                       title: str) -> None:
+def patch_scaling_maps(
+    path: Path, layers: list[int], scaling: np.ndarray, grid: tuple[int, int], num_prefix: int, *, title: str
+) -> None:
     """Heat maps of s_j over the patch grid, one per prompted block, on one colour scale; a profile below.
 
     ``scaling`` (L, N): mean s per block and token, prefix tokens (CLS) first. The CLS value is in each title.
@@ -198,8 +236,14 @@ def patch_scaling_maps(path: Path, layers: list[int], scaling: np.ndarray, grid:
     sub[0].supylabel("patch row", fontsize=8)
     ax = sub[1].subplots()
     x = np.arange(len(layers))
-    ax.fill_between(x, patches.reshape(len(layers), -1).min(axis=1), patches.reshape(len(layers), -1).max(axis=1),
-                    color="#2a788e", alpha=0.25, label="patches, min–max over the grid")
+    ax.fill_between(
+        x,
+        patches.reshape(len(layers), -1).min(axis=1),
+        patches.reshape(len(layers), -1).max(axis=1),
+        color="#2a788e",
+        alpha=0.25,
+        label="patches, min–max over the grid",
+    )
     ax.plot(x, patches.reshape(len(layers), -1).mean(axis=1), "o-", color="#2a788e", label="patches, mean")
     if num_prefix:
         ax.plot(x, scaling[:, 0], "s--", color="#d95f02", label="CLS")
@@ -235,8 +279,14 @@ def mass_curves(path: Path, lines: dict[str, dict], *, title: str) -> None:
     _save(fig, path)
 
 
-def convergence_curves(path: Path, series: dict[str, list[dict[str, list[float]]]], panels: list[tuple[str, str]],
-                       colors: dict[str, str], *, title: str) -> None:
+def convergence_curves(
+    path: Path,
+    series: dict[str, list[dict[str, list[float]]]],
+    panels: list[tuple[str, str]],
+    colors: dict[str, str],
+    *,
+    title: str,
+) -> None:
     """Per panel (key, y label): each method's mean over its runs per epoch, the min–max band across runs.
 
     ``series``: label -> list of runs, each run a dict key -> values per epoch.
@@ -251,13 +301,14 @@ def convergence_curves(path: Path, series: dict[str, list[dict[str, list[float]]
             length = max(len(c) for c in curves)
             table = np.full((len(curves), length), np.nan)
             for i, c in enumerate(curves):
-                table[i, :len(c)] = c
+                table[i, : len(c)] = c
             epochs = np.arange(1, length + 1)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, lo, hi = np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
-            ax.plot(epochs, mean, "-o", markersize=3, color=colors[label], linewidth=1.4,
-                    label=f"{label} (n={len(curves)})")
+            ax.plot(
+                epochs, mean, "-o", markersize=3, color=colors[label], linewidth=1.4, label=f"{label} (n={len(curves)})"
+            )
             if len(curves) > 1:
                 ax.fill_between(epochs, lo, hi, color=colors[label], alpha=0.18, linewidth=0)
         ax.set_xlabel("epoch")
@@ -289,8 +340,9 @@ def grouped_bars(path: Path, panels: list[dict], colors: dict[str, str], *, titl
             values = np.array([v[0] for v in panel["bars"][label]], dtype=float)
             errors = np.array([v[1] for v in panel["bars"][label]], dtype=float)
             err = None if np.all(np.isnan(errors)) else np.nan_to_num(errors)
-            ax.bar(x - 0.4 + width * (j + 0.5), values, width=width, yerr=err, color=colors[label], label=label,
-                   capsize=2)
+            ax.bar(
+                x - 0.4 + width * (j + 0.5), values, width=width, yerr=err, color=colors[label], label=label, capsize=2
+            )
         ax.set_xticks(x, panel["groups"])
         ax.set_ylabel(panel["ylabel"], fontsize=9)
         ax.set_xlabel(panel.get("xlabel", ""), fontsize=9)
@@ -328,8 +380,12 @@ def labelled_bars(path: Path, panels: list[dict], colors: dict[str, str], *, tit
         better = panel.get("better")
         ax.set_title(panel["title"] + (f"\n({better} is better)" if better else ""), fontsize=9)
         ax.set_xlabel(panel["xlabel"], fontsize=8)
-        ax.set_xlim(0, panel["xmax"] * 1.15 if panel.get("xmax")
-                    else np.nanmax(np.append(values + np.nan_to_num(errors), 1e-9)) * 1.3)
+        ax.set_xlim(
+            0,
+            panel["xmax"] * 1.15
+            if panel.get("xmax")
+            else np.nanmax(np.append(values + np.nan_to_num(errors), 1e-9)) * 1.3,
+        )
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[0].set_yticks(y, labels)
@@ -339,8 +395,14 @@ def labelled_bars(path: Path, panels: list[dict], colors: dict[str, str], *, tit
     _save(fig, path)
 
 
-def reliability_diagrams(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float, str]], *,
-                         multilabel: bool, num_classes: int, title: str) -> None:
+def reliability_diagrams(
+    path: Path,
+    panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float, str]],
+    *,
+    multilabel: bool,
+    num_classes: int,
+    title: str,
+) -> None:
     """One reliability diagram per model: ``(label, bin confidence, bin accuracy, bin count, ECE, colour)``.
 
     Bars: observed frequency per confidence bin; hatched: the gap to the bin's mean confidence; dashed: perfect
@@ -360,10 +422,26 @@ def reliability_diagrams(path: Path, panels: list[tuple[str, np.ndarray, np.ndar
         ax = fig.add_subplot(inner[0])
         share = fig.add_subplot(inner[1], sharex=ax)
         filled = count > 0
-        ax.bar(centers[filled], acc[filled], width=1 / n_bins, color=color, edgecolor="black", linewidth=0.4,
-               label="observed frequency")
-        ax.bar(centers[filled], conf[filled] - acc[filled], bottom=acc[filled], width=1 / n_bins, fill=False,
-               hatch="///", edgecolor="#d62728", linewidth=0.4, label="gap to mean confidence")
+        ax.bar(
+            centers[filled],
+            acc[filled],
+            width=1 / n_bins,
+            color=color,
+            edgecolor="black",
+            linewidth=0.4,
+            label="observed frequency",
+        )
+        ax.bar(
+            centers[filled],
+            conf[filled] - acc[filled],
+            bottom=acc[filled],
+            width=1 / n_bins,
+            fill=False,
+            hatch="///",
+            edgecolor="#d62728",
+            linewidth=0.4,
+            label="gap to mean confidence",
+        )
         ax.plot([0, 1], [0, 1], "--", color="black", linewidth=0.8, label="perfect calibration")
         ax.set_xlim(x0, 1)
         ax.set_ylim(0, 1)
@@ -397,11 +475,25 @@ def search_curves(path: Path, panels: list[dict], colors: dict[str, str], *, tit
                 points = np.array(line[key], dtype=float)
                 if np.isnan(points[:, 0]).all():
                     continue
-                ax.plot(xs, points[:, 0], style, color=colors[label], markersize=3.5, linewidth=1.4,
-                        alpha=1.0 if key == "test" else 0.6, label=f"{label} ({key})")
+                ax.plot(
+                    xs,
+                    points[:, 0],
+                    style,
+                    color=colors[label],
+                    markersize=3.5,
+                    linewidth=1.4,
+                    alpha=1.0 if key == "test" else 0.6,
+                    label=f"{label} ({key})",
+                )
                 if key == "test" and not np.isnan(points[:, 1]).all():
-                    ax.fill_between(xs, points[:, 0] - points[:, 1], points[:, 0] + points[:, 1], color=colors[label],
-                                    alpha=0.15, linewidth=0)
+                    ax.fill_between(
+                        xs,
+                        points[:, 0] - points[:, 1],
+                        points[:, 0] + points[:, 1],
+                        color=colors[label],
+                        alpha=0.15,
+                        linewidth=0,
+                    )
         if numeric and xs.max() / xs.min() > 20:
             ax.set_xscale("log")
         ax.set_xticks(xs, [str(v) for v in values], fontsize=7)

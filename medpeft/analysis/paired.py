@@ -35,10 +35,14 @@ def paired_comparison(differences) -> PairedComparison:
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     nonzero = d[d != 0]
     return PairedComparison(
-        n=len(d), wins=wins, losses=losses,
-        median=float(np.median(d)) if len(d) else np.nan, mean=float(np.mean(d)) if len(d) else np.nan,
+        n=len(d),
+        wins=wins,
+        losses=losses,
+        median=float(np.median(d)) if len(d) else np.nan,
+        mean=float(np.mean(d)) if len(d) else np.nan,
         p_wilcoxon=float(wilcoxon(nonzero).pvalue) if len(nonzero) else 1.0,
-        p_sign=float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0)
+        p_sign=float(binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0,
+    )
 
 
 def holm(pvalues) -> np.ndarray:

@@ -16,10 +16,10 @@ DEFINITIONS = {
     "inter_class_scatter": "tr Σ_B = 1/N Σ_k N_k ‖x̄_k − x̄‖²; higher = class means further apart",
     "scatter_ratio": "tr Σ_W / tr Σ_B; lower is better; unchanged by rescaling the features",
     "linear_separability": "balanced accuracy of logistic regression, stratified k-fold "
-                           "(k = min(n_splits, smallest class)); chance = 1/classes",
+    "(k = min(n_splits, smallest class)); chance = 1/classes",
     "ECE": "expected calibration error of the test predictions, 15 equal-width bins (pretrain: no head, none)",
     "multi-label": "each class is positives vs negatives; the number is the mean over classes having both "
-                   "(per class values under per_class)",
+    "(per class values under per_class)",
 }
 
 
@@ -95,7 +95,8 @@ def report_markdown(analysis: dict[str, Any]) -> str:
             f"{_fmt(g['intra_class_scatter'])} | {_fmt(g['inter_class_scatter'])} | {_fmt(g['scatter_ratio'])} | "
             f"{_fmt(g['linear_separability'])} | {_fmt(g['ECE'], True)} | "
             + (f"{g['metric']} {_fmt(g['metric_value'], True)}" if g["metric_value"]["mean"] is not None else "–")
-            + " |")
+            + " |"
+        )
     lines += ["", "Definitions:", ""] + [f"- **{k}**: {v}." for k, v in analysis["definitions"].items()]
     lines += ["", "## Figures", ""]
     section = None

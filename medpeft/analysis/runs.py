@@ -52,12 +52,17 @@ def collect_runs(paths, *, candidates: bool = False) -> list[RunRef]:
                 raise UserError(f"{path}/runs.jsonl lists no finished run")
             trained = [r for r in records if (path / r.spec.run_dir / WEIGHTS_FILE).is_file()]
             if not trained:
-                raise UserError(f"{path}: none of its {len(records)} runs has trained weights ({WEIGHTS_FILE}; runs "
-                                "restored from runs.jsonl keep only their records): rerun them to analyse them")
+                raise UserError(
+                    f"{path}: none of its {len(records)} runs has trained weights ({WEIGHTS_FILE}; runs "
+                    "restored from runs.jsonl keep only their records): rerun them to analyse them"
+                )
             if len(trained) < len(records):
-                warnings.warn(f"{path}: {len(records) - len(trained)} of its {len(records)} runs have no trained "
-                              f"weights (restored from runs.jsonl) and are left out of the analysis", WithoutWeights,
-                              stacklevel=2)
+                warnings.warn(
+                    f"{path}: {len(records) - len(trained)} of its {len(records)} runs have no trained "
+                    f"weights (restored from runs.jsonl) and are left out of the analysis",
+                    WithoutWeights,
+                    stacklevel=2,
+                )
             for record in trained:
                 run_dir = (path / record.spec.run_dir).resolve()
                 refs[run_dir] = RunRef(record.key, record, run_dir)

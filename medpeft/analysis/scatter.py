@@ -32,8 +32,10 @@ def _check(features, labels) -> tuple[np.ndarray, np.ndarray]:
     if features.ndim != 2 or features.shape[0] == 0:
         raise UserError(f"features must have shape (N, D) with N >= 1, got shape {features.shape}")
     if labels.ndim not in (1, 2) or labels.shape[0] != features.shape[0]:
-        raise UserError(f"labels must have shape ({features.shape[0]},) or ({features.shape[0]}, C) to match "
-                        f"features {features.shape}, got {labels.shape}")
+        raise UserError(
+            f"labels must have shape ({features.shape[0]},) or ({features.shape[0]}, C) to match "
+            f"features {features.shape}, got {labels.shape}"
+        )
     if not np.all(np.isfinite(features)):
         raise UserError("features contain nan or inf")
     return features, labels
@@ -72,16 +74,19 @@ def per_class(fn: Callable, features, labels, **kwargs) -> list[float]:
     features, labels = _check(features, labels)
     if labels.ndim != 2:
         raise UserError(f"per_class needs multi-label labels of shape (N, C), got {labels.shape}")
-    return [fn(features, labels[:, c], **kwargs) if np.unique(labels[:, c]).size == 2 else float("nan")
-            for c in range(labels.shape[1])]
+    return [
+        fn(features, labels[:, c], **kwargs) if np.unique(labels[:, c]).size == 2 else float("nan")
+        for c in range(labels.shape[1])
+    ]
 
 
 def _apply(single: Callable, features, labels, **kwargs) -> float:
     features, labels = _check(features, labels)
     if labels.ndim == 1:
         return single(features, labels, **kwargs)
-    values = [single(features, labels[:, c], **kwargs) for c in range(labels.shape[1])
-              if np.unique(labels[:, c]).size == 2]
+    values = [
+        single(features, labels[:, c], **kwargs) for c in range(labels.shape[1]) if np.unique(labels[:, c]).size == 2
+    ]
     values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
@@ -148,8 +153,9 @@ def _separability(features: np.ndarray, labels: np.ndarray, n_splits: int, C: fl
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(features, labels):
         solver = "liblinear" if len(counts) == 2 else "lbfgs"  # same L2 logistic loss; liblinear is ~10x faster
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", solver=solver,
-                                                                   max_iter=2000))
+        model = make_pipeline(
+            StandardScaler(), LogisticRegression(C=C, class_weight="balanced", solver=solver, max_iter=2000)
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(features[train], labels[train])
@@ -187,16 +193,21 @@ def class_statistics(features, labels, *, n_splits: int = 5, seed: int = 0) -> d
     positives or negatives), whose mean over the defined classes is the top-level value.
     """
     features, labels = _check(features, labels)
-    singles = {"intra_class_scatter": _trace_within, "inter_class_scatter": _trace_between,
-               "scatter_ratio": _ratio,
-               "linear_separability": lambda x, y: _separability(x, y, n_splits=n_splits, C=1.0, seed=seed)}
+    singles = {
+        "intra_class_scatter": _trace_within,
+        "inter_class_scatter": _trace_between,
+        "scatter_ratio": _ratio,
+        "linear_separability": lambda x, y: _separability(x, y, n_splits=n_splits, C=1.0, seed=seed),
+    }
     stats: dict = {}
     if labels.ndim == 1:
         stats = {name: _none(fn(features, labels)) for name, fn in singles.items()}
     else:
         both = [np.unique(labels[:, c]).size == 2 for c in range(labels.shape[1])]
-        per = {name: [_none(fn(features, labels[:, c])) if ok else None for c, ok in enumerate(both)]
-               for name, fn in singles.items()}
+        per = {
+            name: [_none(fn(features, labels[:, c])) if ok else None for c, ok in enumerate(both)]
+            for name, fn in singles.items()
+        }
         for name, values in per.items():
             defined = [v for v in values if v is not None]
             stats[name] = float(np.mean(defined)) if defined else None

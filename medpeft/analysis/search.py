@@ -23,10 +23,20 @@ def search_curves(records: list[RunRecord]) -> list[dict]:
         values = sorted({r.spec.candidate[key] for r in members}, key=_order)
         metric = members[0].task.report_metric
         at = {v: [r for r in members if r.spec.candidate[key] == v] for v in values}
-        curves.append({"label": label, "key": key, "task": task, "shots": shots, "metric": metric, "values": values,
-                       "test": [mean_std([r.test[metric] for r in at[v]]) for v in values],
-                       "val": [mean_std([r.result.val_best for r in at[v]]) for v in values],
-                       "val_metric": members[0].task.selection_metric, "n_runs": len(members) // len(values)})
+        curves.append(
+            {
+                "label": label,
+                "key": key,
+                "task": task,
+                "shots": shots,
+                "metric": metric,
+                "values": values,
+                "test": [mean_std([r.test[metric] for r in at[v]]) for v in values],
+                "val": [mean_std([r.result.val_best for r in at[v]]) for v in values],
+                "val_metric": members[0].task.selection_metric,
+                "n_runs": len(members) // len(values),
+            }
+        )
     return curves
 
 
@@ -46,11 +56,25 @@ def draw_search(gallery: Gallery, curves: list[dict]) -> None:
             for c in cell:
                 at = dict(zip(c["values"], zip(c["test"], c["val"])))
                 nan = (float("nan"), float("nan"))
-                lines[c["label"]] = {"test": [tuple(100 * x for x in at.get(v, (nan, nan))[0]) for v in values],
-                                     "val": [tuple(100 * x for x in at.get(v, (nan, nan))[1]) for v in values]}
-            panels.append({"title": f"{task}, {shots}-shot", "xlabel": key, "x": values, "lines": lines,
-                           "ylabel": f"test {cell[0]['metric']} / val {cell[0]['val_metric']} (×100)"})
-        path = gallery.add("search", f"search_{slug(key)}.png", f"Test metric (solid, band ±std over runs) and "
-                           f"validation score (dashed: what chose) against the searched {key}, per method and task × "
-                           "shot; every candidate of the search, not only the chosen ones.", "validation search")
+                lines[c["label"]] = {
+                    "test": [tuple(100 * x for x in at.get(v, (nan, nan))[0]) for v in values],
+                    "val": [tuple(100 * x for x in at.get(v, (nan, nan))[1]) for v in values],
+                }
+            panels.append(
+                {
+                    "title": f"{task}, {shots}-shot",
+                    "xlabel": key,
+                    "x": values,
+                    "lines": lines,
+                    "ylabel": f"test {cell[0]['metric']} / val {cell[0]['val_metric']} (×100)",
+                }
+            )
+        path = gallery.add(
+            "search",
+            f"search_{slug(key)}.png",
+            f"Test metric (solid, band ±std over runs) and "
+            f"validation score (dashed: what chose) against the searched {key}, per method and task × "
+            "shot; every candidate of the search, not only the chosen ones.",
+            "validation search",
+        )
         figures.search_curves(path, panels, gallery.colors, title=f"Validation search over {key}")

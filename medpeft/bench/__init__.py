@@ -21,7 +21,23 @@ from .summary import aggregate, summary_markdown, write_summary
 from .worker import RunJob, execute
 
 __all__ = [
-    "PAPER_GRIDS", "BenchConfig", "BenchStore", "Executor", "LocalExecutor", "MethodEntry", "Outcome", "RunJob",
-    "aggregate", "choose", "collect", "execute", "make_executor", "read_config", "read_index", "run_bench", "selection",
-    "summary_markdown", "write_summary",
+    "PAPER_GRIDS",
+    "BenchConfig",
+    "BenchStore",
+    "Executor",
+    "LocalExecutor",
+    "MethodEntry",
+    "Outcome",
+    "RunJob",
+    "aggregate",
+    "choose",
+    "collect",
+    "execute",
+    "make_executor",
+    "read_config",
+    "read_index",
+    "run_bench",
+    "selection",
+    "summary_markdown",
+    "write_summary",
 ]

@@ -20,8 +20,11 @@ from ..types import TrainConfig
 
 GRID_KEYS = ("methods", "tasks", "shots", "exps", "seeds")
 #: The RunSpec fields every run of a bench shares (the rest come from the grid and the method entry).
-SHARED_KEYS = tuple(f.name for f in dataclasses.fields(RunSpec)
-                    if f.name not in ("method", "task", "shots", "exp", "options", "label", "candidate", "refit"))
+SHARED_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(RunSpec)
+    if f.name not in ("method", "task", "shots", "exp", "options", "label", "candidate", "refit")
+)
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 #: Where the runs are tracked: not a run setting (no run key or shared setting depends on it).
 TRACKING_KEYS = ("mlflow", "mlflow_experiment")
@@ -163,25 +166,45 @@ class BenchConfig:
         """``shared`` without a data root the tasks' package provides (:meth:`from_dict` finds it again)."""
         datasets = [get_dataset(t) for t in self.tasks]
         try:
-            packaged = all(d.default_root for d in datasets) and \
-                {d.root(None) for d in datasets} == {self.shared.get("data_root")}
+            packaged = all(d.default_root for d in datasets) and {d.root(None) for d in datasets} == {
+                self.shared.get("data_root")
+            }
         except UserError:  # the package is not installed: the data root was given
             packaged = False
         return {k: v for k, v in self.shared.items() if not (packaged and k == "data_root")}
 
     def specs(self) -> Iterator[RunSpec]:
         """Every candidate run of the grid, cell by cell, candidates in grid order."""
-        for entry, task, shots, exp, seed in itertools.product(self.methods, self.tasks, self.shots, self.exps,
-                                                               self.seeds):
+        for entry, task, shots, exp, seed in itertools.product(
+            self.methods, self.tasks, self.shots, self.exps, self.seeds
+        ):
             for candidate in entry.candidates():
                 yield self.spec(entry, candidate, task, shots, exp, seed)
 
-    def spec(self, entry: MethodEntry, candidate: dict[str, Any], task: str, shots, exp: int, seed: int, *,
-             refit: bool = False) -> RunSpec:
+    def spec(
+        self,
+        entry: MethodEntry,
+        candidate: dict[str, Any],
+        task: str,
+        shots,
+        exp: int,
+        seed: int,
+        *,
+        refit: bool = False,
+    ) -> RunSpec:
         options, train = entry.split(candidate)
         train = {**self.shared.get("train", {}), **train, "seed": seed, **({"select": "last"} if refit else {})}
-        return RunSpec(method=entry.method, task=task, shots=shots, exp=exp, options=options, label=entry.label,
-                       candidate=candidate, refit=refit, **{**self.shared, "train": train})
+        return RunSpec(
+            method=entry.method,
+            task=task,
+            shots=shots,
+            exp=exp,
+            options=options,
+            label=entry.label,
+            candidate=candidate,
+            refit=refit,
+            **{**self.shared, "train": train},
+        )
 
     def entry(self, label: str) -> MethodEntry | None:
         return next((e for e in self.methods if e.label == label), None)
@@ -202,8 +225,13 @@ def _method_entry(item, source: str, default_search) -> MethodEntry:
         return MethodEntry(item, search=default_search)
     keys = {"method", "options", "label", "search", "then"}
     if isinstance(item, dict) and "method" in item and set(item) <= keys:
-        return MethodEntry(item["method"], dict(item.get("options") or {}), item.get("label") or "",
-                           item.get("search", default_search), item.get("then"))
+        return MethodEntry(
+            item["method"],
+            dict(item.get("options") or {}),
+            item.get("label") or "",
+            item.get("search", default_search),
+            item.get("then"),
+        )
     raise UserError(f"{source}: a method is a name or a mapping with keys {sorted(keys)}; got {item!r}")
 
 

@@ -35,8 +35,9 @@ class RayExecutor(Executor):
     name = "ray"
     node_cache = True
 
-    def __init__(self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0,
-                 max_retries: int = 2):
+    def __init__(
+        self, address: str | None = None, cpus_per_run: float = 1, gpus_per_run: float = 0, max_retries: int = 2
+    ):
         self.threads = cpu_threads(cpus_per_run)
         if gpus_per_run < 0 or (gpus_per_run > 1 and gpus_per_run != int(gpus_per_run)):
             raise UserError(f"gpus per run must be a fraction of one GPU or a whole number (got {gpus_per_run})")
@@ -68,8 +69,10 @@ class RayExecutor(Executor):
         for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
             if self.resources[key] > total.get(name, 0):
                 self.close()
-                raise UserError(f"a run asks {self.resources[key]:g} {name}(s) but this machine's Ray has "
-                                f"{total.get(name, 0):g}: lower --{name.lower()}s-per-run")
+                raise UserError(
+                    f"a run asks {self.resources[key]:g} {name}(s) but this machine's Ray has "
+                    f"{total.get(name, 0):g}: lower --{name.lower()}s-per-run"
+                )
 
     def submit(self, spec: RunSpec) -> None:
         self.running[self.task.remote(spec.to_dict(), self.job)] = spec

@@ -75,7 +75,9 @@ class _Grid:
         if chosen is None:
             return []
         _, task, shots, exp, seed = cell
-        return [self.config.spec(entry, c, task, shots, exp, seed) for c in entry.then_candidates(chosen.spec.candidate)]
+        return [
+            self.config.spec(entry, c, task, shots, exp, seed) for c in entry.then_candidates(chosen.spec.candidate)
+        ]
 
     def refit_spec(self, cell: tuple, records: list[RunRecord]) -> RunSpec | None:
         """The rerun of the cell's chosen candidate on train + val, when the config refits and a candidate won."""
@@ -97,9 +99,16 @@ def preflight(specs: list[RunSpec]) -> None:
         load_splits(s).check_images()
 
 
-def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None = None, progress: bool = True,
-              decode_once: bool = True, feature_cache: bool = True,
-              cache_dir: str | Path | None = None) -> list[RunRecord]:
+def run_bench(
+    config: BenchConfig,
+    out: str | Path,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    decode_once: bool = True,
+    feature_cache: bool = True,
+    cache_dir: str | Path | None = None,
+) -> list[RunRecord]:
     """Run every pending run of ``config`` into ``out`` and keep its summaries current; returns the indexed runs.
 
     A run whose directory already holds a finished run is skipped, so an interrupted bench loses nothing.
@@ -126,14 +135,22 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         if tracking:
             tracking.set_status("RUNNING")
         cache = None if not decode_once else str(cache_dir or out / ".cache")
-        executor.start(RunJob(str(out.resolve()), cache, feature_cache and cache is not None,
-                              node_cache=executor.node_cache,
-                              progress=progress and isinstance(executor, LocalExecutor),
-                              tracking=tracking and tracking.target))
-        done = sum(1 for r in finished.values()
-                   if r.key in grid.keys or (r.spec.refit and r.spec.cell in grid.candidates))
-        bar = tqdm(total=done + len(pending), initial=done, desc="bench",
-                   disable=not progress or not executor.waits or None)
+        executor.start(
+            RunJob(
+                str(out.resolve()),
+                cache,
+                feature_cache and cache is not None,
+                node_cache=executor.node_cache,
+                progress=progress and isinstance(executor, LocalExecutor),
+                tracking=tracking and tracking.target,
+            )
+        )
+        done = sum(
+            1 for r in finished.values() if r.key in grid.keys or (r.spec.refit and r.spec.cell in grid.candidates)
+        )
+        bar = tqdm(
+            total=done + len(pending), initial=done, desc="bench", disable=not progress or not executor.waits or None
+        )
         try:
             for spec in pending:
                 executor.submit(spec)
@@ -155,8 +172,10 @@ def run_bench(config: BenchConfig, out: str | Path, *, executor: Executor | None
         if executor.waits and grid.failed:
             failures = store.failures()
             first = min(grid.failed)
-            raise UserError(f"{len(grid.failed)} run(s) failed, e.g. {first}: {failures.get(first, '?')} "
-                            f"(all in {out / 'failed.jsonl'}); the others are kept")
+            raise UserError(
+                f"{len(grid.failed)} run(s) failed, e.g. {first}: {failures.get(first, '?')} "
+                f"(all in {out / 'failed.jsonl'}); the others are kept"
+            )
         return store.indexed()
 
 
@@ -184,8 +203,9 @@ def collect(out: str | Path, *, rewrite: bool = False) -> tuple[list[RunRecord],
         return store.indexed(), len(missing)
 
 
-def recompute(out: str | Path, *, calibrate: str | None = None,
-              conformal: ConformalConfig | str | None = None) -> tuple[list[RunRecord], list[str]]:
+def recompute(
+    out: str | Path, *, calibrate: str | None = None, conformal: ConformalConfig | str | None = None
+) -> tuple[list[RunRecord], list[str]]:
     """Recompute the post-hoc results of every finished run of the bench in ``out`` from its kept logits
     (:func:`medpeft.posthoc.recompute_run`; the same arguments), then ``runs.jsonl`` and the summaries; returns the
     indexed runs and the run directories skipped for want of ``logits.npz`` (runs from before it was kept)."""
@@ -203,15 +223,37 @@ def recompute(out: str | Path, *, calibrate: str | None = None,
 
 def grid_dict(config: BenchConfig) -> dict:
     """``config`` as the mapping :meth:`BenchConfig.from_dict` reads (``OUT/grid.json``, for ``--summarize``)."""
-    methods = [{"method": e.method, "options": e.options, "label": e.label, "search": e.search,
-                **({"then": e.then} if e.then else {})} for e in config.methods]
+    methods = [
+        {
+            "method": e.method,
+            "options": e.options,
+            "label": e.label,
+            "search": e.search,
+            **({"then": e.then} if e.then else {}),
+        }
+        for e in config.methods
+    ]
     tracking = {k: getattr(config, k) for k in TRACKING_KEYS if getattr(config, k) is not None}
-    return {"methods": methods, "tasks": config.tasks, "shots": config.shots, "exps": config.exps,
-            "seeds": config.seeds, "refit": config.refit, **config.portable_shared(), **tracking}
+    return {
+        "methods": methods,
+        "tasks": config.tasks,
+        "shots": config.shots,
+        "exps": config.exps,
+        "seeds": config.seeds,
+        "refit": config.refit,
+        **config.portable_shared(),
+        **tracking,
+    }
 
 
-def _collect(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str], bar: tqdm,
-             tracking: BenchTracking | None = None) -> None:
+def _collect(
+    grid: _Grid,
+    store: BenchStore,
+    executor: Executor,
+    submitted: set[str],
+    bar: tqdm,
+    tracking: BenchTracking | None = None,
+) -> None:
     while executor.waits and executor.pending():
         outcome = executor.next()
         bar.update(1)
@@ -230,8 +272,11 @@ def _collect(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[
 def _submit_due(grid: _Grid, store: BenchStore, executor: Executor, submitted: set[str]) -> int:
     """Submit the runs that became due (a staged search's or a refit, once what they depend on has ended); returns
     how many."""
-    due = [s for s in _due(grid, store) if s.key not in store.records and s.key not in grid.failed
-           and s.key not in submitted]
+    due = [
+        s
+        for s in _due(grid, store)
+        if s.key not in store.records and s.key not in grid.failed and s.key not in submitted
+    ]
     for spec in due:
         executor.submit(spec)
         submitted.add(spec.key)

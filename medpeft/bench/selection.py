@@ -42,8 +42,9 @@ def _tiebreak(record: RunRecord) -> float:
     return value if _finite(value) else -math.inf
 
 
-def selection(cell: list[RunRecord], order: Callable[[RunRecord], int] | None = None, *,
-              refit: bool = False) -> dict[str, bool]:
+def selection(
+    cell: list[RunRecord], order: Callable[[RunRecord], int] | None = None, *, refit: bool = False
+) -> dict[str, bool]:
     """``{key: selected}`` for the records of one cell: the chosen candidate (:func:`choose`), or with ``refit``
     the rerun of the chosen candidate on train + val (none is selected until that rerun exists)."""
     chosen = choose(cell, order)

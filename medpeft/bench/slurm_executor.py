@@ -26,8 +26,17 @@ from .worker import RunJob, execute
 
 JOBS_FILE = "jobs.jsonl"
 #: SLURM states of a job that has ended (any other state: queued or running).
-ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-         "TIMEOUT"}
+ENDED = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "TIMEOUT",
+}
 
 
 def _run_job(specs: list[dict[str, Any]], job: RunJob) -> dict[str, str]:
@@ -59,8 +68,12 @@ def job_active(folder: Path, cluster: str, job_id: str) -> bool:
 def in_flight(folder: str | Path) -> set[str]:
     """The keys of the runs whose jobs (listed in ``folder/jobs.jsonl``) are still queued or running."""
     folder = Path(folder)
-    return {key for line in read_json_lines(folder / JOBS_FILE)
-            if job_active(folder, line["cluster"], line["job_id"]) for key in line["keys"]}
+    return {
+        key
+        for line in read_json_lines(folder / JOBS_FILE)
+        if job_active(folder, line["cluster"], line["job_id"])
+        for key in line["keys"]
+    }
 
 
 class SlurmExecutor(Executor):
@@ -73,22 +86,40 @@ class SlurmExecutor(Executor):
     node_cache = True
     poll_s = 2.0
 
-    def __init__(self, folder: str | Path | None = None, partition: str | None = None, gpus_per_job: int = 0,
-                 cpus_per_run: float = 1, runs_per_job: int = 1, time_min: int = 60, wait: bool = False,
-                 cluster: str = "slurm"):
+    def __init__(
+        self,
+        folder: str | Path | None = None,
+        partition: str | None = None,
+        gpus_per_job: int = 0,
+        cpus_per_run: float = 1,
+        runs_per_job: int = 1,
+        time_min: int = 60,
+        wait: bool = False,
+        cluster: str = "slurm",
+    ):
         self.threads = cpu_threads(cpus_per_run)
         if cluster not in ("slurm", "local"):
             raise UserError(f"unknown SLURM cluster {cluster!r}: choose slurm or local")
         if cluster == "slurm" and shutil.which("sbatch") is None:
-            raise UserError("--executor slurm: sbatch is not on this machine's PATH; submit from a SLURM login node "
-                            "(or try it here with --slurm-cluster local)")
-        for name, value, least in (("gpus per job", gpus_per_job, 0), ("runs per job", runs_per_job, 1),
-                                   ("time per job", time_min, 1)):
+            raise UserError(
+                "--executor slurm: sbatch is not on this machine's PATH; submit from a SLURM login node "
+                "(or try it here with --slurm-cluster local)"
+            )
+        for name, value, least in (
+            ("gpus per job", gpus_per_job, 0),
+            ("runs per job", runs_per_job, 1),
+            ("time per job", time_min, 1),
+        ):
             if value < least:
                 raise UserError(f"{name} must be >= {least} (got {value})")
         self.folder = Path(folder) if folder else None
-        self.parameters = {"timeout_min": int(time_min), "cpus_per_task": math.ceil(cpus_per_run),
-                           "gpus_per_node": int(gpus_per_job), "name": "medpeft", "slurm_partition": partition}
+        self.parameters = {
+            "timeout_min": int(time_min),
+            "cpus_per_task": math.ceil(cpus_per_run),
+            "gpus_per_node": int(gpus_per_job),
+            "name": "medpeft",
+            "slurm_partition": partition,
+        }
         self.runs_per_job, self.waits, self.cluster = runs_per_job, wait, cluster
         self.queued: list[RunSpec] = []
         self.awaited: dict[str, tuple[RunSpec, str]] = {}  # key -> (spec, job id)
@@ -103,8 +134,12 @@ class SlurmExecutor(Executor):
         self.folder = self.folder or Path(job.out) / "slurm"
         self.executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         self.executor.update_parameters(**self.parameters)
-        self.earlier_jobs = {key: line["job_id"] for line in read_json_lines(self.folder / JOBS_FILE)
-                             if job_active(self.folder, line["cluster"], line["job_id"]) for key in line["keys"]}
+        self.earlier_jobs = {
+            key: line["job_id"]
+            for line in read_json_lines(self.folder / JOBS_FILE)
+            if job_active(self.folder, line["cluster"], line["job_id"])
+            for key in line["keys"]
+        }
 
     def submit(self, spec: RunSpec) -> None:
         earlier = self.earlier_jobs.get(spec.key)  # the job of an earlier bench that still holds this run
@@ -118,7 +153,7 @@ class SlurmExecutor(Executor):
         """Submit the queued runs as one job array, ``runs_per_job`` runs per job."""
         if not self.queued:
             return
-        packs = [self.queued[i:i + self.runs_per_job] for i in range(0, len(self.queued), self.runs_per_job)]
+        packs = [self.queued[i : i + self.runs_per_job] for i in range(0, len(self.queued), self.runs_per_job)]
         self.queued = []
         with self.executor.batch():
             jobs = [self.executor.submit(_run_job, [s.to_dict() for s in pack], self.job) for pack in packs]
@@ -126,8 +161,12 @@ class SlurmExecutor(Executor):
         for job, pack in zip(jobs, packs):
             self.jobs[job.job_id] = job
             self.awaited.update({s.key: (s, job.job_id) for s in pack})
-            append_line(self.folder / JOBS_FILE, json_line({"job_id": job.job_id, "cluster": self.cluster,
-                                                            "submitted": now, "keys": [s.key for s in pack]}))
+            append_line(
+                self.folder / JOBS_FILE,
+                json_line(
+                    {"job_id": job.job_id, "cluster": self.cluster, "submitted": now, "keys": [s.key for s in pack]}
+                ),
+            )
         self.submitted += sum(len(p) for p in packs)
 
     def pending(self) -> int:
@@ -180,6 +219,8 @@ class SlurmExecutor(Executor):
 
     def summary(self) -> str:
         """What a bench that does not wait reports after submitting."""
-        return (f"submitted {self.submitted} run(s) in {len(self.jobs)} SLURM job(s) (listed in "
-                f"{self.folder / JOBS_FILE}); {self.earlier} run(s) already in earlier jobs. Once they end, rerun "
-                f"this command or `medpeft bench --summarize {Path(self.job.out)}` to collect them")
+        return (
+            f"submitted {self.submitted} run(s) in {len(self.jobs)} SLURM job(s) (listed in "
+            f"{self.folder / JOBS_FILE}); {self.earlier} run(s) already in earlier jobs. Once they end, rerun "
+            f"this command or `medpeft bench --summarize {Path(self.job.out)}` to collect them"
+        )

@@ -53,8 +53,9 @@ class BenchStore:
         except OSError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise UserError(f"{self.out} is in use by another medpeft bench ({holder}): wait for it to finish, "
-                            "or use another --out") from None
+            raise UserError(
+                f"{self.out} is in use by another medpeft bench ({holder}): wait for it to finish, or use another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._lock = fd
@@ -69,12 +70,15 @@ class BenchStore:
         """Refuse when ``bench.json`` holds other shared settings than ``setup`` (paths compared relative to OUT)."""
         path = self.out / "bench.json"
         if path.is_file():
-            current, previous = portable(json.loads(dumps(setup)), self.out), portable(json.loads(path.read_text()),
-                                                                                       self.out)
+            current, previous = (
+                portable(json.loads(dumps(setup)), self.out),
+                portable(json.loads(path.read_text()), self.out),
+            )
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             if changed:
-                raise UserError(f"{self.out} holds runs made with other settings ({', '.join(changed)}): "
-                                "use a new --out")
+                raise UserError(
+                    f"{self.out} holds runs made with other settings ({', '.join(changed)}): use a new --out"
+                )
 
     def write_setup(self, setup: dict) -> None:
         """Record the shared settings in ``bench.json`` (once the grid has passed its checks)."""
@@ -99,8 +103,11 @@ class BenchStore:
         self._written = {line["key"]: line.get("selected") for line in lines}
         if damaged:
             self._rebuild = True
-            warnings.warn(f"{index}, line {damaged[0]}: damaged ({len(damaged)} line(s)); rebuilt from the run "
-                          "directories", DamagedStore, stacklevel=2)
+            warnings.warn(
+                f"{index}, line {damaged[0]}: damaged ({len(damaged)} line(s)); rebuilt from the run directories",
+                DamagedStore,
+                stacklevel=2,
+            )
         position = {key: i for i, key in enumerate(self._written)}
         self._restore(lines)
         found = []
@@ -111,8 +118,11 @@ class BenchStore:
                 found.append(read_record(path.parent))
             except UserError as err:
                 aside = _set_aside(path.parent)
-                warnings.warn(f"{err}; set aside as {aside.relative_to(self.out)}, the run will be redone",
-                              DamagedStore, stacklevel=2)
+                warnings.warn(
+                    f"{err}; set aside as {aside.relative_to(self.out)}, the run will be redone",
+                    DamagedStore,
+                    stacklevel=2,
+                )
         for record in sorted(found, key=lambda r: position.get(r.key, len(position))):
             self.records[record.key] = record
         return self.records
@@ -136,9 +146,12 @@ class BenchStore:
             write_json(run_dir / RUN_FILE, {**record.to_dict(), "selected": None})
             restored += 1
         if restored:
-            warnings.warn(f"{self.out / 'runs.jsonl'}: {restored} finished run(s) had no run directory; their records "
-                          "were restored from it (without trained weights), so they are not redone", RestoredRuns,
-                          stacklevel=3)
+            warnings.warn(
+                f"{self.out / 'runs.jsonl'}: {restored} finished run(s) had no run directory; their records "
+                "were restored from it (without trained weights), so they are not redone",
+                RestoredRuns,
+                stacklevel=3,
+            )
 
     def rewrite_index(self) -> None:
         """Have the next :meth:`update_index` write ``runs.jsonl`` whole (its records changed in place)."""
@@ -153,8 +166,13 @@ class BenchStore:
     def failures(self) -> dict[str, str]:
         return {line["key"]: line["error"] for line in read_json_lines(self.out / "failed.jsonl")}
 
-    def update_index(self, complete: Callable[[tuple, list[RunRecord]], bool],
-                     order: Callable[[RunRecord], int] | None = None, *, refit: bool = False) -> None:
+    def update_index(
+        self,
+        complete: Callable[[tuple, list[RunRecord]], bool],
+        order: Callable[[RunRecord], int] | None = None,
+        *,
+        refit: bool = False,
+    ) -> None:
         """Bring ``runs.jsonl`` up to date: every record of every complete cell, with its selection."""
         lines: dict[str, RunRecord] = {}
         for cell, records in group_cells(self.records.values()).items():
@@ -188,15 +206,19 @@ PATH_KEYS = ("data_root", "weights")
 def portable(settings: dict, out: Path) -> dict:
     """``settings`` with its absolute :data:`PATH_KEYS` made relative to the bench folder ``out``."""
     base = Path(out).resolve()
-    return {k: os.path.relpath(v, base) if k in PATH_KEYS and isinstance(v, str) and os.path.isabs(v) else v
-            for k, v in settings.items()}
+    return {
+        k: os.path.relpath(v, base) if k in PATH_KEYS and isinstance(v, str) and os.path.isabs(v) else v
+        for k, v in settings.items()
+    }
 
 
 def located(settings: dict, out: Path) -> dict:
     """The inverse of :func:`portable`: relative :data:`PATH_KEYS` made absolute from the bench folder ``out``."""
     base = Path(out).resolve()
-    return {k: os.path.normpath(base / v) if k in PATH_KEYS and isinstance(v, str) and not os.path.isabs(v) else v
-            for k, v in settings.items()}
+    return {
+        k: os.path.normpath(base / v) if k in PATH_KEYS and isinstance(v, str) and not os.path.isabs(v) else v
+        for k, v in settings.items()
+    }
 
 
 class DamagedStore(Notice):

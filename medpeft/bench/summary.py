@@ -38,9 +38,17 @@ def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
     rows = []
     for (label, task, shots), group in groups.items():
         first = group[0]
-        row = {"label": label, "method": first.spec.method, "options": json.dumps(_base_options(group)),
-               "task": task, "shots": shots, "n_runs": len(group), "report_metric": first.task.report_metric,
-               "chosen": chosen_summary(group), "refit": any(r.spec.refit for r in group)}
+        row = {
+            "label": label,
+            "method": first.spec.method,
+            "options": json.dumps(_base_options(group)),
+            "task": task,
+            "shots": shots,
+            "n_runs": len(group),
+            "report_metric": first.task.report_metric,
+            "chosen": chosen_summary(group),
+            "refit": any(r.spec.refit for r in group),
+        }
         for name in sorted(first.test, key=str.lower):  # one column order, fresh or restored from runs.jsonl
             _mean_std(row, name, [g.test[name] for g in group])
         calibrated = [g.result.calibration for g in group if g.result.calibration and g.result.calibration.test]
@@ -70,9 +78,12 @@ CONFORMAL_METRICS = ("coverage", "mean_set_size", "singleton_rate")
 
 def conformal_label(conformal) -> str:
     """A conformal result's settings in a few words: ``aps α=0.1 Mondrian randomised after temperature``."""
-    return " ".join([conformal.method, f"α={conformal.alpha:g}"] + (["Mondrian"] if conformal.mondrian else [])
-                    + (["randomised"] if conformal.randomized else [])
-                    + ([f"after {conformal.after}"] if conformal.after else []))
+    return " ".join(
+        [conformal.method, f"α={conformal.alpha:g}"]
+        + (["Mondrian"] if conformal.mondrian else [])
+        + (["randomised"] if conformal.randomized else [])
+        + ([f"after {conformal.after}"] if conformal.after else [])
+    )
 
 
 def _mean_std(row: dict[str, Any], name: str, values: list[float]) -> None:
@@ -146,26 +157,41 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
     ]
     for label in labels:
         present = [by.get((label, t, k)) for t, k in cells]
-        values = [_pm(r[f"{metric_of[t]}_mean"], r[f"{metric_of[t]}_std"]) if r else "–"
-                  for r, (t, _) in zip(present, cells)]
-        avg = (f"{100 * np.mean([r[f'{metric_of[t]}_mean'] for r, (t, _) in zip(present, cells)]):.2f}"
-               if all(present) else "–")
+        values = [
+            _pm(r[f"{metric_of[t]}_mean"], r[f"{metric_of[t]}_std"]) if r else "–" for r, (t, _) in zip(present, cells)
+        ]
+        avg = (
+            f"{100 * np.mean([r[f'{metric_of[t]}_mean'] for r, (t, _) in zip(present, cells)]):.2f}"
+            if all(present)
+            else "–"
+        )
         some = next(r for r in present if r)
         name = label + (" (refit on train+val)" if some["refit"] else "")
-        lines.append(f"| {name} | " + " | ".join(values) + f" | {avg} | {_params(some['trainable_params'])} | "
-                     f"{np.mean([r['time_s'] for r in present if r]):.1f} | "
-                     f"{_max([r['added_memory_mb'] for r in present if r])} |")
+        lines.append(
+            f"| {name} | " + " | ".join(values) + f" | {avg} | {_params(some['trainable_params'])} | "
+            f"{np.mean([r['time_s'] for r in present if r]):.1f} | "
+            f"{_max([r['added_memory_mb'] for r in present if r])} |"
+        )
     lines += chosen_markdown(records, cells)
-    metric_names = list(dict.fromkeys(k[:-5] for r in rows for k in r
-                                      if k.endswith("_mean") and not k.startswith("conformal_")))
-    lines += ["", "## Every metric", "", "| method | task | shots | runs | " + " | ".join(metric_names) + " |",
-              "|---|---|---|---|" + "---|" * len(metric_names)]
+    metric_names = list(
+        dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean") and not k.startswith("conformal_"))
+    )
+    lines += [
+        "",
+        "## Every metric",
+        "",
+        "| method | task | shots | runs | " + " | ".join(metric_names) + " |",
+        "|---|---|---|---|" + "---|" * len(metric_names),
+    ]
     for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
         values = [_pm(r.get(f"{m}_mean", float("nan")), r.get(f"{m}_std", float("nan"))) for m in metric_names]
         lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | " + " | ".join(values) + " |")
     if any(name.endswith("_cal") for name in metric_names):
-        lines += ["", "`ECE_cal`, `Brier_cal`: the test metrics after temperature scaling fitted on validation "
-                  "(`calibrate: temperature`); `temperature`: the fitted T."]
+        lines += [
+            "",
+            "`ECE_cal`, `Brier_cal`: the test metrics after temperature scaling fitted on validation "
+            "(`calibrate: temperature`); `temperature`: the fitted T.",
+        ]
     lines += conformal_markdown(rows, labels)
     lines += diverged_markdown(records)
     lines += ["", "The calibration analysis of these runs: `medpeft analyze OUT --out OUT/analysis`."]
@@ -177,18 +203,25 @@ def conformal_markdown(rows: list[dict[str, Any]], labels: list[str]) -> list[st
     rows = [r for r in rows if "conformal" in r]
     if not rows:
         return []
-    lines = ["", "## Conformal prediction", "",
-             "Prediction sets calibrated on each run's validation images: the share of test images whose set holds "
-             "the true class (×100; multi-label: of image × label sets holding the label's state), the mean set "
-             "size, and the share of sets with one class (×100).", "",
-             "| method | task | shots | runs | conformal | coverage | mean set size | singletons |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Conformal prediction",
+        "",
+        "Prediction sets calibrated on each run's validation images: the share of test images whose set holds "
+        "the true class (×100; multi-label: of image × label sets holding the label's state), the mean set "
+        "size, and the share of sets with one class (×100).",
+        "",
+        "| method | task | shots | runs | conformal | coverage | mean set size | singletons |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
         size, spread = r["conformal_mean_set_size_mean"], r["conformal_mean_set_size_std"]
         size = f"{size:.3f}" if np.isnan(spread) else f"{size:.3f} ± {spread:.3f}"
-        lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | {r['conformal']} | "
-                     f"{_pm(r['conformal_coverage_mean'], r['conformal_coverage_std'])} | {size} | "
-                     f"{_pm(r['conformal_singleton_rate_mean'], r['conformal_singleton_rate_std'])} |")
+        lines.append(
+            f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | {r['conformal']} | "
+            f"{_pm(r['conformal_coverage_mean'], r['conformal_coverage_std'])} | {size} | "
+            f"{_pm(r['conformal_singleton_rate_mean'], r['conformal_singleton_rate_std'])} |"
+        )
     return lines
 
 
@@ -197,8 +230,13 @@ def diverged_markdown(records: list[RunRecord]) -> list[str]:
     diverged = [r for r in records if r.result.diverged_epoch is not None]
     if not diverged:
         return []
-    return ["", "## Diverged", "", f"{len(diverged)} run(s) stopped at a training loss that was not finite; they "
-            "are never selected:", ""] + [f"- {r.key}: epoch {r.result.diverged_epoch}" for r in diverged]
+    return [
+        "",
+        "## Diverged",
+        "",
+        f"{len(diverged)} run(s) stopped at a training loss that was not finite; they are never selected:",
+        "",
+    ] + [f"- {r.key}: epoch {r.result.diverged_epoch}" for r in diverged]
 
 
 def chosen_markdown(records: list[RunRecord], cells: list[tuple]) -> list[str]:
@@ -206,14 +244,23 @@ def chosen_markdown(records: list[RunRecord], cells: list[tuple]) -> list[str]:
     searched = [r for r in records if r.selected and r.spec.candidate]
     if not searched:
         return []
-    lines = ["", "## Chosen on validation", "",
-             "How often each candidate was selected (by the validation score at its selected epoch), per cell.", ""]
+    lines = [
+        "",
+        "## Chosen on validation",
+        "",
+        "How often each candidate was selected (by the validation score at its selected epoch), per cell.",
+        "",
+    ]
     for label in dict.fromkeys(r.spec.label for r in searched):
         mine = [r for r in searched if r.spec.label == label]
         counts = Counter((candidate_tag(r.spec.candidate), r.spec.task, r.spec.shots) for r in mine)
         values = sorted({tag for tag, _, _ in counts}, key=lambda tag: _tag_order(tag, mine))
-        lines += [f"**{label}**", "", "| chosen | " + " | ".join(f"{t} {k}-shot" for t, k in cells) + " |",
-                  "|---|" + "---|" * len(cells)]
+        lines += [
+            f"**{label}**",
+            "",
+            "| chosen | " + " | ".join(f"{t} {k}-shot" for t, k in cells) + " |",
+            "|---|" + "---|" * len(cells),
+        ]
         for tag in values:
             lines.append(f"| {tag} | " + " | ".join(str(counts.get((tag, t, k), 0) or "–") for t, k in cells) + " |")
         lines.append("")

@@ -58,15 +58,28 @@ class BenchTracking(GuardedClient):
 
     def __init__(self, target: MlflowTarget, out: str | Path):
         out = Path(out).resolve()
-        super().__init__(target.uri, f"the bench {out}",
-                         "the bench goes on; its files are complete (run it again to log what is missing)")
+        super().__init__(
+            target.uri,
+            f"the bench {out}",
+            "the bench goes on; its files are complete (run it again to log what is missing)",
+        )
         bench_id = hashlib.sha256(str(out).encode()).hexdigest()[:16]
         try:
-            found = self.client.search_runs([target.experiment_id], f"tags.`{BENCH_ID_TAG}` = '{bench_id}'",
-                                            order_by=["attributes.start_time ASC"], max_results=1)
-            parent = found[0] if found else self.client.create_run(
-                target.experiment_id, run_name=out.name,
-                tags={BENCH_TAG: str(out), BENCH_ID_TAG: bench_id, "medpeft.version": __version__})
+            found = self.client.search_runs(
+                [target.experiment_id],
+                f"tags.`{BENCH_ID_TAG}` = '{bench_id}'",
+                order_by=["attributes.start_time ASC"],
+                max_results=1,
+            )
+            parent = (
+                found[0]
+                if found
+                else self.client.create_run(
+                    target.experiment_id,
+                    run_name=out.name,
+                    tags={BENCH_TAG: str(out), BENCH_ID_TAG: bench_id, "medpeft.version": __version__},
+                )
+            )
             self.target = dataclasses.replace(target, parent_run_id=parent.info.run_id)
             children = [run for run in logged_runs(self.client, self.target) if KEY_TAG in run.data.tags]
         except Exception as err:  # the store answered the probe: this is the store's own error
@@ -89,8 +102,7 @@ class BenchTracking(GuardedClient):
         children of other keys are forgotten (a worker that reruns such a key replaces its child)."""
         known = {}
         for record in records:
-            known[record.key] = self.run_ids.get(record.key) or MlflowRun(self.target).replay(record,
-                                                                                            run_dir(record))
+            known[record.key] = self.run_ids.get(record.key) or MlflowRun(self.target).replay(record, run_dir(record))
         self.run_ids = {key: run_id for key, run_id in known.items() if run_id is not None}
         self.selected = {key: self.selected.get(key) for key in self.run_ids}
 

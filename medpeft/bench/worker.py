@@ -78,10 +78,10 @@ def execute(spec: RunSpec | dict[str, Any], job: RunJob, worker: dict[str, Any] 
         return record.to_dict()
     cache = features = None
     if job.cache_dir is not None:
-        cache, features = _caches(Path(job.cache_dir) / socket.gethostname() if job.node_cache else
-                                  Path(job.cache_dir))
+        cache, features = _caches(Path(job.cache_dir) / socket.gethostname() if job.node_cache else Path(job.cache_dir))
     features = features if job.feature_cache else None
     tracker = None if job.tracking is None else MlflowRun(job.tracking)
     with _torch_threads(job.threads):
-        return run_tracked(spec, run_dir, tracker, cache=cache, features=features, progress=job.progress,
-                           worker=worker).to_dict()
+        return run_tracked(
+            spec, run_dir, tracker, cache=cache, features=features, progress=job.progress, worker=worker
+        ).to_dict()

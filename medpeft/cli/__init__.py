@@ -31,8 +31,21 @@ def cli():
     """Parameter-efficient fine-tuning of ViTs for few-shot medical image classification."""
 
 
-for _command in (methods, train, posthoc, predict, demo, splits, analyze_command, bench_command, floors, export,
-                 speed_command, weights, models):
+for _command in (
+    methods,
+    train,
+    posthoc,
+    predict,
+    demo,
+    splits,
+    analyze_command,
+    bench_command,
+    floors,
+    export,
+    speed_command,
+    weights,
+    models,
+):
     cli.add_command(_command)
 
 

@@ -12,8 +12,12 @@ from .options import Command, int_list
 
 @click.command(cls=Command)
 @click.option("--task", required=True, type=click.Choice(MEDFMC_TASKS))
-@click.option("--data-root", required=True, type=click.Path(exists=True, file_okay=False),
-              help="MedFMC root: reads <root>/<task>/trainval.txt.")
+@click.option(
+    "--data-root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="MedFMC root: reads <root>/<task>/trainval.txt.",
+)
 @click.option("--shots", default="1,5,10", show_default=True)
 @click.option("--exps", default="1-5", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

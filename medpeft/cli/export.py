@@ -28,8 +28,10 @@ def export(run_dir, out, overwrite):
         raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
     check_writable_dir(out.parent, "--out", shown=out)
     metadata = export_run(run_dir, out)
-    click.echo(f"wrote {out} ({metadata['method']}, {metadata['img_size']} px, "
-               f"{len(json.loads(metadata['classes']))} classes, {metadata['output']})")
+    click.echo(
+        f"wrote {out} ({metadata['method']}, {metadata['img_size']} px, "
+        f"{len(json.loads(metadata['classes']))} classes, {metadata['output']})"
+    )
 
 
 @click.group()

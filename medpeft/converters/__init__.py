@@ -24,8 +24,14 @@ from .architecture import Architecture
 from .timm_layout import shape_facts, to_timm_layout
 
 #: Weight files looked for in a folder, in this order.
-WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin",
-                "model.pth", "checkpoint.pth")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+    "model.pth",
+    "checkpoint.pth",
+)
 FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
@@ -69,25 +75,32 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
     if path.suffix not in FILE_SUFFIXES:
-        raise UserError(f"weights file {path}: unknown format {path.suffix!r}, expected one of "
-                        f"{FILE_SUFFIXES + ('.npz',)} or a folder with a config.json")
+        raise UserError(
+            f"weights file {path}: unknown format {path.suffix!r}, expected one of "
+            f"{FILE_SUFFIXES + ('.npz',)} or a folder with a config.json"
+        )
     try:
         return timm.models.load_state_dict(str(path))
     except Exception as err:  # corrupt or foreign file: say what was expected and what is there
-        raise UserError(f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {sniff(path)} "
-                        f"({type(err).__name__})") from err
+        raise UserError(
+            f"cannot read weights file {path}: expected {EXPECTED_FORMATS}, found {sniff(path)} ({type(err).__name__})"
+        ) from err
 
 
 def _read_folder(folder: Path) -> Checkpoint:
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
-        raise UserError(f"weights folder {folder} holds none of {', '.join(WEIGHT_FILES)} (sharded checkpoints "
-                        "are not read: save the model as one file)")
+        raise UserError(
+            f"weights folder {folder} holds none of {', '.join(WEIGHT_FILES)} (sharded checkpoints "
+            "are not read: save the model as one file)"
+        )
     if (folder / "open_clip_config.json").is_file():
         return _open_clip(folder, weights, _json(folder / "open_clip_config.json"))
     if not (folder / "config.json").is_file():
-        raise UserError(f"weights folder {folder} has no config.json or open_clip_config.json: pass the weight file "
-                        f"({weights.name}) itself, with --backbone naming its architecture")
+        raise UserError(
+            f"weights folder {folder} has no config.json or open_clip_config.json: pass the weight file "
+            f"({weights.name}) itself, with --backbone naming its architecture"
+        )
     config = _json(folder / "config.json")
     if "architecture" in config:
         return _timm_hub(folder, weights, config)
@@ -117,19 +130,30 @@ def _timm_hub(folder: Path, weights: Path, config: dict[str, Any]) -> Checkpoint
         raise UserError(f"{folder / 'config.json'}: architecture {base!r} is not a timm model")
     size = (config.get("model_args") or {}).get("img_size")
     size = size[0] if isinstance(size, (list, tuple)) else size
-    args = {k: v for k, v in (config.get("model_args") or {}).items()
-            if (isinstance(v, (int, float, bool)) or k == "global_pool") and k not in ("num_classes", "pretrained")}
+    args = {
+        k: v
+        for k, v in (config.get("model_args") or {}).items()
+        if (isinstance(v, (int, float, bool)) or k == "global_pool") and k not in ("num_classes", "pretrained")
+    }
     state, layout = to_timm_layout(read_state(weights))
     with torch.device("meta"):
         named = timm.create_model(base, pretrained=False, num_classes=0, **args)
     if type(named).__name__ != "VisionTransformer":
-        return Checkpoint(folder, state, f"timm {base}", Architecture(), False, base,
-                          preprocessing=from_timm_cfg(config.get("pretrained_cfg") or {}, str(folder / "config.json")))
+        return Checkpoint(
+            folder,
+            state,
+            f"timm {base}",
+            Architecture(),
+            False,
+            base,
+            preprocessing=from_timm_cfg(config.get("pretrained_cfg") or {}, str(folder / "config.json")),
+        )
     arch = Architecture(**{**Architecture.of_model(named).known(), **shape_facts(state).known()})
     cfg = config.get("pretrained_cfg") or {}
     size = size or (cfg.get("input_size") or [None])[-1]
-    return Checkpoint(folder, state, f"timm {base}", arch, True, base, size,
-                      from_timm_cfg(cfg, str(folder / "config.json")))
+    return Checkpoint(
+        folder, state, f"timm {base}", arch, True, base, size, from_timm_cfg(cfg, str(folder / "config.json"))
+    )
 
 
 def _open_clip(folder: Path, weights: Path, config: dict[str, Any]) -> Checkpoint:
@@ -153,7 +177,14 @@ def _open_clip(folder: Path, weights: Path, config: dict[str, Any]) -> Checkpoin
             raise UserError(f"{weights}: no OpenAI-layout visual tower (visual.class_embedding, visual.conv1) in it")
         quick = (config.get("model_cfg") or {}).get("quick_gelu", False)
         base = "vit_base_patch16_clip_quickgelu_224" if quick else "vit_base_patch16_clip_224"
-        arch = Architecture(**{**facts.known(), "num_heads": facts.embed_dim // vision.get("head_width", 64),
-                               "act": "quick_gelu" if quick else "gelu", "norm_eps": 1e-5, "global_pool": "token",
-                               "fc_norm": False})
+        arch = Architecture(
+            **{
+                **facts.known(),
+                "num_heads": facts.embed_dim // vision.get("head_width", 64),
+                "act": "quick_gelu" if quick else "gelu",
+                "norm_eps": 1e-5,
+                "global_pool": "token",
+                "fc_norm": False,
+            }
+        )
     return Checkpoint(folder, state, f"open_clip ({layout})", arch, True, base, size, from_open_clip(config, name))

@@ -49,14 +49,23 @@ class Architecture:
         norm = model.norm if not isinstance(model.norm, nn.Identity) else model.fc_norm
         ls = getattr(block.ls1, "gamma", None)
         return cls(
-            embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=block.attn.num_heads,
-            patch_size=model.patch_embed.patch_size[0], mlp_hidden=block.mlp.fc1.out_features,
-            mlp="swiglu" if glu else "mlp", act=_act_name(block.mlp.act), class_token=model.cls_token is not None,
-            reg_tokens=model.num_reg_tokens, no_embed_class=model.no_embed_class,
-            pre_norm=not isinstance(model.norm_pre, nn.Identity), layer_scale=None if ls is None else 1.0,
-            global_pool=model.global_pool, fc_norm=not isinstance(model.fc_norm, nn.Identity),
+            embed_dim=model.embed_dim,
+            depth=len(model.blocks),
+            num_heads=block.attn.num_heads,
+            patch_size=model.patch_embed.patch_size[0],
+            mlp_hidden=block.mlp.fc1.out_features,
+            mlp="swiglu" if glu else "mlp",
+            act=_act_name(block.mlp.act),
+            class_token=model.cls_token is not None,
+            reg_tokens=model.num_reg_tokens,
+            no_embed_class=model.no_embed_class,
+            pre_norm=not isinstance(model.norm_pre, nn.Identity),
+            layer_scale=None if ls is None else 1.0,
+            global_pool=model.global_pool,
+            fc_norm=not isinstance(model.fc_norm, nn.Identity),
             qkv_bias=block.attn.qkv.bias is not None if hasattr(block.attn, "qkv") else None,
-            norm_eps=getattr(norm, "eps", None))
+            norm_eps=getattr(norm, "eps", None),
+        )
 
     def known(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -76,8 +85,19 @@ class Architecture:
         from timm.layers import SwiGLUPacked
 
         known, out = self.known(), {}
-        for name in ("embed_dim", "depth", "num_heads", "patch_size", "class_token", "reg_tokens", "no_embed_class",
-                     "pre_norm", "global_pool", "fc_norm", "qkv_bias"):
+        for name in (
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "patch_size",
+            "class_token",
+            "reg_tokens",
+            "no_embed_class",
+            "pre_norm",
+            "global_pool",
+            "fc_norm",
+            "qkv_bias",
+        ):
             if name in known:
                 out[name] = known[name]
         if "mlp_hidden" in known and "embed_dim" in known:

@@ -29,8 +29,9 @@ def to_timm_layout(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     if "visual.class_embedding" in state:
         return _encoder(_convert_openai_clip(state, None)), "OpenAI CLIP / open_clip visual tower"
     if any(k.startswith("visual.trunk.") for k in state):
-        return _encoder({k.removeprefix("visual.trunk."): v for k, v in state.items()
-                         if k.startswith("visual.trunk.")}), "open_clip timm trunk"
+        return _encoder(
+            {k.removeprefix("visual.trunk."): v for k, v in state.items() if k.startswith("visual.trunk.")}
+        ), "open_clip timm trunk"
     if "mask_token" in state and any(k.startswith("decoder") for k in state):
         return _encoder(state), "MAE (encoder and decoder)"
     if "mask_token" in state or "register_tokens" in state:
@@ -52,12 +53,26 @@ def shape_facts(state: dict[str, torch.Tensor]) -> Architecture:
     prefix = ("cls_token" in state) + reg
     rows = state["pos_embed"].shape[-2] if "pos_embed" in state else None
     no_embed_class = None if rows is None or not prefix else math.isqrt(rows) ** 2 == rows
-    pool = ("map" if "attn_pool.latent" in state else
-            "avg" if "fc_norm.weight" in state and "norm.weight" not in state else None)
+    pool = (
+        "map"
+        if "attn_pool.latent" in state
+        else "avg"
+        if "fc_norm.weight" in state and "norm.weight" not in state
+        else None
+    )
     return Architecture(
         embed_dim=state["patch_embed.proj.weight"].shape[0],
         depth=1 + max(int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))),
-        patch_size=state["patch_embed.proj.weight"].shape[-1], mlp_hidden=fc1.shape[0], mlp="swiglu" if glu else "mlp",
-        act="silu" if glu else None, class_token="cls_token" in state, reg_tokens=reg, no_embed_class=no_embed_class,
-        pre_norm="norm_pre.weight" in state, layer_scale=1.0 if "blocks.0.ls1.gamma" in state else None,
-        global_pool=pool, fc_norm=True if pool == "avg" else None, qkv_bias="blocks.0.attn.qkv.bias" in state)
+        patch_size=state["patch_embed.proj.weight"].shape[-1],
+        mlp_hidden=fc1.shape[0],
+        mlp="swiglu" if glu else "mlp",
+        act="silu" if glu else None,
+        class_token="cls_token" in state,
+        reg_tokens=reg,
+        no_embed_class=no_embed_class,
+        pre_norm="norm_pre.weight" in state,
+        layer_scale=1.0 if "blocks.0.ls1.gamma" in state else None,
+        global_pool=pool,
+        fc_norm=True if pool == "avg" else None,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+    )

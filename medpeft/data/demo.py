@@ -73,8 +73,11 @@ def _endo_image(rng, label, tint) -> np.ndarray:
 
 def _colon_image(rng, positive, tint) -> np.ndarray:
     img = _background(rng, (225, 160, 195), tint)
-    count, radius, color = ((rng.integers(28, 50), (1.8, 3.2), (70, 30, 110)) if positive
-                            else (rng.integers(10, 26), (1.0, 2.0), (130, 80, 160)))
+    count, radius, color = (
+        (rng.integers(28, 50), (1.8, 3.2), (70, 30, 110))
+        if positive
+        else (rng.integers(10, 26), (1.0, 2.0), (130, 80, 160))
+    )
     for _ in range(count):
         _stamp(img, *rng.uniform(0, SIZE, 2), rng.uniform(*radius), color, rng.uniform(0.6, 1.0))
     return img
@@ -96,8 +99,9 @@ def _unique(used: set, draw):
 def _endo(rng, images: Path, studies: int, per_study: int, used: set) -> list:
     items = []
     for _ in range(studies):
-        study = _unique(used, lambda: f"{rng.choice([13333, 14251])}_2021.{rng.integers(1, 13):02d}_"
-                                      f"{rng.integers(1, 10000):04d}")
+        study = _unique(
+            used, lambda: f"{rng.choice([13333, 14251])}_2021.{rng.integers(1, 13):02d}_{rng.integers(1, 10000):04d}"
+        )
         tint = rng.normal(0, 12, 3)
         for _ in range(per_study):
             name = f"{study}_{rng.integers(10**7, 10**8)}.png"

@@ -70,8 +70,15 @@ def _csv_labels(path, header, rows, multilabel) -> tuple[tuple[str, ...], np.nda
     return classes, (matrix if multilabel else matrix.argmax(1).astype(np.int64)), multilabel
 
 
-def load_csv(path, image_root=None, shots: int | None = None, exp: int = 1, seed: int = 0,
-             val_per_class: int | None = VAL_PER_CLASS, multilabel: bool | None = None) -> DatasetSplits:
+def load_csv(
+    path,
+    image_root=None,
+    shots: int | None = None,
+    exp: int = 1,
+    seed: int = 0,
+    val_per_class: int | None = VAL_PER_CLASS,
+    multilabel: bool | None = None,
+) -> DatasetSplits:
     """A dataset described by a CSV with a header.
 
     Columns: ``image`` (a path relative to ``image_root``, default the CSV's folder), then either ``label`` (class
@@ -108,8 +115,9 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and is_image_file(p))
 
 
-def load_folder(root, shots: int | None = None, exp: int = 1, seed: int = 0,
-                val_per_class: int | None = VAL_PER_CLASS) -> DatasetSplits:
+def load_folder(
+    root, shots: int | None = None, exp: int = 1, seed: int = 0, val_per_class: int | None = VAL_PER_CLASS
+) -> DatasetSplits:
     """A single-label dataset laid out as ``root/<split>/<class>/*`` or ``root/<class>/*``.
 
     Classes are the (sorted) class folders of the training split; images are the files :func:`is_image_file`

@@ -32,8 +32,16 @@ PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".we
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 IMAGE_SUFFIXES = PIL_SUFFIXES | DICOM_SUFFIXES
 DICOM_EXTRA = "pip install 'medpeft[dicom]'"
-DICOM_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
-                     "PALETTE COLOR")
+DICOM_PHOTOMETRIC = (
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_ICT",
+    "YBR_RCT",
+    "PALETTE COLOR",
+)
 
 
 def is_image_file(path) -> bool:
@@ -131,6 +139,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 # --- DICOM -------------------------------------------------------------------------------------------------------
 
+
 def _has_dicom_preamble(path) -> bool:
     """A DICOM Part 10 file: 128 bytes of preamble, then ``DICM``."""
     try:
@@ -175,8 +184,11 @@ def _dicom_dataset(path):
     except NotImplementedError:
         raise _cannot(path, f"its transfer syntax {syntax.name} ({syntax}) is not one pydicom decodes") from None
     if not decoder.is_available:
-        raise _cannot(path, f"its transfer syntax {syntax.name} ({syntax}) needs a decoder that is not installed "
-                            f"({'; '.join(decoder.missing_dependencies)}): {DICOM_EXTRA}")
+        raise _cannot(
+            path,
+            f"its transfer syntax {syntax.name} ({syntax}) needs a decoder that is not installed "
+            f"({'; '.join(decoder.missing_dependencies)}): {DICOM_EXTRA}",
+        )
     try:
         runner = DecodeRunner(syntax)
         runner.set_source(ds)
@@ -185,12 +197,17 @@ def _dicom_dataset(path):
     except Exception as e:  # noqa: BLE001
         raise _cannot(path, e) from e
     if frames != 1:
-        raise _cannot(path, f"a DICOM with {frames} frames; medpeft reads single-frame images (save the frame to "
-                            "classify as its own file)")
+        raise _cannot(
+            path,
+            f"a DICOM with {frames} frames; medpeft reads single-frame images (save the frame to "
+            "classify as its own file)",
+        )
     photometric = ds.get("PhotometricInterpretation", "")
     if photometric not in DICOM_PHOTOMETRIC:
-        raise _cannot(path, f"DICOM photometric interpretation {photometric!r} is not supported "
-                            f"({', '.join(DICOM_PHOTOMETRIC)} are)")
+        raise _cannot(
+            path,
+            f"DICOM photometric interpretation {photometric!r} is not supported ({', '.join(DICOM_PHOTOMETRIC)} are)",
+        )
     return ds
 
 

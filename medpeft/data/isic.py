@@ -45,8 +45,10 @@ def read_isic_csv(path) -> tuple[list[str], np.ndarray]:
         except (ValueError, IndexError):
             values = None
         if values is None or not np.isin(values, (0.0, 1.0)).all() or values.sum() != 1:
-            raise UserError(f"{path}, line {n}: expected an image id and a one-hot row over "
-                            f"{','.join(ISIC.classes)}, got {','.join(row)[:80]!r}")
+            raise UserError(
+                f"{path}, line {n}: expected an image id and a one-hot row over "
+                f"{','.join(ISIC.classes)}, got {','.join(row)[:80]!r}"
+            )
         names.append(row[header.index("image")].strip())
         labels.append(int(values.argmax()))
     return names, np.array(labels, dtype=np.int64)

@@ -30,8 +30,10 @@ def split_path(root, task: str, shots: int | str, exp: int, part: str) -> Path:
     ``"P%"`` the official ``<root>/<task>/<part>_<P>.txt`` (a single sampling: ``exp`` must be 1)."""
     if isinstance(parse_shots(shots), float):
         if exp != 1:
-            raise UserError(f"MedFMC's {shots} split is one sampling ({part}_{str(shots).rstrip('%')}.txt): use exp 1, "
-                            "and seeds for repeats")
+            raise UserError(
+                f"MedFMC's {shots} split is one sampling ({part}_{str(shots).rstrip('%')}.txt): use exp 1, "
+                "and seeds for repeats"
+            )
         return Path(root) / task / f"{part}_{str(shots).strip().rstrip('%')}.txt"
     return Path(root) / task / f"{task}_{shots}-shot_{part}_exp{exp}.txt"
 
@@ -51,8 +53,10 @@ def _split(root, task: TaskSpec, shots: int, exp: int, part: str) -> list:
     path = split_path(root, task.name, shots, exp, part)
     if not path.is_file():
         combos = ", ".join(f"{k}-shot exp{n}" for k, n in available_splits(path.parent, task.name)) or "none"
-        raise UserError(f"split file {path} not found; available in {path.parent}: {combos} "
-                        "(write more with medpeft.data.write_medfmc_splits)")
+        raise UserError(
+            f"split file {path} not found; available in {path.parent}: {combos} "
+            "(write more with medpeft.data.write_medfmc_splits)"
+        )
     items = read_annotations(path, task)
     if not items:
         raise UserError(f"split file {path} lists no images")
@@ -82,8 +86,9 @@ def load_medfmc(root, task: str | TaskSpec, shots: int, exp: int, test_list=None
     )
 
 
-def write_medfmc_splits(root, task: str | TaskSpec, shots_list, exps, seed: int = 0,
-                        overwrite: bool = False) -> list[Path]:
+def write_medfmc_splits(
+    root, task: str | TaskSpec, shots_list, exps, seed: int = 0, overwrite: bool = False
+) -> list[Path]:
     """Write ``<task>_<K>-shot_{train,val}_exp<N>.txt`` from ``<root>/<task>/trainval.txt`` for every K and N.
 
     The split for (K, N) is seeded with ``(seed, K, N)``. Existing files are kept (UserError) unless ``overwrite``.
@@ -95,8 +100,10 @@ def write_medfmc_splits(root, task: str | TaskSpec, shots_list, exps, seed: int 
     paths = [split_path(root, task.name, k, n, part) for k, n in jobs for part in ("train", "val")]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise UserError(f"split file {existing[0]} already exists ({len(existing)} in all); "
-                        "pass overwrite=True (--overwrite) to replace them")
+        raise UserError(
+            f"split file {existing[0]} already exists ({len(existing)} in all); "
+            "pass overwrite=True (--overwrite) to replace them"
+        )
     for k, n in jobs:
         train, val = medfmc_few_shot(items, task, k, (seed, k, n))
         write_annotations(split_path(root, task.name, k, n, "train"), train, task)

@@ -33,12 +33,16 @@ def _download(name: str, root: Path) -> Path:
     try:
         import medmnist
     except ImportError:
-        raise UserError(f"{path} not found and the medmnist package is not installed; pass the path of a MedMNIST "
-                        ".npz file (or pip install medmnist)") from None
+        raise UserError(
+            f"{path} not found and the medmnist package is not installed; pass the path of a MedMNIST "
+            ".npz file (or pip install medmnist)"
+        ) from None
     m = _NAME.fullmatch(name)
     if not m or m["flag"] not in medmnist.INFO:
-        raise UserError(f"unknown MedMNIST dataset {name!r}; expected one of: {', '.join(medmnist.INFO)} "
-                        "(optionally with a _<size> suffix, e.g. pneumoniamnist_224)")
+        raise UserError(
+            f"unknown MedMNIST dataset {name!r}; expected one of: {', '.join(medmnist.INFO)} "
+            "(optionally with a _<size> suffix, e.g. pneumoniamnist_224)"
+        )
     size = {"size": int(m["size"])} if m["size"] else {}
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -67,9 +67,11 @@ def _own_test(name: str, loader: Callable) -> Dataset:
 DATASETS: dict[str, Dataset] = {
     **{task: _medfmc(task) for task in MEDFMC_TASKS},
     "isic": _own_test("isic", lambda root, shots, exp, seed: load_isic(root, shots, exp, seed=seed)),
-    "br35h": dataclasses.replace(_own_test("br35h", lambda root, shots, exp, seed: br35h.load_br35h(root, shots, exp,
-                                                                                                  seed=seed)),
-                                 image_list=br35h.image_list, default_root=br35h.locate),
+    "br35h": dataclasses.replace(
+        _own_test("br35h", lambda root, shots, exp, seed: br35h.load_br35h(root, shots, exp, seed=seed)),
+        image_list=br35h.image_list,
+        default_root=br35h.locate,
+    ),
     "medmnist": _own_test("medmnist", lambda root, shots, exp, seed: load_medmnist(root, shots, exp, seed=seed)),
     "csv": _own_test("csv", lambda root, shots, exp, seed: load_csv(root, shots=shots, exp=exp, seed=seed)),
     "folder": _own_test("folder", lambda root, shots, exp, seed: load_folder(root, shots=shots, exp=exp, seed=seed)),
@@ -84,9 +86,9 @@ def get_dataset(name: str) -> Dataset:
         raise UserError(f"unknown task {name!r}: choose from {', '.join(DATASETS)}") from None
 
 
-def load_dataset(name: str, root, shots: int, exp: int = 1, *, seed: int = 0,
-                 test_list: str | None = None) -> DatasetSplits:
+def load_dataset(
+    name: str, root, shots: int, exp: int = 1, *, seed: int = 0, test_list: str | None = None
+) -> DatasetSplits:
     """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, Br35H, a MedMNIST npz, a CSV or a class
     folder."""
     return get_dataset(name).load(root, shots, exp, seed, test_list)
-

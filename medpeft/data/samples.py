@@ -85,19 +85,24 @@ class DatasetSplits:
         """Train on train + the val images not already in train (by name); no val split (for a refit)."""
         names = set(self.train.names)
         extra = [i for i, name in enumerate(self.val.names) if name not in names]
-        merged = Samples(self.train.names + [self.val.names[i] for i in extra],
-                         self.train.sources + [self.val.sources[i] for i in extra],
-                         None if self.train.labels is None else np.concatenate([self.train.labels,
-                                                                                self.val.labels[extra]]),
-                         None if self.train.origins is None or self.val.origins is None
-                         else self.train.origins + [self.val.origins[i] for i in extra])
+        merged = Samples(
+            self.train.names + [self.val.names[i] for i in extra],
+            self.train.sources + [self.val.sources[i] for i in extra],
+            None if self.train.labels is None else np.concatenate([self.train.labels, self.val.labels[extra]]),
+            None
+            if self.train.origins is None or self.val.origins is None
+            else self.train.origins + [self.val.origins[i] for i in extra],
+        )
         return DatasetSplits(self.task, merged, None, self.test)
 
 
 def check_images(splits: DatasetSplits, show: int = 3) -> None:
     """:func:`check_files` over every image file of ``splits``."""
-    check_files([s for part in (splits.train, splits.val, splits.test) if part is not None for s in part.sources],
-                f"images of task {splits.task.name!r}", show)
+    check_files(
+        [s for part in (splits.train, splits.val, splits.test) if part is not None for s in part.sources],
+        f"images of task {splits.task.name!r}",
+        show,
+    )
 
 
 def check_files(sources: list, what: str, show: int = 3) -> None:
@@ -108,7 +113,8 @@ def check_files(sources: list, what: str, show: int = 3) -> None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         more = f" and {len(missing) - show} more" if len(missing) > show else ""
-        raise UserError(f"{len(missing)} of {len(paths)} {what} are missing: "
-                        f"{', '.join(map(str, missing[:show]))}{more}")
+        raise UserError(
+            f"{len(missing)} of {len(paths)} {what} are missing: {', '.join(map(str, missing[:show]))}{more}"
+        )
     for path in paths:
         check_image(path)

@@ -57,8 +57,11 @@ def fraction_split(labels, fraction: float, seed, val_per_class: int | None = No
     rest = np.setdiff1d(np.arange(len(labels)), train)
     if val_per_class is None:
         return train, rest
-    classes = [np.flatnonzero(labels[rest, c] == 1) for c in range(labels.shape[1])] if labels.ndim == 2 else \
-        [np.flatnonzero(labels[rest] == c) for c in np.unique(labels[rest])]
+    classes = (
+        [np.flatnonzero(labels[rest, c] == 1) for c in range(labels.shape[1])]
+        if labels.ndim == 2
+        else [np.flatnonzero(labels[rest] == c) for c in np.unique(labels[rest])]
+    )
     val = np.concatenate([np.empty(0, np.int64)] + [rest[rng.permutation(idx)[:val_per_class]] for idx in classes])
     return train, np.unique(val)
 

@@ -44,9 +44,25 @@ class TaskSpec:
 
 
 CHEST_CLASSES = (
-    "pleural_effusion", "nodule", "pneumonia", "cardiomegaly", "hilar_enlargement", "fracture_old", "fibrosis",
-    "aortic_calcification", "tortuous_aorta", "thickened_pleura", "TB", "pneumothorax", "emphysema", "atelectasis",
-    "calcification", "pulmonary_edema", "increased_lung_markings", "elevated_diaphragm", "consolidation",
+    "pleural_effusion",
+    "nodule",
+    "pneumonia",
+    "cardiomegaly",
+    "hilar_enlargement",
+    "fracture_old",
+    "fibrosis",
+    "aortic_calcification",
+    "tortuous_aorta",
+    "thickened_pleura",
+    "TB",
+    "pneumothorax",
+    "emphysema",
+    "atelectasis",
+    "calcification",
+    "pulmonary_edema",
+    "increased_lung_markings",
+    "elevated_diaphragm",
+    "consolidation",
 )
 
 MEDFMC_TASKS = ("chest", "colon", "endo")

@@ -21,8 +21,9 @@ def square_resize(img_size: int) -> v2.Resize:
 
 def train_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
     """RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3, bicubic) + horizontal flip + normalisation."""
-    crop = v2.RandomResizedCrop(img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                                interpolation=InterpolationMode.BICUBIC, antialias=True)
+    crop = v2.RandomResizedCrop(
+        img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
     return v2.Compose([crop, v2.RandomHorizontalFlip(0.5), to_normalized_tensor(mean, std)])
 
 

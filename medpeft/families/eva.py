@@ -73,4 +73,3 @@ class EvaFamily(Family):
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return q, k, v
-

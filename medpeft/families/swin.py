@@ -29,8 +29,10 @@ class Swin(Family):
     @classmethod
     def prepare(cls, model):
         if model.dynamic_img_size:
-            raise UserError("a Swin built with dynamic_img_size (shift masks made per input) is not supported: "
-                            "build it at the fixed img_size of its inputs")
+            raise UserError(
+                "a Swin built with dynamic_img_size (shift masks made per input) is not supported: "
+                "build it at the fixed img_size of its inputs"
+            )
 
     def _stages(self) -> list[tuple[int, int, nn.Module]]:
         """(stage, index within the stage, block) in forward order."""

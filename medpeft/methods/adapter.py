@@ -23,8 +23,9 @@ class ParallelAdapter(nn.Module):
     starts at zero, so before training the block's output is the frozen one.
     """
 
-    def __init__(self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float,
-                 ls: nn.Module | None = None):
+    def __init__(
+        self, norm: nn.Module, mlp: nn.Module, dim: int, bottleneck: int, scale: float, ls: nn.Module | None = None
+    ):
         super().__init__()
         self.norm = norm
         self.mlp = mlp

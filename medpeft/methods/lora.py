@@ -36,8 +36,9 @@ class LoraQKV(nn.Module):
         # One in-place rank-2r GEMM on the whole (tokens, 3D) output of the frozen projection, with a block
         # up-projection [B_q 0; 0 0; 0 B_v]: no slice-wise in-place adds (whose backward clones the full gradient
         # twice) and no elementwise pass over the output; the (tokens, 2r) down-projection carries the scaling.
-        if self.base_layer.weight.requires_grad or (self.base_layer.bias is not None
-                                                    and self.base_layer.bias.requires_grad):
+        if self.base_layer.weight.requires_grad or (
+            self.base_layer.bias is not None and self.base_layer.bias.requires_grad
+        ):
             return self._forward_out_of_place(x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])
@@ -49,7 +50,7 @@ class LoraQKV(nn.Module):
     def up_projection(self) -> torch.Tensor:
         """The (3D, 2r) block matrix [B_q 0; 0 0; 0 B_v]: h = [h_q | h_v] ↦ q, k, v updates."""
         diag = torch.block_diag(self.lora_B[0], self.lora_B[1])
-        return torch.cat([diag[: self.dim], diag.new_zeros(self.dim, 2 * self.r), diag[self.dim:]])
+        return torch.cat([diag[: self.dim], diag.new_zeros(self.dim, 2 * self.r), diag[self.dim :]])
 
     def delta_weight(self) -> torch.Tensor:
         """The update of the fused weight, before scaling: [B_q A_q; 0; B_v A_v] (3D, in)."""

@@ -35,6 +35,4 @@ def get_method(name: str, **options) -> Method:
     except TypeError:
         valid = [f.name for f in cls.__dataclass_fields__.values()]
         unknown = sorted(set(options) - set(valid))
-        raise UserError(
-            f"method {name!r}: unknown option(s) {unknown}; valid options: {valid or 'none'}"
-        ) from None
+        raise UserError(f"method {name!r}: unknown option(s) {unknown}; valid options: {valid or 'none'}") from None

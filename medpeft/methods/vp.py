@@ -26,8 +26,9 @@ class PadPrompter(nn.Module):
         self.prompt_down = nn.Parameter(torch.randn(1, 3, prompt_size, width))
         self.prompt_left = nn.Parameter(torch.randn(1, 3, height - 2 * prompt_size, prompt_size))
         self.prompt_right = nn.Parameter(torch.randn(1, 3, height - 2 * prompt_size, prompt_size))
-        self.register_buffer("interior", torch.zeros(1, 3, height - 2 * prompt_size, width - 2 * prompt_size),
-                             persistent=False)
+        self.register_buffer(
+            "interior", torch.zeros(1, 3, height - 2 * prompt_size, width - 2 * prompt_size), persistent=False
+        )
 
     def border(self) -> torch.Tensor:
         middle = torch.cat([self.prompt_left, self.interior, self.prompt_right], dim=3)

@@ -28,8 +28,16 @@ class PromptTokens(nn.Module):
     by one (timm's gradient checkpointing, ``forward_intermediates``) sees them too.
     """
 
-    def __init__(self, stages: list[tuple[int, int]], prompt_length: int, num_prefix: int, deep: bool,
-                 dropout: float, init_bound: float, out_grid: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        stages: list[tuple[int, int]],
+        prompt_length: int,
+        num_prefix: int,
+        deep: bool,
+        dropout: float,
+        init_bound: float,
+        out_grid: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.num_prefix = num_prefix
         self.dropout = dropout
@@ -76,12 +84,12 @@ class PromptTokens(nn.Module):
         if self.dropout and self.training:
             prompt = F.dropout(prompt, self.dropout, True)
         prompt = prompt.expand(x.shape[0], -1, -1).to(x.dtype)
-        rest = x[:, n:] if block == 0 else x[:, n + length:]
+        rest = x[:, n:] if block == 0 else x[:, n + length :]
         return torch.cat([x[:, :n], prompt, rest], dim=1)
 
     def drop(self, x: torch.Tensor) -> torch.Tensor:
         n, length = self.num_prefix, self.prompt.shape[1]
-        x = torch.cat([x[:, :n], x[:, n + length:]], dim=1)
+        x = torch.cat([x[:, :n], x[:, n + length :]], dim=1)
         return x if self.out_grid is None else x.reshape(x.shape[0], *self.out_grid, x.shape[-1])
 
 
@@ -112,8 +120,15 @@ class VPT(Method):
         stage_of = [family.stage_of(i) for i in range(family.depth)]
         stages = [(stage_of.count(s), family.dim(stage_of.index(s))) for s in sorted(set(stage_of))]
         family.insert_tokens(self.prompt_length)
-        prompts = PromptTokens(stages, self.prompt_length, family.num_prefix_tokens, self.deep, self.dropout, bound,
-                               family.grid(family.depth - 1) if family.spatial else None)
+        prompts = PromptTokens(
+            stages,
+            self.prompt_length,
+            family.num_prefix_tokens,
+            self.deep,
+            self.dropout,
+            bound,
+            family.grid(family.depth - 1) if family.spatial else None,
+        )
         prompts.requires_grad_(self.train_prompt)
         backbone.prompt_tokens = prompts
         prompts.attach(family.blocks())

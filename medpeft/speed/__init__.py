@@ -40,11 +40,26 @@ from .report import attention_path, fmt, markdown
 from .runner import StepRunner, time_methods
 
 
-def run_speed(methods=None, *, backbone: str = "vit_small_patch16_224", img_size: int = 384, batch: int = 2,
-              memory_batch: int = 4, steps: int = 10, warmup: int = 2, max_rounds: int | None = None,
-              quiet_cpu: float = 0.25, device: str = "auto", bf16: bool | None = None, threads: int | None = None,
-              omp_wait_policy: str | None = "auto", memory=True, seed: int = 0, out=None,
-              progress: bool = True) -> dict[str, Any]:
+def run_speed(
+    methods=None,
+    *,
+    backbone: str = "vit_small_patch16_224",
+    img_size: int = 384,
+    batch: int = 2,
+    memory_batch: int = 4,
+    steps: int = 10,
+    warmup: int = 2,
+    max_rounds: int | None = None,
+    quiet_cpu: float = 0.25,
+    device: str = "auto",
+    bf16: bool | None = None,
+    threads: int | None = None,
+    omp_wait_policy: str | None = "auto",
+    memory=True,
+    seed: int = 0,
+    out=None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Benchmark ``methods`` (entries of ``speed.yaml`` or method names; default all) interleaved in one process.
 
     Returns (and with ``out`` writes as ``speed.json`` and ``speed.md``) the environment, per method the median
@@ -73,8 +88,21 @@ def run_speed(methods=None, *, backbone: str = "vit_small_patch16_224", img_size
     bf16 = dev.type == "cuda" if bf16 is None else bf16
     started = time.perf_counter()
     setup = dict(backbone=backbone, img_size=img_size, device=str(dev), bf16=bf16, threads=threads, seed=seed)
-    timing, policy = _timing(labels, dict(setup, batch=batch, steps=steps, warmup=warmup, max_rounds=max_rounds,
-                                          quiet_cpu=quiet_cpu, progress=progress), omp_wait_policy, quiet_cpu, say)
+    timing, policy = _timing(
+        labels,
+        dict(
+            setup,
+            batch=batch,
+            steps=steps,
+            warmup=warmup,
+            max_rounds=max_rounds,
+            quiet_cpu=quiet_cpu,
+            progress=progress,
+        ),
+        omp_wait_policy,
+        quiet_cpu,
+        say,
+    )
     wanted = labels if memory is True else [m for m in labels if memory and m in memory]
     mem = {}
     for label in wanted:
@@ -84,17 +112,35 @@ def run_speed(methods=None, *, backbone: str = "vit_small_patch16_224", img_size
     quiet = [i for i, r in enumerate(rounds) if r["quiet"]]
     used = quiet if len(quiet) >= 3 or len(quiet) == len(rounds) else list(range(len(rounds)))
     results = _results(labels, timing, mem, used, batch)
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(dev),
-           "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
-           "cpus": os.cpu_count(), "threads": timing["threads"], "omp_wait_policy": policy, "bf16": bf16,
-           "backbone": backbone, "img_size": img_size, "tokens": _tokens(backbone, img_size), "batch": batch,
-           "memory_batch": memory_batch, "steps": steps, "warmup": warmup, "max_rounds": max_rounds,
-           "quiet_cpu": quiet_cpu, "seed": seed, "rounds": len(rounds), "quiet_rounds": len(quiet),
-           "rounds_used": used, "disturbed": len(used) != len(quiet) or not quiet,
-           "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "memory_measure": "torch.cuda.max_memory_allocated growth, in process" if dev.type == "cuda"
-                             else "VmHWM growth in a fresh child process",
-           "wall_s": time.perf_counter() - started}
+    env = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
+        "cpus": os.cpu_count(),
+        "threads": timing["threads"],
+        "omp_wait_policy": policy,
+        "bf16": bf16,
+        "backbone": backbone,
+        "img_size": img_size,
+        "tokens": _tokens(backbone, img_size),
+        "batch": batch,
+        "memory_batch": memory_batch,
+        "steps": steps,
+        "warmup": warmup,
+        "max_rounds": max_rounds,
+        "quiet_cpu": quiet_cpu,
+        "seed": seed,
+        "rounds": len(rounds),
+        "quiet_rounds": len(quiet),
+        "rounds_used": used,
+        "disturbed": len(used) != len(quiet) or not quiet,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "memory_measure": "torch.cuda.max_memory_allocated growth, in process"
+        if dev.type == "cuda"
+        else "VmHWM growth in a fresh child process",
+        "wall_s": time.perf_counter() - started,
+    }
     report = {"environment": env, "methods": results, "targets": _targets(results, timing, used), "rounds": rounds}
     if out is not None:
         out = Path(out)
@@ -110,8 +156,10 @@ def _timing(labels, args: dict, omp_wait_policy: str | None, quiet_cpu: float, s
     if omp_wait_policy == "auto":  # passive where other processes are busy now and the policy is not set
         busy = busy_now()
         omp_wait_policy = "passive" if policy is None and busy is not None and busy > quiet_cpu else None
-        say(f"speed: other processes use {fmt(busy, '.2f', '?')} cores: timing "
-            + ("with OMP_WAIT_POLICY=PASSIVE" if omp_wait_policy else f"as is (OMP_WAIT_POLICY={policy or 'unset'})"))
+        say(
+            f"speed: other processes use {fmt(busy, '.2f', '?')} cores: timing "
+            + ("with OMP_WAIT_POLICY=PASSIVE" if omp_wait_policy else f"as is (OMP_WAIT_POLICY={policy or 'unset'})")
+        )
     if omp_wait_policy and (policy or "").upper() != omp_wait_policy.upper():
         policy = omp_wait_policy.upper()
         timing = run_child("timing-child", {"labels": labels, **args}, {"OMP_WAIT_POLICY": policy})
@@ -133,15 +181,20 @@ def _results(labels, timing: dict, mem: dict, used: list[int], batch: int) -> di
     for label in labels:
         method, options = resolve_label(label)
         results[label] = {
-            "method": method, "options": options, "trainable_params": timing["trainable"][label],
+            "method": method,
+            "options": options,
+            "trainable_params": timing["trainable"][label],
             "step_s": statistics.median(pick(train[label])),
             "eval_img_per_s": batch / statistics.median(pick(evals[label])),
             "added_peak_mib": mem.get(label, {}).get("added_peak_mib"),
             "step_ratio": {ref: _median_ratio(pick(train[label]), pick(train[ref])) for ref in references},
             "eval_ratio": {ref: _median_ratio(pick(evals[label]), pick(evals[ref])) for ref in references},
-            "kernels": profiles[label]["kernels"], "attention": attention_path(profiles[label]["kernels"]),
-            "device_ms": profiles[label]["device_ms"], "memory": mem.get(label),
-            "step_s_rounds": train[label], "eval_s_rounds": evals[label],
+            "kernels": profiles[label]["kernels"],
+            "attention": attention_path(profiles[label]["kernels"]),
+            "device_ms": profiles[label]["device_ms"],
+            "memory": mem.get(label),
+            "step_s_rounds": train[label],
+            "eval_s_rounds": evals[label],
         }
     return results
 
@@ -158,8 +211,14 @@ def _targets(results: dict, timing: dict, used: list[int]) -> list[dict]:
         else:
             ma, mb = results[a]["added_peak_mib"], results[b]["added_peak_mib"]
             value = ma / mb if ma is not None and mb else None
-        out.append({"name": t["name"], "value": value, "limit": t["limit"],
-                    "pass": None if value is None else bool(value <= t["limit"])})
+        out.append(
+            {
+                "name": t["name"],
+                "value": value,
+                "limit": t["limit"],
+                "pass": None if value is None else bool(value <= t["limit"]),
+            }
+        )
     return out
 
 

@@ -36,8 +36,10 @@ def resolve_label(label: str) -> tuple[str, dict]:
 
     if label in available_methods():
         return label, {}
-    raise UserError(f"unknown speed entry {label!r}: choose from {', '.join(settings()['entries'])} or any of "
-                    f"{', '.join(available_methods())}")
+    raise UserError(
+        f"unknown speed entry {label!r}: choose from {', '.join(settings()['entries'])} or any of "
+        f"{', '.join(available_methods())}"
+    )
 
 
 class InputShift(nn.Module):

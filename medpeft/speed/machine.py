@@ -99,9 +99,14 @@ def run_child(mode: str, payload: dict, env: dict | None = None, stderr=None) ->
     it wrote there, when ``stderr`` is ``subprocess.PIPE``).
     """
     cmd = [sys.executable, "-m", "medpeft.speed", f"--{mode}", json.dumps(payload)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    proc = subprocess.run(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return {"_failed": proc.returncode, "_stderr": proc.stderr or ""}

@@ -16,8 +16,18 @@ from .machine import run_child, set_threads
 from .runner import StepRunner
 
 
-def measure_memory(label: str, *, backbone: str, img_size: int, batch: int, device: str, bf16: bool,
-                   threads: int, seed: int = 0, steps: int = 3) -> dict[str, Any]:
+def measure_memory(
+    label: str,
+    *,
+    backbone: str,
+    img_size: int,
+    batch: int,
+    device: str,
+    bf16: bool,
+    threads: int,
+    seed: int = 0,
+    steps: int = 3,
+) -> dict[str, Any]:
     """Added peak memory of ``steps`` train steps of ``label`` at ``batch``, in this process (call it in a fresh one).
 
     The model is built and a batch-1 no-grad forward initialises the kernels; then :class:`~medpeft.memory.PeakMemory`
@@ -39,8 +49,12 @@ def measure_memory(label: str, *, backbone: str, img_size: int, batch: int, devi
     if memory.added_mb is None:
         return {"added_peak_mib": None, "memory_how": "unavailable (the high-water mark cannot be reset here)"}
     how = "cuda max_memory_allocated" if dev.type == "cuda" else "VmHWM growth after reset"
-    return {"added_peak_mib": memory.added_mb, "base_mib": memory.base_mb, "peak_mib": memory.peak_mb,
-            "memory_how": how}
+    return {
+        "added_peak_mib": memory.added_mb,
+        "base_mib": memory.base_mb,
+        "peak_mib": memory.peak_mb,
+        "memory_how": how,
+    }
 
 
 def measure_memory_isolated(label: str, **kwargs) -> dict[str, Any]:

@@ -13,10 +13,17 @@ def fmt(value, spec: str, none: str = "–") -> str:
 def attention_path(kernels: dict[str, int]) -> str:
     """A short name for what the attention ran on: flash, efficient, cudnn, math (fallback), materialised, none."""
     names = " ".join(kernels)
-    found = [name for pattern, name in (
-        (r"flash_attention", "flash"), (r"efficient_attention", "efficient"), (r"cudnn_attention", "cudnn"),
-        (r"attention_math", "math (fallback!)"), (r"aten::_?softmax\b", "materialised softmax"),
-    ) if re.search(pattern, names)]
+    found = [
+        name
+        for pattern, name in (
+            (r"flash_attention", "flash"),
+            (r"efficient_attention", "efficient"),
+            (r"cudnn_attention", "cudnn"),
+            (r"attention_math", "math (fallback!)"),
+            (r"aten::_?softmax\b", "materialised softmax"),
+        )
+        if re.search(pattern, names)
+    ]
     return " + ".join(found) or "none"
 
 
@@ -32,9 +39,12 @@ def markdown(report: dict[str, Any]) -> str:
         "Ratios: medians over rounds of per-round ratios.",
     ]
     if env["disturbed"]:
-        lines += ["", f"**DISTURBED**: other processes used more than {env['quiet_cpu']} cores in all but "
-                      f"{env['quiet_rounds']} rounds; these timings mix in their load (rerun on a quiet machine, "
-                      "or with --max-rounds to wait for quiet rounds)."]
+        lines += [
+            "",
+            f"**DISTURBED**: other processes used more than {env['quiet_cpu']} cores in all but "
+            f"{env['quiet_rounds']} rounds; these timings mix in their load (rerun on a quiet machine, "
+            "or with --max-rounds to wait for quiet rounds).",
+        ]
     gpu = env["device"].startswith("cuda")
     floor_busy = report["methods"]["floor"].get("device_ms")
     lines += [
@@ -49,8 +59,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {label} | {r['trainable_params']:,} | {r['step_s'] * 1e3:.0f} | {fmt(ratio.get('floor'), '.3f')} "
             f"| {fmt(ratio.get('naive-ept'), '.3f')} | {fmt(ratio.get('vpt-100'), '.3f')} "
             f"| {r['eval_img_per_s']:.2f} | {fmt(r['added_peak_mib'], '.0f')} | {r['attention']} |"
-            + (f" {fmt(busy, '.1f')} | {fmt(busy / floor_busy if busy and floor_busy else None, '.3f')} |"
-               if gpu else "")
+            + (
+                f" {fmt(busy, '.1f')} | {fmt(busy / floor_busy if busy and floor_busy else None, '.3f')} |"
+                if gpu
+                else ""
+            )
         )
     if report["targets"]:
         lines += ["", "Targets:", ""]

@@ -20,8 +20,10 @@ from ..types import TrainConfig
 from .entries import NUM_CLASSES, build_entry
 from .machine import ForeignCpu, load_average, quiet_stderr, set_threads
 
-ATTENTION_KERNEL = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention|"
-                              r"attention_math|^aten::_?softmax$|^aten::_softmax_backward_data$")
+ATTENTION_KERNEL = re.compile(
+    r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention|"
+    r"attention_math|^aten::_?softmax$|^aten::_softmax_backward_data$"
+)
 _TASK = TaskSpec("speed", tuple(str(c) for c in range(NUM_CLASSES)), multilabel=False)
 
 
@@ -75,12 +77,15 @@ class StepRunner:
             self.train_step()
         events = prof.key_averages()
         kernels = [e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA]
-        return {"kernels": {e.key: e.count for e in events if ATTENTION_KERNEL.search(e.key)},
-                "device_ms": sum(kernels) / 1e3 if cuda else None}
+        return {
+            "kernels": {e.key: e.count for e in events if ATTENTION_KERNEL.search(e.key)},
+            "device_ms": sum(kernels) / 1e3 if cuda else None,
+        }
 
 
-def build_runners(labels, *, backbone: str, img_size: int, batch: int, device: torch.device, bf16: bool,
-                  seed: int) -> dict[str, StepRunner]:
+def build_runners(
+    labels, *, backbone: str, img_size: int, batch: int, device: torch.device, bf16: bool, seed: int
+) -> dict[str, StepRunner]:
     """One runner per label, every model on a copy of one random backbone (``ept`` and ``naive-ept`` start equal)."""
     torch.manual_seed(seed)
     template = create_backbone(backbone, pretrained=False, img_size=img_size)
@@ -92,9 +97,22 @@ def build_runners(labels, *, backbone: str, img_size: int, batch: int, device: t
     return runners
 
 
-def time_methods(labels, *, backbone: str, img_size: int, batch: int, steps: int, warmup: int, max_rounds: int,
-                 quiet_cpu: float, device: str, bf16: bool, threads: int | None, seed: int,
-                 progress: bool = True) -> dict[str, Any]:
+def time_methods(
+    labels,
+    *,
+    backbone: str,
+    img_size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    max_rounds: int,
+    quiet_cpu: float,
+    device: str,
+    bf16: bool,
+    threads: int | None,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Build every entry of ``labels`` in this process and time them interleaved (see :func:`run_speed`).
 
     Returns JSON-ready lists: per label the trainable parameters, the profile of one train step, the train-step
@@ -105,11 +123,14 @@ def time_methods(labels, *, backbone: str, img_size: int, batch: int, steps: int
     previous_threads = torch.get_num_threads()
     threads = set_threads(threads)
     try:
-        runners = build_runners(labels, backbone=backbone, img_size=img_size, batch=batch, device=dev, bf16=bf16,
-                                seed=seed)
+        runners = build_runners(
+            labels, backbone=backbone, img_size=img_size, batch=batch, device=dev, bf16=bf16, seed=seed
+        )
         trainable = {label: count_parameters(r.model)[0] for label, r in runners.items()}
-        say(f"speed: {len(labels)} models built; {warmup} warm-up + {steps} interleaved rounds (up to {max_rounds} "
-            f"to get {steps} quiet ones), batch {batch}, {img_size} px, {threads} threads on {dev}")
+        say(
+            f"speed: {len(labels)} models built; {warmup} warm-up + {steps} interleaved rounds (up to {max_rounds} "
+            f"to get {steps} quiet ones), batch {batch}, {img_size} px, {threads} threads on {dev}"
+        )
         for _ in range(warmup):
             for runner in runners.values():
                 runner.train_step()
@@ -118,8 +139,14 @@ def time_methods(labels, *, backbone: str, img_size: int, batch: int, steps: int
         train, evals, rounds = _rounds(runners, steps, max_rounds, quiet_cpu, seed, say)
     finally:
         torch.set_num_threads(previous_threads)
-    return {"trainable": trainable, "profiles": profiles, "train": train, "evals": evals, "rounds": rounds,
-            "threads": threads}
+    return {
+        "trainable": trainable,
+        "profiles": profiles,
+        "train": train,
+        "evals": evals,
+        "rounds": rounds,
+        "threads": threads,
+    }
 
 
 def _rounds(runners: dict[str, StepRunner], steps: int, max_rounds: int, quiet_cpu: float, seed: int, say):
@@ -137,9 +164,17 @@ def _rounds(runners: dict[str, StepRunner], steps: int, max_rounds: int, quiet_c
         for label in order:
             evals[label].append(runners[label].eval_step())
         other = foreign()
-        rounds.append({"order": order, "other_cpu": other, "load_avg": load_average(),
-                       "quiet": other is None or other <= quiet_cpu})
+        rounds.append(
+            {
+                "order": order,
+                "other_cpu": other,
+                "load_avg": load_average(),
+                "quiet": other is None or other <= quiet_cpu,
+            }
+        )
         busy = "?" if other is None else f"{other:.2f}"
-        say(f"speed: round {len(rounds)} ({'quiet' if rounds[-1]['quiet'] else 'DISTURBED'}, other processes "
-            f"{busy} cores): " + ", ".join(f"{k} {train[k][-1]:.3f}s" for k in labels))
+        say(
+            f"speed: round {len(rounds)} ({'quiet' if rounds[-1]['quiet'] else 'DISTURBED'}, other processes "
+            f"{busy} cores): " + ", ".join(f"{k} {train[k][-1]:.3f}s" for k in labels)
+        )
     return train, evals, rounds

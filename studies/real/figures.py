@@ -42,8 +42,15 @@ def accuracy_vs_shots(data: dict[str, dict], path: Path) -> None:
         for i, (method, cells) in enumerate(rows.items()):
             acc = [_finite([c["accuracy"] for (k, _), c in cells.items() if k == shots]) * 100 for shots in SHOTS]
             x = np.arange(len(SHOTS)) + (i - len(rows) / 2) * 0.03
-            ax.errorbar(x, [a.mean() for a in acc], yerr=[a.std(ddof=1) if len(a) > 1 else 0 for a in acc],
-                        marker="o", capsize=3, label=method, lw=2.5 if method == "ept" else 1)
+            ax.errorbar(
+                x,
+                [a.mean() for a in acc],
+                yerr=[a.std(ddof=1) if len(a) > 1 else 0 for a in acc],
+                marker="o",
+                capsize=3,
+                label=method,
+                lw=2.5 if method == "ept" else 1,
+            )
         ax.set_xticks(range(len(SHOTS)), [f"{k}-shot" for k in SHOTS])
         ax.set_title(dataset)
         ax.set_ylabel("test accuracy (%), mean ± std over samplings")

@@ -35,11 +35,17 @@ from medpeft.files import read_json_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benchmarks" / "real"
-DATASETS = {"pneumoniamnist": "PneumoniaMNIST chest X-rays (624 official test images, 62.5 % pneumonia)",
-            "br35h": "Br35H brain MRI (600 fixed test images, 50 % tumour)"}
+DATASETS = {
+    "pneumoniamnist": "PneumoniaMNIST chest X-rays (624 official test images, 62.5 % pneumonia)",
+    "br35h": "Br35H brain MRI (600 fixed test images, 50 % tumour)",
+}
 METHODS = ["linear", "mlp", "partial", "full", "bitfit", "lora", "adapter", "ssf", "vp", "vpt", "ept"]
-FLOORS = {"pixels": "raw pixels + LR", "cls": "frozen CLS + LR", "mean": "frozen mean-pooled patches + LR",
-          "metadata": "file metadata + random forest"}
+FLOORS = {
+    "pixels": "raw pixels + LR",
+    "cls": "frozen CLS + LR",
+    "mean": "frozen mean-pooled patches + LR",
+    "metadata": "file metadata + random forest",
+}
 SHOTS = (1, 5, 10)
 START, END = "<!-- real-study:start -->", "<!-- real-study:end -->"
 
@@ -62,10 +68,15 @@ def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
             if r.test:
                 cal = (r.result.calibration.test if r.result.calibration else None) or {}
                 rows.setdefault(prefix + r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
-                    **r.test, "ECE_cal": cal.get("ECE", np.nan), "lr": r.spec.train.lr}
+                    **r.test,
+                    "ECE_cal": cal.get("ECE", np.nan),
+                    "lr": r.spec.train.lr,
+                }
     for line in read_json_lines(folder / "floors" / "floors.jsonl"):
         rows.setdefault("floor: " + FLOORS[line["floor"]], {})[(line["shots"], line["exp"])] = {
-            **line["test"], "ECE_cal": np.nan}
+            **line["test"],
+            "ECE_cal": np.nan,
+        }
     return rows
 
 
@@ -87,13 +98,17 @@ def _p(p: float, equals: str = "") -> str:
 
 
 def table(rows: dict[str, dict[tuple, dict]]) -> list[str]:
-    lines = ["| | 1-shot acc | 5-shot acc | 10-shot acc | AUC | ECE | ECE after T | cells |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| | 1-shot acc | 5-shot acc | 10-shot acc | AUC | ECE | ECE after T | cells |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row, cells in rows.items():
         acc = [_pm([c["accuracy"] for (k, _), c in cells.items() if k == shots]) for shots in SHOTS]
         every = list(cells.values())
-        lines.append(f"| {row} | " + " | ".join(acc) + f" | {_mean([c['AUC'] for c in every])} | "
-                     f"{_mean([c['ECE'] for c in every])} | {_mean([c['ECE_cal'] for c in every])} | {len(cells)} |")
+        lines.append(
+            f"| {row} | " + " | ".join(acc) + f" | {_mean([c['AUC'] for c in every])} | "
+            f"{_mean([c['ECE'] for c in every])} | {_mean([c['ECE_cal'] for c in every])} | {len(cells)} |"
+        )
     return lines
 
 
@@ -112,8 +127,9 @@ def chosen(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]]) -> 
     lines = ["| learning rate chosen | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
     for row, cells in rows.items():
         counts = Counter(c["lr"] for c in cells.values())
-        lines.append(f"| {row} | " + " | ".join(str(counts[lr]) if lr in grid.get(row, []) else "–" for lr in lrs)
-                     + " |")
+        lines.append(
+            f"| {row} | " + " | ".join(str(counts[lr]) if lr in grid.get(row, []) else "–" for lr in lrs) + " |"
+        )
     return lines
 
 
@@ -130,10 +146,14 @@ def edges(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]], shar
             if counts[lr] >= share * len(cells):
                 found.append(f"{row} chose {lr:g} in {counts[lr]} of {len(cells)} cells ({side})")
     if not found:
-        return (f"**At the grid's edge:** none; no method chose the lowest or the highest learning rate of its grid in "
-                f"{100 * share:.0f} % of its cells or more.")
-    return ("**At the grid's edge:** " + "; ".join(found) + ". The optimum may lie beyond the grid; the next "
-            "learning rate out would show it.")
+        return (
+            f"**At the grid's edge:** none; no method chose the lowest or the highest learning rate of its grid in "
+            f"{100 * share:.0f} % of its cells or more."
+        )
+    return (
+        "**At the grid's edge:** " + "; ".join(found) + ". The optimum may lie beyond the grid; the next "
+        "learning rate out would show it."
+    )
 
 
 def paired(a: dict[tuple, dict], b: dict[tuple, dict], key_a: str = "accuracy", key_b: str | None = None) -> dict:
@@ -149,12 +169,15 @@ def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dic
     tests = [{"other": r, **paired(rows["ept"], rows[r])} for r in others]
     for t, p in zip(tests, holm([t["p_wilcoxon"] for t in tests])):
         t["p_holm"] = p
-    lines = ["| EPT − … (accuracy, points) | cells | EPT wins | EPT loses | median | Wilcoxon p | Holm p "
-             "| sign p |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| EPT − … (accuracy, points) | cells | EPT wins | EPT loses | median | Wilcoxon p | Holm p | sign p |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for t in tests:
-        lines.append(f"| {t['other']} | {t['n']} | {t['wins']} | {t['losses']} | {t['median']:+.1f} | "
-                     f"{_p(t['p_wilcoxon'])} | {_p(t['p_holm'])} | {_p(t['p_sign'])} |")
+        lines.append(
+            f"| {t['other']} | {t['n']} | {t['wins']} | {t['losses']} | {t['median']:+.1f} | "
+            f"{_p(t['p_wilcoxon'])} | {_p(t['p_holm'])} | {_p(t['p_sign'])} |"
+        )
     return lines, tests
 
 
@@ -169,8 +192,10 @@ def ranking(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], dict[str, fl
 
 def against_scaled_linear(rows: dict[str, dict[tuple, dict]]) -> tuple[dict, dict]:
     """EPT's ECE against the temperature-scaled linear probe's (:func:`paired`): EPT's own, then EPT's scaled too."""
-    return (paired(rows["ept"], rows["linear"], "ECE", "ECE_cal"),
-            paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal"))
+    return (
+        paired(rows["ept"], rows["linear"], "ECE", "ECE_cal"),
+        paired(rows["ept"], rows["linear"], "ECE_cal", "ECE_cal"),
+    )
 
 
 def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
@@ -185,44 +210,56 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             return f"{other}: not run"
         if t["p_holm"] < 0.05:
             word = "beats" if t["median"] > 0 else "loses to"
-            return (f"EPT {word} {other} (median {t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, "
-                    f"Holm p {_p(t['p_holm'], '= ')})")
-        return (f"EPT and {other} do not differ significantly (median {t['median']:+.1f} points, {t['wins']}–"
-                f"{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})")
+            return (
+                f"EPT {word} {other} (median {t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, "
+                f"Holm p {_p(t['p_holm'], '= ')})"
+            )
+        return (
+            f"EPT and {other} do not differ significantly (median {t['median']:+.1f} points, {t['wins']}–"
+            f"{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
+        )
 
     floors = [r for r in rows if r.startswith("floor")]
     lines = ["- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
     ranked, means, shared = ranking(rows)
-    lines.append(f"- **Best on average over the {len(shared)} cells every method has:** {', '.join(ranked[:3])} "
-                 f"({', '.join(f'{100 * means[r]:.1f}' for r in ranked[:3])} %); EPT ranks "
-                 f"{ranked.index('ept') + 1} of {len(ranked)}.")
+    lines.append(
+        f"- **Best on average over the {len(shared)} cells every method has:** {', '.join(ranked[:3])} "
+        f"({', '.join(f'{100 * means[r]:.1f}' for r in ranked[:3])} %); EPT ranks "
+        f"{ranked.index('ept') + 1} of {len(ranked)}."
+    )
     if "linear" in rows:
         raw, cal = against_scaled_linear(rows)
-        lines.append(f"- **Calibration.** EPT's own ECE against the temperature-scaled linear probe's: median "
-                     f"{raw['median']:+.1f} points (EPT lower in {raw['losses']} of {raw['n']} cells, Wilcoxon p "
-                     f"{_p(raw['p_wilcoxon'], '= ')}); both temperature-scaled: median {cal['median']:+.1f} "
-                     f"(EPT lower in "
-                     f"{cal['losses']} of {cal['n']}, p {_p(cal['p_wilcoxon'], '= ')}). Mean ECE of EPT "
-                     f"{_mean([c['ECE'] for c in rows['ept'].values()])} → "
-                     f"{_mean([c['ECE_cal'] for c in rows['ept'].values()])} "
-                     f"after T; of the linear probe {_mean([c['ECE'] for c in rows['linear'].values()])} → "
-                     f"{_mean([c['ECE_cal'] for c in rows['linear'].values()])}.")
+        lines.append(
+            f"- **Calibration.** EPT's own ECE against the temperature-scaled linear probe's: median "
+            f"{raw['median']:+.1f} points (EPT lower in {raw['losses']} of {raw['n']} cells, Wilcoxon p "
+            f"{_p(raw['p_wilcoxon'], '= ')}); both temperature-scaled: median {cal['median']:+.1f} "
+            f"(EPT lower in "
+            f"{cal['losses']} of {cal['n']}, p {_p(cal['p_wilcoxon'], '= ')}). Mean ECE of EPT "
+            f"{_mean([c['ECE'] for c in rows['ept'].values()])} → "
+            f"{_mean([c['ECE_cal'] for c in rows['ept'].values()])} "
+            f"after T; of the linear probe {_mean([c['ECE'] for c in rows['linear'].values()])} → "
+            f"{_mean([c['ECE_cal'] for c in rows['linear'].values()])}."
+        )
     cls, pix = "floor: " + FLOORS["cls"], "floor: " + FLOORS["pixels"]
     if cls in rows and pix in rows:
         t = paired(rows[cls], rows[pix])
-        lines.append(f"- **The backbone.** A converged probe on the frozen features against raw pixels: median "
-                     f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p "
-                     f"{_p(t['p_wilcoxon'], '= ')}); the random-init control: "
-                     f"{_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % "
-                     f"on average.")
+        lines.append(
+            f"- **The backbone.** A converged probe on the frozen features against raw pixels: median "
+            f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p "
+            f"{_p(t['p_wilcoxon'], '= ')}); the random-init control: "
+            f"{_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % "
+            f"on average."
+        )
     meta = "floor: " + FLOORS["metadata"]
     if meta in rows:
         best = ranked[0]
         t = paired(rows[best], rows[meta])
-        lines.append(f"- **The shortcut.** The file metadata alone: "
-                     f"{_mean([c['accuracy'] for c in rows[meta].values()])} % "
-                     f"on average; the best method ({best}) against it: median {t['median']:+.1f} points "
-                     f"({t['wins']}–{t['losses']} cells).")
+        lines.append(
+            f"- **The shortcut.** The file metadata alone: "
+            f"{_mean([c['accuracy'] for c in rows[meta].values()])} % "
+            f"on average; the best method ({best}) against it: median {t['median']:+.1f} points "
+            f"({t['wins']}–{t['losses']} cells)."
+        )
     return lines
 
 
@@ -244,17 +281,26 @@ def features(folder: Path, spread: float = 0.01) -> list[str]:
     shots = {g["shots"] for g in groups.values() if g["shots"]}
     runs = {g["n_runs"] for g in groups.values() if g["shots"]}
     lowest = min((m for m in METHODS if m in groups), key=lambda m: stat(m)[0])
-    still = {m: s / w for m, (w, s) in ((m, stat(m, "intra_class_scatter")) for m in METHODS if m in groups)
-             if s / w < spread and abs(w / pretrain - 1) > spread}
-    line = (f"- **The features** ({'/'.join(map(str, sorted(shots)))}-shot test images, the selected run of "
-            f"{'/'.join(map(str, sorted(runs)))} samplings per method; `bench/analysis/report.md`). Scatter ratio "
-            f"tr Σ_W / tr Σ_B (lower: tighter classes): pretrained backbone {stat('pretrain')[0]:.1f}, EPT "
-            f"{stat('ept')[0]:.1f} ± {stat('ept')[1]:.2g}, lowest {lowest} {stat(lowest)[0]:.1f}.")
+    still = {
+        m: s / w
+        for m, (w, s) in ((m, stat(m, "intra_class_scatter")) for m in METHODS if m in groups)
+        if s / w < spread and abs(w / pretrain - 1) > spread
+    }
+    line = (
+        f"- **The features** ({'/'.join(map(str, sorted(shots)))}-shot test images, the selected run of "
+        f"{'/'.join(map(str, sorted(runs)))} samplings per method; `bench/analysis/report.md`). Scatter ratio "
+        f"tr Σ_W / tr Σ_B (lower: tighter classes): pretrained backbone {stat('pretrain')[0]:.1f}, EPT "
+        f"{stat('ept')[0]:.1f} ± {stat('ept')[1]:.2g}, lowest {lowest} {stat(lowest)[0]:.1f}."
+    )
     if still:
-        line += (" Nearly the same in every run, yet unlike the pretrained backbone's: " + ", ".join(
-            f"{m} (intra-class scatter's std over the runs {100 * v:.2g} % of its mean)" for m, v in still.items())
+        line += (
+            " Nearly the same in every run, yet unlike the pretrained backbone's: "
+            + ", ".join(
+                f"{m} (intra-class scatter's std over the runs {100 * v:.2g} % of its mean)" for m, v in still.items()
+            )
             + "; what sets these features is the prompts' common initialisation (seed 0), which training changes "
-            "little.")
+            "little."
+        )
     return [line]
 
 
@@ -277,29 +323,42 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     ranks, held, calibration, floors = [], [], [], []
     for dataset, (rows, tests) in studies.items():
         ranked, means, _ = ranking(rows)
-        ranks.append(f"{ranked.index('ept') + 1} of {len(ranked)} on {dataset} ({100 * means['ept']:.1f} %; best "
-                     f"{ranked[0]}, {100 * means[ranked[0]]:.1f} %)")
-        held += [f"EPT {'beats' if t['median'] > 0 else 'loses to'} {name(t['other'])} on {dataset} (median "
-                 f"{t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
-                 for t in tests if t["p_holm"] < 0.05]
+        ranks.append(
+            f"{ranked.index('ept') + 1} of {len(ranked)} on {dataset} ({100 * means['ept']:.1f} %; best "
+            f"{ranked[0]}, {100 * means[ranked[0]]:.1f} %)"
+        )
+        held += [
+            f"EPT {'beats' if t['median'] > 0 else 'loses to'} {name(t['other'])} on {dataset} (median "
+            f"{t['median']:+.1f} points, {t['wins']}–{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
+            for t in tests
+            if t["p_holm"] < 0.05
+        ]
         if "linear" in rows:
             raw, both = against_scaled_linear(rows)
             calibration.append(
                 f"on {dataset}, EPT's own ECE against it: {ece(raw)} (median {raw['median']:+.1f} points, EPT "
                 f"lower in {raw['losses']} of {raw['n']} cells, p {_p(raw['p_wilcoxon'], '= ')}); with both "
-                f"temperature-scaled: {ece(both)} (median {both['median']:+.1f}, p {_p(both['p_wilcoxon'], '= ')})")
+                f"temperature-scaled: {ece(both)} (median {both['median']:+.1f}, p {_p(both['p_wilcoxon'], '= ')})"
+            )
         best = max((r for r in means if r.startswith("floor")), key=means.get, default=None)
         if best:
             below = [m for m in ranked if means[m] < means[best]]
-            floors.append(f"on {dataset}, {best.removeprefix('floor: ')} ({100 * means[best]:.1f} %) is above "
-                          f"{len(below)} of {len(ranked)} methods' averages"
-                          + ", EPT's among them" * ("ept" in below))
-    lines = ["### Verdict", "",
-             "- **Is EPT the best method?** " + ("Yes" if all(r.startswith("1 of") for r in ranks) else "No")
-             + ": it ranks " + "; ".join(ranks) + ".",
-             "- **What holds after Holm's correction** (EPT against each other row, paired over the shared cells, "
-             "two-sided Wilcoxon, 5 %): " + ("; ".join(held) if held else "nothing") + ". Every other comparison "
-             "of EPT on either dataset is not significant."]
+            floors.append(
+                f"on {dataset}, {best.removeprefix('floor: ')} ({100 * means[best]:.1f} %) is above "
+                f"{len(below)} of {len(ranked)} methods' averages" + ", EPT's among them" * ("ept" in below)
+            )
+    lines = [
+        "### Verdict",
+        "",
+        "- **Is EPT the best method?** "
+        + ("Yes" if all(r.startswith("1 of") for r in ranks) else "No")
+        + ": it ranks "
+        + "; ".join(ranks)
+        + ".",
+        "- **What holds after Holm's correction** (EPT against each other row, paired over the shared cells, "
+        "two-sided Wilcoxon, 5 %): " + ("; ".join(held) if held else "nothing") + ". Every other comparison "
+        "of EPT on either dataset is not significant.",
+    ]
     if calibration:
         lines.append("- **Calibration against a temperature-scaled linear probe:** " + "; ".join(calibration) + ".")
     if floors:
@@ -311,13 +370,20 @@ def progress(folder: Path, done: int) -> str:
     """What ``done`` runs of the study are of ``study.yaml``'s grid (a method's own search, else the shared one)."""
     study = yaml.safe_load((folder / "study.yaml").read_text())
     shared = study.get("search") or {}
-    candidates = [int(np.prod([len(v) for v in ((m.get("search", shared) if isinstance(m, dict) else shared) or {})
-                               .values()])) for m in study["methods"]]
+    candidates = [
+        int(np.prod([len(v) for v in ((m.get("search", shared) if isinstance(m, dict) else shared) or {}).values()]))
+        for m in study["methods"]
+    ]
     total = sum(candidates) * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps", "seeds")]))
-    return "" if done >= total else (
-        f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings (the "
-        f"study runs in stages: sampling 1 of every method, then samplings 2–3, 4, 5); its mean ± std is over the "
-        f"cells it has, and the paired tests use only the cells both rows have.")
+    return (
+        ""
+        if done >= total
+        else (
+            f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings "
+            f"(the study runs in stages: sampling 1 of every method, then samplings 2–3, 4, 5); its mean ± std is over "
+            f"the cells it has, and the paired tests use only the cells both rows have."
+        )
+    )
 
 
 def cost(records: list) -> str:
@@ -329,9 +395,11 @@ def cost(records: list) -> str:
         return ""
     hours = sum(map(sum, seconds.values())) / 3600
     per_run = ", ".join(f"{m} {np.mean(seconds[m]):.0f} s" for m in METHODS if m in seconds)
-    return (f"Cost: {sum(map(len, seconds.values()))} runs, {hours:.1f} core-hours, one thread per run on "
-            f"this project's shared 2-core AMD EPYC (two runs side by side); mean per run (train + validation + "
-            f"test): {per_run}.")
+    return (
+        f"Cost: {sum(map(len, seconds.values()))} runs, {hours:.1f} core-hours, one thread per run on "
+        f"this project's shared 2-core AMD EPYC (two runs side by side); mean per run (train + validation + "
+        f"test): {per_run}."
+    )
 
 
 def diverged(records: list) -> str:
@@ -339,15 +407,22 @@ def diverged(records: list) -> str:
     counts = Counter((r.spec.label, r.spec.train.lr) for r in records if r.result.diverged_epoch is not None)
     if not counts:
         return ""
-    return ("Diverged, so never selected (the cell chose among the other rates): " + ", ".join(
-        f"{label} at {lr:g} in {n} cell{'s' * (n > 1)}" for (label, lr), n in sorted(counts.items())) + ".")
+    return (
+        "Diverged, so never selected (the cell chose among the other rates): "
+        + ", ".join(f"{label} at {lr:g} in {n} cell{'s' * (n > 1)}" for (label, lr), n in sorted(counts.items()))
+        + "."
+    )
 
 
 def report() -> str:
-    blocks = [["## The real study, searched: results"],
-              ["Generated by `python studies/real/report.py` from the committed `runs.jsonl` and `floors.jsonl` "
-               "files. Test metrics ×100, mean ± sample std over samplings; AUC, ECE and ECE after temperature scaling "
-               "(fitted on the validation images) are means over all cells; *cells*: shots × samplings present."]]
+    blocks = [
+        ["## The real study, searched: results"],
+        [
+            "Generated by `python studies/real/report.py` from the committed `runs.jsonl` and `floors.jsonl` "
+            "files. Test metrics ×100, mean ± sample std over samplings; AUC, ECE and ECE after temperature scaling "
+            "(fitted on the validation images) are means over all cells; *cells*: shots × samplings present."
+        ],
+    ]
     studies = {}
     for folder, title in DATASETS.items():
         study = read_index(HERE / folder / "bench")
@@ -359,15 +434,24 @@ def report() -> str:
         rows = {r: rows[r] for r in order}
         lines, tests = comparisons(rows)
         studies[title.split()[0]] = rows, tests
-        blocks += [[f"### {title}"], [progress(HERE / folder, len(study))], [cost(study)], [diverged(study)],
-                   table(rows), chosen(rows, grid), [edges(rows, grid)], lines,
-                   verdict(rows, tests) + features(HERE / folder)]
+        blocks += [
+            [f"### {title}"],
+            [progress(HERE / folder, len(study))],
+            [cost(study)],
+            [diverged(study)],
+            table(rows),
+            chosen(rows, grid),
+            [edges(rows, grid)],
+            lines,
+            verdict(rows, tests) + features(HERE / folder),
+        ]
     blocks += [overall(studies), LIMITS]
     return "\n\n".join("\n".join(block) for block in blocks if any(block))
 
 
 LIMITS = [
-    "### What this study cannot show", "",
+    "### What this study cannot show",
+    "",
     "- **One backbone, small images.** DINOv2-S/14 (22 M parameters, self-supervised on natural images, taken from a "
     "saliency model whose fine-tuning history is unknown) at 112 px, an 8 × 8 patch grid, because the study runs on "
     "CPU; the paper's ViT-B/16 (ImageNet-21k) at 224 px, and other pretraining, may rank the methods differently.",
@@ -387,8 +471,12 @@ LIMITS = [
 
 
 @click.command()
-@click.option("--page", type=click.Path(exists=True, dir_okay=False), default=str(ROOT / "docs" / "study.md"),
-              help="The page whose marked block gets the report [docs/study.md].")
+@click.option(
+    "--page",
+    type=click.Path(exists=True, dir_okay=False),
+    default=str(ROOT / "docs" / "study.md"),
+    help="The page whose marked block gets the report [docs/study.md].",
+)
 def main(page):
     text = report()
     (HERE / "results.md").write_text(text + "\n")

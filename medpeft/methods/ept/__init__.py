@@ -52,8 +52,16 @@ class EPT(Method):
         blocks = family.blocks()
         for i in resolve_layers(self.layers, family.depth):
             block = blocks[i]
-            block.attn = EmbeddedPromptAttention(block.attn, type(family), family.tokens(i), self.prompt_length,
-                                                 self.way, self.init, self.fused, family.token_index(i))
+            block.attn = EmbeddedPromptAttention(
+                block.attn,
+                type(family),
+                family.tokens(i),
+                self.prompt_length,
+                self.way,
+                self.init,
+                self.fused,
+                family.token_index(i),
+            )
             block.attn.prompt.requires_grad_(self.train_prompt)
 
     def init_from_data(self, model, images):
@@ -82,8 +90,9 @@ class EPT(Method):
         family = family_of(model.backbone)
 
         def probe(i, attn):
-            return lambda x: family.on_patch_grid(i, attn.patch_scaling(x, **family.attention_kwargs(i)).float()
-                                                  .mean(dim=1))
+            return lambda x: family.on_patch_grid(
+                i, attn.patch_scaling(x, **family.attention_kwargs(i)).float().mean(dim=1)
+            )
 
         probes = {i: (attn, probe(i, attn)) for i, attn in _concat_attentions(family).items()}
         if not probes:
@@ -102,8 +111,11 @@ class EPT(Method):
 
 def _concat_attentions(family) -> dict[int, EmbeddedPromptAttention]:
     """The prompted attentions of the concat ways by block index."""
-    return {i: block.attn for i, block in enumerate(family.blocks())
-            if isinstance(block.attn, EmbeddedPromptAttention) and block.attn.way in CONCAT_WAYS}
+    return {
+        i: block.attn
+        for i, block in enumerate(family.blocks())
+        if isinstance(block.attn, EmbeddedPromptAttention) and block.attn.way in CONCAT_WAYS
+    }
 
 
 def _attentions(model) -> list[EmbeddedPromptAttention]:
@@ -120,4 +132,3 @@ def resolve_layers(layers: list[int] | None, depth: int) -> list[int]:
     if len(set(resolved)) != len(resolved):
         raise UserError(f"method 'ept': option layers={layers} names a block twice")
     return resolved
-

@@ -37,9 +37,17 @@ class EmbeddedPromptAttention(nn.Module):
     ``token`` init the prompt waits for :meth:`add_token` (``awaiting_token`` is True until then).
     """
 
-    def __init__(self, attn: nn.Module, family: type[Family], num_tokens: int, prompt_length: int,
-                 way: str = "concat", init: str | None = None, fused: bool = True,
-                 token_index: torch.Tensor | None = None):
+    def __init__(
+        self,
+        attn: nn.Module,
+        family: type[Family],
+        num_tokens: int,
+        prompt_length: int,
+        way: str = "concat",
+        init: str | None = None,
+        fused: bool = True,
+        token_index: torch.Tensor | None = None,
+    ):
         super().__init__()
         adopt(self, attn)
         self.family = family
@@ -63,14 +71,23 @@ class EmbeddedPromptAttention(nn.Module):
         bias, mask = self.family.logit_bias(self, **kwargs), self.family.logit_mask(self, B, **kwargs)
         dropout_p = self.attn_drop.p if self.training else 0.0
         if self.way in CONCAT_WAYS and self.fused:
-            out = null_key_attention(q, k, v, self.prompt_logit(q, k, bias, mask), self.scale, dropout_p,
-                                     _total(bias, mask), self.lse_kernels)
+            out = null_key_attention(
+                q,
+                k,
+                v,
+                self.prompt_logit(q, k, bias, mask),
+                self.scale,
+                dropout_p,
+                _total(bias, mask),
+                self.lse_kernels,
+            )
         elif self.way in CONCAT_WAYS:
             out = self._materialised_concat(q, k, v, bias, mask)
         elif self.way == "add" and self.fused and not (q.is_cuda and self.prompt.requires_grad and not q.requires_grad):
             logits_bias = _total(self._pairs(B), bias, mask)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_bias.to(q.dtype), dropout_p=dropout_p,
-                                                 scale=self.scale)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=logits_bias.to(q.dtype), dropout_p=dropout_p, scale=self.scale
+            )
         else:  # multiply; add unfused, or on CUDA where SDPA cannot give a float mask alone a gradient (pytorch#148476)
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
@@ -88,8 +105,10 @@ class EmbeddedPromptAttention(nn.Module):
                 "img_size of its inputs"
             )
         if self.token_index is not None and (n != self.token_index.shape[1] or batch % self.token_index.shape[0]):
-            raise ValueError(f"EPT prompt is laid out for {self.token_index.shape[0]} windows of "
-                             f"{self.token_index.shape[1]} tokens: build the model with the img_size of its inputs")
+            raise ValueError(
+                f"EPT prompt is laid out for {self.token_index.shape[0]} windows of "
+                f"{self.token_index.shape[1]} tokens: build the model with the img_size of its inputs"
+            )
 
     def _rows(self, t: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-token rows ``t`` (tokens, ...) for the attention rows: as they are, or for windowed attention gathered
@@ -172,7 +191,7 @@ class EmbeddedPromptAttention(nn.Module):
         s = s.reshape(batch, windows, heads, area).transpose(1, 2).reshape(batch, heads, windows * area)
         out = s.new_zeros(batch, heads, self.num_tokens + 1)
         out.scatter_(2, self.token_index.reshape(1, 1, -1).expand(batch, heads, -1), s)
-        return out[..., :self.num_tokens]
+        return out[..., : self.num_tokens]
 
     @torch.no_grad()
     def add_token(self, mean_token: torch.Tensor) -> None:

@@ -75,34 +75,39 @@ _aten = torch.ops.aten
 _CPU_FLASH = _LseKernel(
     "cpu flash",
     lambda q, k, v, scale, bias=None: (
-        *_aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale), ()),
+        *_aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias, scale=scale),
+        (),
+    ),
     lambda g, q, k, v, out, lse, saved, scale, bias=None: _aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        g, q, k, v, out, lse, 0.0, False, attn_mask=bias, scale=scale),
+        g, q, k, v, out, lse, 0.0, False, attn_mask=bias, scale=scale
+    ),
 )
 
 
 def _cuda_flash_forward(q, k, v, scale, bias=None):
     out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = _aten._scaled_dot_product_flash_attention(
-        q, k, v, 0.0, False, False, scale=scale)
+        q, k, v, 0.0, False, False, scale=scale
+    )
     return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
 
 
 def _cuda_flash_backward(g, q, k, v, out, lse, saved, scale, bias=None):
     cum_q, cum_k, max_q, max_k, seed, offset = saved
-    return _aten._scaled_dot_product_flash_attention_backward(g, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0,
-                                                              False, seed, offset, scale=scale)
+    return _aten._scaled_dot_product_flash_attention_backward(
+        g, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, False, seed, offset, scale=scale
+    )
 
 
 def _cuda_efficient_forward(q, k, v, scale, bias=None):
-    out, lse, seed, offset = _aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False,
-                                                                          scale=scale)
+    out, lse, seed, offset = _aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)
     return out, lse, (seed, offset)  # lse is padded along N (to a multiple of 32)
 
 
 def _cuda_efficient_backward(g, q, k, v, out, lse, saved, scale, bias=None):
     seed, offset = saved
     return _aten._scaled_dot_product_efficient_attention_backward(
-        g, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale)[:3]
+        g, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale
+    )[:3]
 
 
 _CUDA_FLASH = _LseKernel("cuda flash", _cuda_flash_forward, _cuda_flash_backward)
@@ -126,8 +131,12 @@ def _lse_kernel(q, dropout_p: float, bias=None) -> _LseKernel | None:
     d = q.shape[-1]
     if q.device.type != "cuda" or d % 8:
         return None
-    if (q.dtype in (torch.float16, torch.bfloat16) and d <= 256 and torch.backends.cuda.flash_sdp_enabled()
-            and torch.cuda.get_device_capability(q.device) >= (8, 0)):
+    if (
+        q.dtype in (torch.float16, torch.bfloat16)
+        and d <= 256
+        and torch.backends.cuda.flash_sdp_enabled()
+        and torch.cuda.get_device_capability(q.device) >= (8, 0)
+    ):
         return _CUDA_FLASH
     if d <= 128 and torch.backends.cuda.mem_efficient_sdp_enabled():
         return _CUDA_EFFICIENT
@@ -145,7 +154,7 @@ class _ScaledFusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, logit, scale, kernel, bias=None):
         out, lse, saved = kernel.forward(q, k, v, scale, bias)
-        s = torch.sigmoid(lse[..., :q.shape[2]] - logit)
+        s = torch.sigmoid(lse[..., : q.shape[2]] - logit)
         y = out * s.unsqueeze(-1).to(out.dtype)
         ctx.save_for_backward(q, k, v, y, lse, s, bias)
         ctx.scale, ctx.kernel, ctx.saved = scale, kernel, saved
@@ -159,4 +168,4 @@ class _ScaledFusedAttention(torch.autograd.Function):
             grad_out = dy * s.unsqueeze(-1).to(dy.dtype)
             dq, dk, dv = ctx.kernel.backward(grad_out, q, k, v, y, lse, ctx.saved, ctx.scale, bias)
         dlogit = -(dy * y).sum(-1, dtype=s.dtype) * (1 - s) if ctx.needs_input_grad[3] else None
-        return (dq, dk, dv, dlogit, None, None, None)[:len(ctx.needs_input_grad)]
+        return (dq, dk, dv, dlogit, None, None, None)[: len(ctx.needs_input_grad)]
