@@ -13,7 +13,7 @@ from safetensors import safe_open
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .converters import Checkpoint, read_checkpoint
+from .converters import EXPECTED_FORMATS, Checkpoint, read_checkpoint, sniff
 from .converters.architecture import Architecture
 from .errors import UserError
 from .families import family_class, family_of
@@ -249,28 +249,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(wrong)} of another shape (e.g. {wrong[:2]})"
         )
     model.load_state_dict(state, strict=False)
-
-
-EXPECTED_FORMATS = "a PyTorch state dict (.pth/.pt/.bin/.ckpt), a safetensors file or a Google ViT .npz"
-
-
-def sniff(path: Path) -> str:
-    """What a file looks like from its first bytes, in words."""
-    head = path.open("rb").read(64)
-    if not head:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive that is not one of these (or is damaged)"
-    if head[:1] == b"\x80":
-        return "a Python pickle that holds no tensors (or is damaged)"
-    if len(head) > 8 and head[8:9] == b"{":
-        return "a damaged safetensors file"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"{path.stat().st_size:,} bytes of unknown binary data"
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"text starting {first[:30]!r}"
 
 
 def checkpoint_img_size(path: str | Path, model: nn.Module) -> int | None:

@@ -21,24 +21,20 @@ import numpy as np
 import torch
 
 from .backbones import check_backbone
-from .conformal import Conformal, prediction_sets, temper
-from .data import DatasetSplits, ResizedImageCache, Samples, TaskSpec, check_files, get_dataset, load_dataset
+from .conformal import prediction_sets, temper
+from .data import DatasetSplits, ResizedImageCache, Samples, check_files, get_dataset, load_dataset
 from .errors import ParameterError, UserError
 from .evaluate import FeatureCache, predict
 from .files import staged_dir, write_json
 from .model import PeftClassifier, build_model, load_trainable, save_trainable
-from .posthoc import LOGITS_FILE, KeptLogits, conformal_of
+from .posthoc import LOGITS_FILE, KeptLogits, conformal_of, write_test_files
 from .record import (
     RUN_FILE,
     WEIGHTS_FILE,
     RunRecord,
     RunSpec,
     read_record,
-    sets_path,
     split_names,
-    submission_name,
-    write_sets,
-    write_submission,
 )
 from .tracking import RunListener, track_run
 from .train import fit
@@ -136,20 +132,6 @@ def kept_logits(result: RunResult, data: DatasetSplits) -> KeptLogits | None:
         None if test is None else list(test.names),
         None if test is None else test.labels,
     )
-
-
-def write_test_files(
-    run_dir: Path, spec: RunSpec, task: TaskSpec, names: list[str], scores: np.ndarray, conformal: Conformal | None
-) -> None:
-    """The run's submission CSV of its test ``scores`` and, with ``conformal``, its prediction sets (computed from
-    the same ``scores``: calibrated when the run fitted a temperature)."""
-    write_submission(run_dir / submission_name(spec.task, spec.shots), names, scores)
-    path = sets_path(run_dir / submission_name(spec.task, spec.shots))
-    if conformal is not None:
-        sets = prediction_sets(scores, conformal.qhat, conformal.config, multilabel=task.multilabel, seed=spec.seed)
-        write_sets(path, names, sets, task)
-    elif path.is_file():
-        path.unlink()
 
 
 def check_out(out: str | Path, overwrite: bool = False) -> None:

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from .calibration import calibrate_logits
-from .conformal import Conformal, ConformalConfig, conformal_step
+from .conformal import Conformal, ConformalConfig, conformal_step, prediction_sets
 from .data import TaskSpec
 from .errors import UserError
 from .evaluate import scores_of
 from .metrics import task_metrics
+from .record import RUN_FILE, RunSpec, read_record, sets_path, submission_name, write_sets, write_submission
 from .types import Calibration
 
 LOGITS_FILE = "logits.npz"
@@ -105,13 +106,25 @@ def apply(
     return calibration, result, scores
 
 
+def write_test_files(
+    run_dir: Path, spec: RunSpec, task: TaskSpec, names: list[str], scores: np.ndarray, conformal: Conformal | None
+) -> None:
+    """The run's submission CSV of its test ``scores`` and, with ``conformal``, its prediction sets (computed from
+    the same ``scores``: calibrated when the run fitted a temperature)."""
+    write_submission(run_dir / submission_name(spec.task, spec.shots), names, scores)
+    path = sets_path(run_dir / submission_name(spec.task, spec.shots))
+    if conformal is not None:
+        sets = prediction_sets(scores, conformal.qhat, conformal.config, multilabel=task.multilabel, seed=spec.seed)
+        write_sets(path, names, sets, task)
+    elif path.is_file():
+        path.unlink()
+
+
 def recompute_run(run_dir: str | Path, *, calibrate: str | None = None, conformal: ConformalConfig | str | None = None):
     """Recompute a finished run's post-hoc results from its ``logits.npz`` and rewrite its ``run.json``, submission
     and sets files; returns its record, or None for a run without kept logits. ``calibrate`` and ``conformal``
     replace the run's own settings (None: keep them; ``"none"``: drop the step)."""
-    from .experiment import write_test_files
     from .files import write_json
-    from .record import RUN_FILE, read_record
 
     run_dir = Path(run_dir)
     if not (run_dir / LOGITS_FILE).is_file():

@@ -66,11 +66,31 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, state, layout, shape_facts(state))
 
 
+EXPECTED_FORMATS = "a PyTorch state dict (.pth/.pt/.bin/.ckpt), a safetensors file or a Google ViT .npz"
+
+
+def sniff(path: Path) -> str:
+    """What a file looks like from its first bytes, in words."""
+    head = path.open("rb").read(64)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive that is not one of these (or is damaged)"
+    if head[:1] == b"\x80":
+        return "a Python pickle that holds no tensors (or is damaged)"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "a damaged safetensors file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{path.stat().st_size:,} bytes of unknown binary data"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"text starting {first[:30]!r}"
+
+
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of one weight file (``model``/``state_dict`` dicts unwrapped by timm's reader)."""
     import timm
-
-    from ..backbones import EXPECTED_FORMATS, sniff
 
     if not path.is_file():
         raise UserError(f"weights file {path} not found")
