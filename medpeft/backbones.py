@@ -124,9 +124,12 @@ def _from_checkpoint(backbone: str, ckpt: Checkpoint, img_size: int | None) -> t
         entry = get_foundation_model(backbone)
         name, kwargs = (entry.timm_name, entry.timm_kwargs()) if entry else (backbone, {})
         _check_name(name)
+    named = None
     if ckpt.is_vit:
         with torch.device("meta"):
             named = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    # a bare weight file of another family with ViT-like keys (EVA, BEiT) is checked tensor by tensor by load_state
+    if named is not None and (ckpt.complete or isinstance(named, VisionTransformer)):
         if not isinstance(named, VisionTransformer):
             raise UserError(
                 f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}; --backbone "
