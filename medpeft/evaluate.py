@@ -104,6 +104,7 @@ class FeatureCache:
                     torch.__version__,
                     model.preprocessing.mean,
                     model.preprocessing.std,
+                    *([model.config.head] if model.config.head else []),  # a dense head reads the patch map
                 )
             ).encode()
         )
@@ -153,7 +154,7 @@ def forward_suffix(model: PeftClassifier, x: torch.Tensor, stages: int) -> torch
     if stages <= family.depth:
         for i in range(stages, family.depth):
             x = family.run_block(i, x)
-        x = family.pool(x)
+        x = model.readout(x)
     return model.head(x)
 
 
@@ -184,7 +185,8 @@ def predict_logits(
     progress: bool = False,
     desc: str = "eval",
 ) -> np.ndarray:
-    """Logits (n, C) float32 for ``samples``, square-resized as at test time (bfloat16 on GPU with ``bf16``).
+    """Logits (n, C) float32 for ``samples`` (a dense head: (n, C, S, S)), square-resized as at test time (bfloat16
+    on GPU with ``bf16``).
 
     With ``features``, a frozen prefix of the model (:meth:`~medpeft.methods.Method.frozen_stages`) runs once per
     list and is reused: the same logits, bit for bit.

@@ -71,6 +71,8 @@ def run_experiment(
     check_spec(spec)
     data = load_splits(spec)
     data.check_images()
+    if spec.conformal is not None and not data.task.task_kind.keeps_logits:
+        raise ParameterError("conformal", "{conformal} applies to classification tasks, not {task}", task=spec.task)
     model = build_model(
         spec.method,
         spec.backbone,
@@ -81,6 +83,7 @@ def run_experiment(
         seed=spec.seed,
         mean=spec.mean,
         std=spec.std,
+        head=data.task.task_kind.head(spec.head),
         **spec.options,
     )
     with staged_dir(out, replace=overwrite) as stage:
@@ -120,8 +123,9 @@ def run_experiment(
 
 
 def kept_logits(result: RunResult, data: DatasetSplits) -> KeptLogits | None:
-    """What post-hoc steps need of a finished run (None without validation logits: no val split, or diverged)."""
-    if result.val_logits is None:
+    """What post-hoc steps need of a finished run (None without validation logits: no val split, or diverged; or
+    for a task kind that keeps none)."""
+    if result.val_logits is None or not data.task.task_kind.keeps_logits:
         return None
     test = data.test if result.test_logits is not None else None
     return KeptLogits(
@@ -152,7 +156,9 @@ def run_tracked(spec: RunSpec, out: str | Path, listener: RunListener | None = N
 
 def load_splits(spec: RunSpec) -> DatasetSplits:
     """The run's data: its split, validation capped at ``val_per_class``, and for a refit val merged into train."""
-    data = load_dataset(spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list)
+    data = load_dataset(
+        spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list, axis=spec.axis
+    )
     if spec.val_per_class is not None:
         data = data.with_val_per_class(spec.val_per_class, seed=(spec.seed, spec.exp))
     return data.with_val_in_train() if spec.refit else data

@@ -4,7 +4,8 @@ The graph maps normalised images (N, 3, S, S) float32, N dynamic, to probabiliti
 method folded in (:meth:`~medpeft.methods.Method.prepare_export`), the head, and the softmax (single-label) or
 sigmoid (multi-label) of the submission files. What it expects of its input is in the model's ``metadata_props``
 (:func:`preprocessing`); ``medpeft predict --engine onnx`` reads the images exactly as the PyTorch engine does
-(:func:`~medpeft.data.eval_dataset`) with those settings.
+(:func:`~medpeft.data.eval_dataset`) with those settings. A segmentation run's graph gives per-pixel logits
+(N, C, S, S) (output ``logits``; its task kind says what it exports: :meth:`~medpeft.task_kinds.TaskKind.exported`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ INPUT, OUTPUT = "image", "probabilities"
 _TRACING_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
-class _WithProbabilities(nn.Module):
+class WithProbabilities(nn.Module):
     """A classifier followed by the probabilities of its task."""
 
     def __init__(self, model: nn.Module, task):
@@ -71,18 +72,19 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     name = model.method.full_name
     model.method.prepare_export(model)
     size = model.config.img_size
+    module, output, description = record.task.task_kind.exported(model, record.task)
     graph = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python values, the exporter's deprecation
             torch.onnx.export(
-                _WithProbabilities(model, record.task).eval(),
+                module.eval(),
                 (torch.zeros(2, 3, size, size),),
                 graph,
                 input_names=[INPUT],
-                output_names=[OUTPUT],
+                output_names=[output],
                 opset_version=OPSET,
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}},
                 **_TRACING_EXPORTER,
             )
     except Exception as err:  # the exporter's errors have no common type
@@ -91,8 +93,9 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     proto = onnx.load_from_string(graph.getvalue())
     metadata = {
         **preprocessing(size, model.preprocessing),
-        "output": "sigmoid" if record.task.multilabel else "softmax",
+        "output": description,
         "classes": json.dumps(list(record.task.classes)),
+        **({"values": json.dumps(list(record.task.values))} if record.task.values else {}),
         "task": record.spec.task,
         "method": name,
         "run_key": record.key,

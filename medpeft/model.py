@@ -11,7 +11,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbones import DEFAULT_BACKBONE, build_backbone, feature_dim
-from .errors import UserError
+from .errors import ParameterError, UserError
+from .families import family_of
+from .heads import make_dense_head
 from .methods import Method, get_method
 from .preprocessing import Preprocessing
 from .seeding import seeded
@@ -19,7 +21,8 @@ from .types import ModelConfig
 
 
 class PeftClassifier(nn.Module):
-    """A (partly) frozen timm backbone and a head on its pooled feature: images (B, 3, H, W) → logits (B, C).
+    """A (partly) frozen timm backbone and a head on its pooled feature: images (B, 3, H, W) → logits (B, C); or,
+    with a dense head (``config.head``, :mod:`medpeft.heads`), on its patch map: per-pixel logits (B, C, H, W).
 
     ``backbone`` is the timm model with the method's modules injected; ``head`` is the classifier; ``method`` the
     :class:`~medpeft.methods.Method` that built it. ``config`` records how it was built (method, options, backbone,
@@ -50,11 +53,51 @@ class PeftClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature the head reads: the backbone's own pooling (:meth:`~medpeft.families.Family.pool`; ViT: the CLS
         token after the final norm; Swin: the mean of the final-norm tokens; EVA, BEiT and GAP ViTs: their
-        ``global_pool``, e.g. the mean of the patch tokens and ``fc_norm``)."""
-        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        ``global_pool``, e.g. the mean of the patch tokens and ``fc_norm``), or for a dense head the patch map
+        (:meth:`~medpeft.families.Family.patch_map`)."""
+        features = self.backbone.forward_features(x)
+        if self.config.head is not None:
+            return family_of(self.backbone).patch_map(features)
+        return self.backbone.forward_head(features, pre_logits=True)
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward_features` gives, from the last block's output (the pooled feature or the patch map)."""
+        family = family_of(self.backbone)
+        return family.pool(x) if self.config.head is None else family.dense(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+
+class WholeSegmenter(PeftClassifier):
+    """A method's own segmenter (:meth:`~medpeft.methods.Method.standalone`, e.g. the U-Net) as the model: ``head`` is
+    the whole network, trained from scratch; there is no backbone (an identity)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _whole_segmenter(spec: Method, num_classes: int, img_size, seed, mean, std, head) -> WholeSegmenter:
+    if head is None:
+        raise UserError(f"method {spec.full_name!r} is a whole segmenter: it takes segmentation tasks only")
+    size = img_size or 224
+    if size % 32:
+        raise ParameterError("img_size", "{img_size} {value}: method 'unet' needs a multiple of 32", value=size)
+    with seeded(seed):
+        net = spec.standalone(num_classes)
+    config = ModelConfig(
+        method=spec.full_name,
+        options=spec.options(),
+        backbone=spec.full_name,
+        num_classes=num_classes,
+        img_size=size,
+        preprocessing=Preprocessing(img_size=size).override(mean, std),
+        head=spec.full_name,
+    )
+    return WholeSegmenter(nn.Identity(), net, spec, config, frozenset(f"head.{n}" for n, _ in net.named_parameters()))
 
 
 def build_model(
@@ -68,6 +111,7 @@ def build_model(
     seed: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    head: str | None = None,
     **options,
 ) -> PeftClassifier:
     """Build ``method`` on a timm backbone: frozen backbone, the method's trainable tensors, a fresh head.
@@ -78,18 +122,28 @@ def build_model(
     sizes token-indexed parameters. ``seed`` draws every random initial value (a random backbone, the method's new
     tensors, the head) from a generator of its own, leaving the global one untouched: the same seed rebuilds the
     same model whatever ran before; None draws from torch's global generator. ``mean``/``std`` override the
-    normalisation the weights state (:func:`~medpeft.backbones.build_backbone`). ``options`` are the method's own
-    (see ``available_methods``).
+    normalisation the weights state (:func:`~medpeft.backbones.build_backbone`). ``head`` names a dense head of
+    :data:`medpeft.heads.HEADS` on the patch map (segmentation) instead of the method's head on the pooled feature.
+    ``options`` are the method's own (see ``available_methods``).
     """
     if num_classes < 1:
         raise UserError(f"num_classes={num_classes} must be at least 1")
     spec = get_method(method, **options)
+    if spec.standalone_segmenter:
+        return _whole_segmenter(spec, num_classes, img_size, seed, mean, std, head)
     with seeded(seed):
         model, preprocessing = build_backbone(backbone, pretrained=pretrained, weights=weights, img_size=img_size)
         model.requires_grad_(False)
         frozen = {id(p) for p in model.parameters()}
         spec.inject(model)
-        head = spec.make_head(feature_dim(model), num_classes)
+        if head is None:
+            classifier = spec.make_head(feature_dim(model), num_classes)
+        else:
+            if type(spec).make_head is not Method.make_head:
+                raise UserError(f"method {method!r} brings its own head on the pooled feature: no dense --head")
+            classifier = make_dense_head(
+                head, family_of(model).dense_dim, num_classes, int(model.patch_embed.img_size[0])
+            )
     config = ModelConfig(
         method=method,
         options=spec.options(),
@@ -97,9 +151,11 @@ def build_model(
         num_classes=num_classes,
         img_size=int(model.patch_embed.img_size[0]),
         preprocessing=preprocessing.override(mean, std),
+        head=head,
     )
     added = frozenset(f"backbone.{n}" for n, p in model.named_parameters() if id(p) not in frozen)
-    return PeftClassifier(model, head, spec, config, added | {f"head.{n}" for n, _ in head.named_parameters()})
+    heads = {f"head.{n}" for n, _ in classifier.named_parameters()}
+    return PeftClassifier(model, classifier, spec, config, added | heads)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -108,21 +164,38 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+def head_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's persistent buffers by name (a dense head's BatchNorm statistics): training changes them too."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return {}
+    return {
+        f"head.{n}": b for n, b in head.state_dict(keep_vars=True).items() if n not in dict(head.named_parameters())
+    }
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable tensors by name, detached."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable tensors (and the head's buffers) by name, detached."""
+    state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    return {**state, **{name: b.detach() for name, b in head_buffers(model).items()}}
 
 
 def saved_names(model: PeftClassifier) -> set[str]:
-    """What a checkpoint of ``model`` holds: its trainable tensors and every tensor its method added."""
-    return {name for name, p in model.named_parameters() if p.requires_grad or name in model.added}
+    """What a checkpoint of ``model`` holds: its trainable tensors, every tensor its method added and the head's
+    buffers."""
+    names = {name for name, p in model.named_parameters() if p.requires_grad or name in model.added}
+    return names | set(head_buffers(model))
+
+
+def _saved_tensors(model: PeftClassifier) -> dict[str, torch.Tensor]:
+    names = saved_names(model)
+    return {name: t for name, t in [*model.named_parameters(), *head_buffers(model).items()] if name in names}
 
 
 def save_trainable(model: PeftClassifier, path: str | Path) -> None:
     """Write the trainable tensors and the method's added ones (e.g. frozen prompts; safetensors) with the build
     config in the file's metadata."""
-    names = saved_names(model)
-    state = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if name in names}
+    state = {name: t.detach().contiguous().cpu() for name, t in _saved_tensors(model).items()}
     save_file(state, str(path), metadata={"medpeft_config": json.dumps(model.config.to_dict())})
 
 
@@ -160,12 +233,13 @@ def load_trainable(
             weights=weights,
             img_size=config.img_size,
             seed=seed,
+            head=config.head,
             **config.options,
         )
     elif model.config.method != config.method:
         raise UserError(f"{path} holds a {config.method!r} model, not {model.config.method!r}")
     state = load_file(str(path))
-    params = dict(model.named_parameters())
+    params = _saved_tensors(model)
     expected = saved_names(model)
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

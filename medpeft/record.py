@@ -24,6 +24,7 @@ from .calibration import CHOICES as CALIBRATIONS
 from .conformal import ConformalConfig
 from .data import TaskSpec, parse_shots
 from .errors import ParameterError, UserError
+from .heads import check_head
 from .methods import get_method
 from .preprocessing import Preprocessing
 from .types import ModelConfig, RunResult, TrainConfig
@@ -111,7 +112,10 @@ class RunSpec:
     validation after the epoch is selected (``none`` or a name of :data:`medpeft.calibration.CALIBRATORS`);
     ``conformal``: conformal prediction calibrated on validation, after the calibration when both are asked
     (:mod:`medpeft.conformal`; None: none). ``mean``/``std`` override the normalisation the backbone's weights
-    state (``--mean/--std``; None: theirs). The method, its options and the recipe are checked on construction.
+    state (``--mean/--std``; None: theirs). ``head``: the dense head of a segmentation task
+    (:data:`medpeft.heads.HEADS`; None: the task kind's default); ``axis``: the voxel axis volumes are sliced along
+    (``seg-volumes``; None: its default, 2). The method, its options and the recipe are
+    checked on construction.
     """
 
     method: str
@@ -134,6 +138,8 @@ class RunSpec:
     conformal: ConformalConfig | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    head: str | None = None
+    axis: int | None = None
 
     def __post_init__(self):
         if isinstance(self.train, dict):
@@ -160,6 +166,8 @@ class RunSpec:
             Preprocessing().override(self.mean, self.std)
         except UserError as err:
             raise ParameterError("mean", "{mean}/{std}: {reason}", reason=str(err)) from None
+        if self.head is not None:
+            check_head(self.head)
         if not self.label:
             self.label = method_label(self.method, self.options)
 
@@ -189,7 +197,11 @@ class RunSpec:
         return ([candidate_tag(self.candidate)] if self.candidate else []) + (["refit"] if self.refit else [])
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "train": dataclasses.asdict(self.train)}
+        values = {**dataclasses.asdict(self), "train": dataclasses.asdict(self.train)}
+        for name in ("head", "axis"):  # a classification run's spec is as before segmentation existed
+            if values[name] is None:
+                values.pop(name)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunSpec:
@@ -244,7 +256,7 @@ class RunRecord:
             "version": self.version,
             "key": self.key,
             "spec": self.spec.to_dict(),
-            "task": {**dataclasses.asdict(self.task), "classes": list(self.task.classes)},
+            "task": self.task.to_dict(),
             "model": self.model.to_dict(),
             "result": self.result.to_dict(),
             "versions": self.versions,
@@ -261,10 +273,9 @@ class RunRecord:
                 f"run record of version {version!r}: this medpeft reads version {RECORD_VERSION} "
                 "(rerun it, or use the medpeft release that wrote it)"
             )
-        task = values["task"]
         return cls(
             spec=RunSpec.from_dict(values["spec"]),
-            task=TaskSpec(task["name"], tuple(task["classes"]), task["multilabel"], task.get("select_by")),
+            task=TaskSpec.from_dict(values["task"]),
             model=ModelConfig.from_dict(values["model"]),
             result=RunResult.from_dict(values["result"]),
             versions=values["versions"],

@@ -10,15 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .calibration import CHOICES as CALIBRATIONS
-from .calibration import calibrate_logits
-from .data import DatasetSplits, ResizedImageCache, TaskSpec, train_dataset
+from .data import DatasetSplits, ResizedImageCache, TaskSpec
 from .errors import ParameterError, UserError
-from .evaluate import FeatureCache, autocast, evaluate, predict_logits, scores_of
+from .evaluate import FeatureCache, autocast, predict_logits
 from .memory import PeakMemory
 from .model import PeftClassifier, count_parameters, trainable_state
 from .seeding import seeded
@@ -35,10 +33,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def loss_fn(task: TaskSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Multi-label: BCE summed over classes, averaged over the batch (mmcls); multi-class: softmax CE."""
-    if task.multilabel:
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / logits.shape[0]
-    return F.cross_entropy
+    """The task kind's loss (:meth:`~medpeft.task_kinds.TaskKind.loss`): multi-label: BCE summed over classes,
+    averaged over the batch (mmcls); multi-class: softmax CE; segmentation: CE + Dice."""
+    return task.task_kind.loss(task)
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -95,6 +92,9 @@ def fit(
             task=task.name,
             value=calibrate,
         )
+    if task.task_kind.per_pixel != (model.config.head is not None):
+        what = "a dense head" if model.config.head else "a classifier head"
+        raise UserError(f"the model has {what}; task {task.name!r} is a {task.kind} task")
     if model.config.num_classes != task.num_classes:
         raise UserError(
             f"the model has {model.config.num_classes} outputs, task {task.name!r} {task.num_classes} classes"
@@ -129,11 +129,12 @@ def _fit(
     on_epoch: Callable[[dict[str, Any]], None],
 ) -> RunResult:
     task = data.task
+    kind = task.task_kind
     img_size = model.config.img_size
     model.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
     loader = DataLoader(
-        train_dataset(data.train, img_size, task=task, mean=model.preprocessing.mean, std=model.preprocessing.std),
+        kind.train_dataset(data.train, img_size, task, model.preprocessing.mean, model.preprocessing.std),
         batch_size=config.batch_size,
         shuffle=True,
         num_workers=config.num_workers,
@@ -170,7 +171,7 @@ def _fit(
                     "logits not finite), training stopped"
                 )
                 break
-            val = {} if logits is None else evaluate(scores_of(logits, task), data.val, task)
+            val = {} if logits is None else kind.evaluate(logits, data.val, task)
             history.append(
                 {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
             )
@@ -181,16 +182,16 @@ def _fit(
         if diverged is None:
             model.load_state_dict(best.state, strict=False)
             if data.val is not None:
-                calibration = calibrate_logits(calibrate, best.logits, data.val.labels, task.multilabel)
+                calibration = kind.calibrate(calibrate, best.logits, data.val, task)
             if data.test is not None:
                 with clock("test"):
                     logits = predict_logits(model, data.test, task, **evaluation)
-                raw = scores_of(logits, task)
-                test_scores = raw if calibration is None else scores_of(calibration.apply(logits), task)
-                if data.test.labels is not None:
-                    test_metrics = evaluate(raw, data.test, task)
+                calibrated = logits if calibration is None else calibration.apply(logits)
+                test_scores = kind.scores(calibrated, task)
+                if kind.labelled(data.test):
+                    test_metrics = kind.evaluate(logits, data.test, task)
                     if calibration is not None:
-                        calibration.test = evaluate(test_scores, data.test, task)
+                        calibration.test = kind.evaluate(calibrated, data.test, task)
     trainable, total_params = count_parameters(model)
     return RunResult(
         history,

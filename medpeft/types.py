@@ -93,8 +93,9 @@ class TrainConfig:
 @dataclass
 class ModelConfig:
     """How a :class:`~medpeft.model.PeftClassifier` was built: the method and its resolved options, the backbone's
-    name (``custom`` for a built model without one), the number of classes, the input size and the
-    :class:`~medpeft.preprocessing.Preprocessing` its weights expect (or ``--mean/--std`` set). Stored in a run's
+    name (``custom`` for a built model without one), the number of classes, the input size, the
+    :class:`~medpeft.preprocessing.Preprocessing` its weights expect (or ``--mean/--std`` set) and the dense head
+    (:data:`medpeft.heads.HEADS`; None: a classifier on the pooled feature). Stored in a run's
     record (``model``) and in the metadata of its ``trainable.safetensors``, as :meth:`to_dict`."""
 
     method: str
@@ -103,9 +104,13 @@ class ModelConfig:
     num_classes: int
     img_size: int
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    head: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "preprocessing": self.preprocessing.to_dict()}
+        values = {**dataclasses.asdict(self), "preprocessing": self.preprocessing.to_dict()}
+        if values["head"] is None:  # a classifier's config is as before dense heads existed
+            values.pop("head")
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
@@ -123,6 +128,7 @@ class ModelConfig:
             int(values["num_classes"]),
             int(values["img_size"]),
             preprocessing,
+            values.get("head"),
         )
 
 

@@ -24,9 +24,9 @@ PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
 
 
 def changed_by_calibration(task) -> tuple[str, ...]:
-    """The test metrics temperature scaling changes: ECE and Brier; accuracy and mAP never (argmax and per-class
-    rankings stay), AUC only for single-label tasks of more than two classes (softmax re-ranks images per class)."""
-    return ("ECE", "Brier") + (("AUC",) if not task.multilabel and task.num_classes > 2 else ())
+    """The test metrics temperature scaling changes (the task kind's: :meth:`~medpeft.task_kinds.TaskKind.
+    changed_by_calibration`)."""
+    return task.task_kind.changed_by_calibration(task)
 
 
 def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -124,10 +124,10 @@ def _max(values: list[float]) -> str:
     return f"{max(values):.0f}" if values else "–"
 
 
-def _pm(mean: float, std: float) -> str:
+def _pm(mean: float, std: float, scale: float = 100) -> str:
     if np.isnan(mean):
         return "–"
-    return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{scale * mean:.2f}" if np.isnan(std) else f"{scale * mean:.2f} ± {scale * std:.2f}"
 
 
 def _params(value) -> str:
@@ -176,6 +176,7 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
     metric_names = list(
         dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean") and not k.startswith("conformal_"))
     )
+    unscaled = {m for r in records for m in r.task.task_kind.unscaled_metrics}
     lines += [
         "",
         "## Every metric",
@@ -184,8 +185,13 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
         "|---|---|---|---|" + "---|" * len(metric_names),
     ]
     for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
-        values = [_pm(r.get(f"{m}_mean", float("nan")), r.get(f"{m}_std", float("nan"))) for m in metric_names]
+        values = [
+            _pm(r.get(f"{m}_mean", float("nan")), r.get(f"{m}_std", float("nan")), 1 if m in unscaled else 100)
+            for m in metric_names
+        ]
         lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | " + " | ".join(values) + " |")
+    if unscaled & set(metric_names):
+        lines += ["", f"{', '.join(sorted(unscaled & set(metric_names)))}: in pixels, not ×100."]
     if any(name.endswith("_cal") for name in metric_names):
         lines += [
             "",

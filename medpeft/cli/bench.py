@@ -13,6 +13,7 @@ from .options import (
     backbone_options,
     conformal_options,
     conformal_settings,
+    head_option,
     int_list,
     mlflow_options,
     parse_options,
@@ -46,6 +47,7 @@ EXECUTOR_OPTIONS = {
 @click.option("--search", type=click.Choice(["paper"]), help="Search every method's paper grid on validation.")
 @click.option("--refit/--no-refit", default=None, help="Rerun each chosen candidate on train + val and report it.")
 @backbone_options(defaults=False)
+@head_option()
 @run_options(defaults=False)
 @conformal_options
 @click.option("--epochs", type=int)
@@ -109,6 +111,7 @@ def command(
     pretrained,
     weights,
     img_size,
+    head,
     val_per_class,
     calibrate,
     conformal,
@@ -160,6 +163,7 @@ def command(
         "pretrained": pretrained,
         "weights": weights,
         "img_size": img_size,
+        "head": head,
         "val_per_class": val_per_class,
         "calibrate": calibrate,
         "mlflow": mlflow_uri,

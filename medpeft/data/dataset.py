@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 
 from .cache import ResizedImageCache
 from .images import read_image
 from .samples import Samples
 from .tasks import TaskSpec
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, to_normalized_tensor, train_transform
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    joint_train_transform,
+    to_normalized_tensor,
+    train_transform,
+)
 
 
 class ImageDataset(Dataset):
@@ -71,3 +80,25 @@ def train_dataset(
 ) -> ImageDataset:
     """Randomly cropped and flipped images, decoded from their source every time."""
     return ImageDataset(samples, train_transform(img_size, mean, std), task=task)
+
+
+class MaskDataset(Dataset):
+    """Segmentation training items ``(image_tensor, mask, index)``: the image and its class-index mask (int64
+    ``img_size``²) through one random scale-crop and flip (:func:`~medpeft.data.transforms.joint_train_transform`:
+    the mask resized nearest-neighbour), then the image normalised."""
+
+    def __init__(self, samples: Samples, img_size: int, task: TaskSpec, *, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.samples, self.task = samples, task
+        self.joint = joint_train_transform(img_size)
+        self.normalize = to_normalized_tensor(mean, std)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from .seg import read_mask
+
+        image = tv_tensors.Image(torch.from_numpy(np.array(read_image(self.samples.sources[index]))).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(read_mask(self.samples.masks[index], self.task).astype(np.int64)))
+        image, mask = self.joint(image, mask)
+        return self.normalize(image.as_subclass(torch.Tensor)), mask.as_subclass(torch.Tensor), index

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from . import br35h
 from .annotations import read_names
 from .generic import load_csv, load_folder
@@ -15,6 +15,7 @@ from .isic import load_isic
 from .medfmc import load_medfmc
 from .medmnist import load_medmnist
 from .samples import DatasetSplits, Samples
+from .seg import load_isic2018, load_kvasir, load_seg_csv, load_seg_folder, load_seg_volumes
 from .tasks import MEDFMC_TASKS
 
 
@@ -28,6 +29,7 @@ class Dataset:
     load: Callable[[str, int, int, int, str | None], DatasetSplits]
     image_list: Callable[[str, str], Samples]
     default_root: Callable[[], Path] | None = None
+    sliced: bool = False  #: whether ``load`` takes ``axis`` (volumes sliced along a voxel axis)
 
     def root(self, given: str | None) -> str:
         """``given``, or the default root; UserError when neither exists."""
@@ -78,8 +80,37 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
+def _seg(name: str, loader: Callable, default_root: Callable[[], Path] | None = None) -> Dataset:
+    """A segmentation layout (:mod:`.seg`); ``--test-list`` names its test stems."""
+    return Dataset(name, loader, _beside_list, default_root)
+
+
+def _real(name: str) -> Callable[[], Path]:
+    """The real mask set ``name`` materialised in the seg-folder layout (:func:`medpeft.data.seg_real.materialise`,
+    in its default folder)."""
+
+    def root() -> Path:
+        from .seg_real import materialise
+
+        return Path(materialise(name))
+
+    return root
+
+
+SEG_DATASETS: dict[str, Dataset] = {
+    "seg-folder": _seg("seg-folder", load_seg_folder),
+    "seg-csv": _seg("seg-csv", load_seg_csv),
+    "seg-volumes": dataclasses.replace(_seg("seg-volumes", load_seg_volumes), sliced=True),
+    "kvasir-seg": _seg("kvasir-seg", load_kvasir),
+    "isic2018-seg": _seg("isic2018-seg", load_isic2018),
+    **{name: _seg(name, load_seg_folder, _real(name)) for name in ("icbm152-tissue", "stardist-nuclei")},
+}
+DATASETS.update(SEG_DATASETS)
+
+
 def get_dataset(name: str) -> Dataset:
-    """The dataset kind ``name`` (a MedFMC task, isic, br35h, medmnist, csv or folder)."""
+    """The dataset kind ``name`` (a MedFMC task, isic, br35h, medmnist, csv, folder, or a segmentation layout of
+    :data:`SEG_DATASETS`)."""
     try:
         return DATASETS[name]
     except KeyError:
@@ -87,8 +118,20 @@ def get_dataset(name: str) -> Dataset:
 
 
 def load_dataset(
-    name: str, root, shots: int, exp: int = 1, *, seed: int = 0, test_list: str | None = None
+    name: str,
+    root,
+    shots: int,
+    exp: int = 1,
+    *,
+    seed: int = 0,
+    test_list: str | None = None,
+    axis: int | None = None,
 ) -> DatasetSplits:
-    """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, Br35H, a MedMNIST npz, a CSV or a class
-    folder."""
-    return get_dataset(name).load(root, shots, exp, seed, test_list)
+    """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, Br35H, a MedMNIST npz, a CSV, a class
+    folder or a segmentation layout; ``axis``: the voxel axis volumes are sliced along (``seg-volumes``; default 2)."""
+    dataset = get_dataset(name)
+    if axis is None:
+        return dataset.load(root, shots, exp, seed, test_list)
+    if not dataset.sliced:
+        raise ParameterError("axis", "{axis} applies to volumes (task seg-volumes), not task {task!r}", task=name)
+    return dataset.load(root, shots, exp, seed, test_list, axis=axis)

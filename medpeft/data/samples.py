@@ -18,19 +18,24 @@ class Samples:
 
     ``names`` are what a submission CSV writes; each ``sources`` entry is an image file path or an ``HxW`` /
     ``HxWx3`` uint8 array; ``labels`` is ``(n, C)`` uint8 (multi-label), ``(n,)`` int64 (single-label) or None.
-    ``origins``: where array sources were decoded from, the file of each (None when unknown).
+    ``origins``: where array sources were decoded from, the file of each (None when unknown). ``masks``
+    (segmentation): each image's label mask, a file path or an ``HxW`` integer array of raw mask values (the task's
+    ``values``); None when unlabelled or not a segmentation.
     """
 
     names: list[str]
     sources: list
     labels: np.ndarray | None = None
     origins: list[str] | None = None
+    masks: list | None = None
 
     def __post_init__(self):
         if len(self.names) != len(self.sources) or (self.labels is not None and len(self.labels) != len(self.names)):
             raise ValueError("Samples: names, sources and labels must have the same length")
         if self.origins is not None and len(self.origins) != len(self.names):
             raise ValueError("Samples: origins must have one file per sample")
+        if self.masks is not None and len(self.masks) != len(self.names):
+            raise ValueError("Samples: masks must have one mask per sample")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -49,6 +54,7 @@ class Samples:
             [self.sources[i] for i in indices],
             None if self.labels is None else self.labels[np.asarray(indices, dtype=np.int64)],
             None if self.origins is None else [self.origins[i] for i in indices],
+            None if self.masks is None else [self.masks[i] for i in indices],
         )
 
 
@@ -92,6 +98,9 @@ class DatasetSplits:
             None
             if self.train.origins is None or self.val.origins is None
             else self.train.origins + [self.val.origins[i] for i in extra],
+            None
+            if self.train.masks is None or self.val.masks is None
+            else self.train.masks + [self.val.masks[i] for i in extra],
         )
         return DatasetSplits(self.task, merged, None, self.test)
 

@@ -1,7 +1,9 @@
-"""Classification tasks: class names, in label order, and whether the task is multi-label."""
+"""Tasks: class names, in label order, whether a classification task is multi-label, and the task's kind
+(:mod:`medpeft.task_kinds`: classification or segmentation)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -9,38 +11,68 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A classification task: ``classes`` in label-column order; ``multilabel`` False means one class per image.
+    """A task: ``classes`` in label-column order; ``multilabel`` False means one class per image (or per pixel).
 
     ``select_by`` names the validation metric that selects checkpoints and hyper-parameters (default: the
-    reported one); MedFMC's ``save_best='auto'`` selects endo by AUC.
+    reported one); MedFMC's ``save_best='auto'`` selects endo by AUC. ``kind`` names the task's
+    :class:`~medpeft.task_kinds.TaskKind` (``classification`` or ``segmentation``), which owns the head, loss,
+    metrics and calibration; ``values`` (segmentation) is the mask value of each class.
     """
 
     name: str
     classes: tuple[str, ...]
     multilabel: bool
     select_by: str | None = None
+    kind: str = "classification"
+    values: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @property
+    def task_kind(self):
+        """The :class:`~medpeft.task_kinds.TaskKind` of this task."""
+        from ..task_kinds import get_kind
+
+        return get_kind(self.kind)
+
+    @property
     def report_metric(self) -> str:
-        """The test metric tables report, as the paper: mAP for multi-label tasks, accuracy otherwise."""
-        return "mAP" if self.multilabel else "accuracy"
+        """The test metric tables report (the task kind's: accuracy, mAP, mIoU)."""
+        return self.task_kind.report_metric(self)
 
     @property
     def tiebreak_metric(self) -> str:
-        """The validation metric that breaks ties of :attr:`selection_metric` between search candidates: AUC (a
-        ranking over every image, finer than accuracy or mAP on a few images), or mAP / accuracy when AUC selects."""
-        if self.selection_metric != "AUC":
-            return "AUC"
-        return "mAP" if self.multilabel else "accuracy"
+        """The validation metric that breaks ties of :attr:`selection_metric` between search candidates."""
+        return self.task_kind.tiebreak_metric(self)
 
     @property
     def selection_metric(self) -> str:
-        """The validation metric (a key of :func:`medpeft.metrics.task_metrics`, greater is better) that selects."""
+        """The validation metric (greater is better) that selects."""
         return self.select_by or self.report_metric
+
+    def to_dict(self) -> dict:
+        """As a run record holds it; a classification task's record is as before task kinds existed."""
+        values = {**dataclasses.asdict(self), "classes": list(self.classes)}
+        if self.kind == "classification":
+            values.pop("kind")
+            values.pop("values")
+        else:
+            values["values"] = None if self.values is None else list(self.values)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TaskSpec:
+        stored = values.get("values")
+        return cls(
+            values["name"],
+            tuple(values["classes"]),
+            values["multilabel"],
+            values.get("select_by"),
+            values.get("kind", "classification"),
+            None if stored is None else tuple(int(v) for v in stored),
+        )
 
 
 CHEST_CLASSES = (

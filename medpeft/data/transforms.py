@@ -30,3 +30,13 @@ def train_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.C
 def eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
     """Square bicubic resize + normalisation (the MedFMC test pipeline)."""
     return v2.Compose([square_resize(img_size), to_normalized_tensor(mean, std)])
+
+
+def joint_train_transform(img_size: int, scale=(0.25, 1.0)) -> v2.Compose:
+    """Segmentation training: one random scale-crop (RandomResizedCrop, area ``scale``, ratio 3/4-4/3) and
+    horizontal flip applied to an image and its mask together (torchvision's ``tv_tensors``): the image is resized
+    bicubic, the mask nearest-neighbour, so every mask value stays one of the original labels."""
+    crop = v2.RandomResizedCrop(
+        img_size, scale=scale, ratio=(3 / 4, 4 / 3), interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
+    return v2.Compose([crop, v2.RandomHorizontalFlip(0.5)])

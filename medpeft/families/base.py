@@ -154,6 +154,28 @@ class Family:
         """The pooled feature the head reads, from the last block's output (the model's own norm and pooling)."""
         return self.model.forward_head(self.model.norm(x), pre_logits=True)
 
+    def patch_map(self, features: torch.Tensor) -> torch.Tensor:
+        """The patch tokens of ``features`` (the model's ``forward_features``: the last block's output after the
+        final norm) as a (B, D, h, w) map on the patch grid; the prefix tokens (CLS, registers) are left out, and a
+        method's extra tokens are gone by then (VPT drops its prompts after the last block). A model whose final
+        norm is its pooled feature's (``fc_norm``, GAP models: ``norm`` is an identity) gets it on every patch
+        token."""
+        h, w = self.patch_grid
+        x = features[:, self.num_prefix_tokens :]
+        if "fc_norm" in self.final_norms() and "norm" not in self.final_norms():
+            x = self.model.fc_norm(x)
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch map a dense head reads, from the last block's output (:meth:`patch_map` after the final norm,
+        as :meth:`pool` is for the pooled feature)."""
+        return self.patch_map(self.model.norm(x))
+
+    @property
+    def dense_dim(self) -> int:
+        """Width of the patch map's tokens (the last block's)."""
+        return self.dim(self.depth - 1)
+
     # --- attention internals ---------------------------------------------------------------------------------------
     def attention_kwargs(self, i: int) -> dict:
         """Keyword arguments block i passes to its attention besides the tokens."""

@@ -73,6 +73,10 @@ class Swin(Family):
     def embed(self, images):
         return self.model.patch_embed(images)
 
+    def patch_map(self, features):
+        """The last stage's (B, H, W, C) grid as (B, C, H, W): the patch grid / 2^(stages - 1)."""
+        return features.permute(0, 3, 1, 2)
+
     def run_block(self, i, x):
         for module in self.block_modules(i):
             x = module(x)

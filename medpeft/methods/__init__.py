@@ -7,8 +7,8 @@ one module here: the model wrapper and the training loop never change.
 
 from __future__ import annotations
 
-from . import adapter, bitfit, ept, full, linear, lora, mlp, partial, ssf, vp, vpt  # noqa: F401  (registration)
+from . import adapter, bitfit, ept, full, linear, lora, mlp, partial, ssf, unet, vp, vpt  # noqa: F401  (registration)
 from .base import Method
-from .registry import available_methods, get_method, register
+from .registry import available_methods, get_method, register, standalone_methods
 
-__all__ = ["Method", "available_methods", "get_method", "register"]
+__all__ = ["Method", "available_methods", "get_method", "register", "standalone_methods"]

@@ -30,6 +30,8 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    #: whether the method is a whole segmenter of its own (:meth:`standalone`), not a method on a backbone
+    standalone_segmenter: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -85,6 +87,11 @@ class Method:
         """Called on a loaded model about to be exported to ONNX (never trained again): rewrite in place what the
         exporter cannot trace as plain operations computing the same function (fold weight updates into the
         frozen weights, swap a fused kernel for explicit operations). Nothing here."""
+
+    def standalone(self, num_classes: int) -> nn.Module | None:
+        """A whole segmenter of the method's own ((B, 3, S, S) images → (B, C, S, S) logits, every weight trained)
+        in place of a backbone and head; None here: the method works on a backbone."""
+        return None
 
     def options(self) -> dict[str, Any]:
         """The resolved options, JSON-ready."""

@@ -15,10 +15,16 @@ def register(cls: type[Method]) -> type[Method]:
 
 
 def available_methods() -> list[str]:
-    """Every method name ``build_model`` accepts, own methods first, then the ``peft:<tuner>`` ones."""
+    """Every method name ``build_model`` accepts on a backbone, own methods first, then the ``peft:<tuner>`` ones
+    (the whole segmenters of :func:`standalone_methods` aside)."""
     from .hf_peft import PEFT_TUNERS
 
-    return list(_REGISTRY) + [f"peft:{t}" for t in PEFT_TUNERS]
+    return [n for n, c in _REGISTRY.items() if not c.standalone_segmenter] + [f"peft:{t}" for t in PEFT_TUNERS]
+
+
+def standalone_methods() -> list[str]:
+    """The methods that are a whole segmenter of their own (segmentation tasks only, e.g. ``unet``)."""
+    return [n for n, c in _REGISTRY.items() if c.standalone_segmenter]
 
 
 def get_method(name: str, **options) -> Method:
@@ -28,7 +34,7 @@ def get_method(name: str, **options) -> Method:
 
         return HFPeft(tuner=name.split(":", 1)[1], config=options)
     if name not in _REGISTRY:
-        raise UserError(f"unknown method {name!r}: choose from {', '.join(available_methods())}")
+        raise UserError(f"unknown method {name!r}: choose from {', '.join(available_methods() + standalone_methods())}")
     cls = _REGISTRY[name]
     try:
         return cls(**options)
