@@ -19,6 +19,8 @@ left out of fitting and scoring).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -26,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import UserError
+from .files import json_line, write_text
 from .floors import C_GRID
 from .seg_metrics import segmentation_metrics
 
@@ -152,3 +155,67 @@ def seg_floors(train, val, test, num_classes: int, ignore_index: int = 255, clas
         "otsu": otsu_floor(train, test, num_classes, ignore_index, class_names),
         "logreg": logistic_floor(train, val, test, num_classes, ignore_index, class_names),
     }
+
+
+def _arrays(samples, task) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(grey images, class-index masks) of a split of a segmentation dataset."""
+    from .data import read_image
+    from .data.seg import read_mask
+
+    return [grey(np.asarray(read_image(s))) for s in samples.sources], [read_mask(m, task) for m in samples.masks]
+
+
+def run_seg_floors(config, out, progress: bool = True) -> list[dict]:
+    """Both floors on every split of the bench ``config`` (tasks × shots × experiments × seeds, as its runs load
+    them); writes ``OUT/floors.jsonl`` and ``OUT/floors.md`` (rows as :func:`medpeft.floors.run_floors` writes
+    them, ``setting``: logistic regression's C, none for Otsu) and returns the rows."""
+    from tqdm.auto import tqdm
+
+    from .experiment import load_splits
+
+    specs = list(config.specs())
+    cells = list(dict.fromkeys((s.task, s.shots, s.exp, s.seed) for s in specs))
+    rows = []
+    for cell in tqdm(cells, desc="seg floors", disable=not progress or None):
+        data = load_splits(next(s for s in specs if (s.task, s.shots, s.exp, s.seed) == cell))
+        splits = [_arrays(getattr(data, part), data.task) for part in ("train", "val", "test")]
+        names, c = list(data.task.classes), len(data.task.classes)
+        logreg = logistic_floor(*splits, c, class_names=names)
+        tests = {"otsu": otsu_floor(splits[0], splits[2], c, class_names=names), "logreg": logreg}
+        for floor, test in tests.items():
+            setting = test.pop("C", None)
+            rows.append(dict(zip(("task", "shots", "exp", "seed"), cell), floor=floor, setting=setting, test=test))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "floors.jsonl", "".join(json_line(r) for r in rows))
+    write_text(out / "floors.md", floors_markdown(rows))
+    return rows
+
+
+def floors_markdown(rows: list[dict]) -> str:
+    """Per floor × task × shots: test mIoU, mDice, aAcc and ECE (×100) and HD95 (pixels), mean ± sample std over
+    samplings and seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["floor"], r["task"], r["shots"]), []).append(r)
+    columns = {"mIoU": 100, "mDice": 100, "aAcc": 100, "HD95": 1, "ECE": 100}
+    lines = [
+        "# Segmentation floors",
+        "",
+        "Test metrics of the floors on exactly the bench's splits (medpeft.seg_floors): mIoU, mDice, aAcc, ECE ×100, "
+        "HD95 in pixels; mean ± sample std over samplings.",
+        "",
+        "| floor | task | shots | runs | " + " | ".join(columns) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(columns),
+    ]
+    for (floor, task, shots), group in groups.items():
+        cells = []
+        for name, scale in columns.items():
+            values = scale * np.array([g["test"].get(name, np.nan) for g in group], dtype=float)
+            if np.isnan(values).all():
+                cells.append("–")
+            else:
+                std = f" ± {np.nanstd(values, ddof=1):.1f}" if np.isfinite(values).sum() > 1 else ""
+                cells.append(f"{np.nanmean(values):.1f}{std}")
+        lines.append(f"| {TITLES[floor]} | {task} | {shots} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

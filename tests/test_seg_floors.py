@@ -109,3 +109,44 @@ def test_logistic_floor_matches_sklearn():
     best = max(results, key=lambda r: r[0])  # first of equal maxima
     assert got["C"] == best[1]
     assert all(abs(got[k] - best[2][k]) < 1e-9 for k in best[2]) and "ECE" in got
+
+
+def test_run_seg_floors_scores_the_bench_splits(tmp_path):
+    from PIL import Image
+
+    from medpeft.bench import BenchConfig
+    from medpeft.experiment import load_splits
+
+    rng = np.random.default_rng(5)
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for i in range(10):
+        image, mask = three_tissue_image(rng, (16, 16), step=1)
+        Image.fromarray(image).save(tmp_path / "d" / "images" / f"im{i}.png")
+        Image.fromarray((mask == 2).astype(np.uint8) * 255).save(tmp_path / "d" / "masks" / f"im{i}.png")
+    config = BenchConfig.from_dict(
+        {
+            "methods": ["linear"],
+            "tasks": ["seg-folder"],
+            "data_root": str(tmp_path / "d"),
+            "shots": [2],
+            "exps": [1, 2],
+            "backbone": "vit_tiny_patch16_224",
+            "pretrained": False,
+            "img_size": 32,
+        }
+    )
+    rows = seg_floors.run_seg_floors(config, tmp_path / "out", progress=False)
+    assert [(r["exp"], r["floor"]) for r in rows] == [(1, "otsu"), (1, "logreg"), (2, "otsu"), (2, "logreg")]
+    assert (tmp_path / "out" / "floors.jsonl").is_file() and "logistic" in (tmp_path / "out" / "floors.md").read_text()
+    spec = next(config.specs())
+    data = load_splits(spec)
+
+    def read(samples):  # the files themselves: grey levels, and the 0/255 masks as class indices 0/1
+        images = [np.array(Image.open(tmp_path / "d" / "images" / f"{n}.png")) for n in samples.names]
+        return images, [np.array(Image.open(tmp_path / "d" / "masks" / f"{n}.png")) // 255 for n in samples.names]
+
+    train, val, test = read(data.train), read(data.val), read(data.test)
+    assert not set(data.train.names) & set(data.test.names)
+    expected = seg_floors.logistic_floor(train, val, test, 2, class_names=["background", "foreground"])
+    assert rows[1]["setting"] == expected.pop("C") and rows[1]["test"] == expected

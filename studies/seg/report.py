@@ -1,8 +1,9 @@
 """The segmentation study's tables and verdict, regenerated from its committed files.
 
 Reads, per set folder under ``benchmarks/seg/`` (``icbm152-tissue``, ``stardist-nuclei``; ``benchmarks/seg/run.sh``
-writes them): ``bench/runs.jsonl`` (every candidate run, the validation-selected one marked ``selected``) and
-``floors/floors.jsonl`` (:func:`medpeft.seg_floors.run_seg_floors` on the same splits). Writes
+writes them): ``bench/runs.jsonl`` and ``unet/runs.jsonl`` (every candidate run, the validation-selected one marked
+``selected``; the U-Net runs apart at 128 px) and ``floors/floors.jsonl`` (``medpeft floors``:
+:func:`medpeft.seg_floors.run_seg_floors` on the same splits). Writes
 ``benchmarks/seg/results.md``, with the paper's Table A.6 (Kvasir-SEG, ViT-B/16) printed beside as reference.
 
 Paired comparisons are over the cells (shots × sampling) the two rows share: EPT's test mIoU minus the other's,
@@ -51,7 +52,7 @@ def load(folder: Path) -> dict[str, dict[tuple, dict]]:
     """``{row: {(shots, exp): metrics}}`` of the validation-selected runs (with ``ECE_cal``, ``lr``, ``params``)
     and of the floors (``floor: <name>``)."""
     rows: dict[str, dict[tuple, dict]] = {}
-    for r in read_index(folder / "bench"):
+    for r in records(folder):
         if r.selected and r.test:
             cal = (r.result.calibration.test if r.result.calibration else None) or {}
             rows.setdefault(r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
@@ -68,6 +69,11 @@ def load(folder: Path) -> dict[str, dict[tuple, dict]]:
         }
     order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
     return {r: rows[r] for r in order}
+
+
+def records(folder: Path) -> list:
+    """The run records of the study's bench folders (``bench``, ``unet``) that exist."""
+    return [r for bench in ("bench", "unet") if (folder / bench).is_dir() for r in read_index(folder / bench)]
 
 
 def _finite(values) -> np.ndarray:
@@ -185,7 +191,7 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
 def cost(folder: Path) -> str:
     """Runs and core-hours of the study (one thread per run), and the mean wall time of one run per method."""
     seconds: dict[str, list[float]] = {}
-    for r in read_index(folder / "bench"):
+    for r in records(folder):
         seconds.setdefault(r.spec.label, []).append(sum(r.result.time_s.values()))
     if not seconds:
         return ""
@@ -209,7 +215,7 @@ def report() -> str:
     ]
     for name, title in SETS.items():
         folder = HERE / name
-        rows = load(folder) if (folder / "bench").is_dir() else {}
+        rows = load(folder)
         if not rows:
             blocks.append([f"### {title}", "", "Not run yet (`benchmarks/seg/run.sh`)."])
             continue
