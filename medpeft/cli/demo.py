@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import UserError
 from ..floors import FLOORS
 from .options import Command
 
@@ -53,11 +54,21 @@ def demo(out, toy, epochs, decode_once):
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def floors(config_file, names, out):
-    """Plain classifiers (raw pixels, frozen features, file metadata) on exactly a bench's splits."""
+    """Plain classifiers (raw pixels, frozen features, file metadata) on exactly a bench's splits; for a
+    segmentation bench, its floors instead (Otsu thresholds and per-pixel logistic regression, whatever --floors
+    says)."""
     from ..bench.config import BenchConfig, read_config
+    from ..data.registry import SEG_DATASETS
     from ..floors import run_floors
+    from ..seg_floors import run_seg_floors
 
     config = BenchConfig.from_dict(read_config(config_file), config_file)
-    rows = run_floors(config, out, [n.strip() for n in names.split(",") if n.strip()])
+    segmenting = {t in SEG_DATASETS for t in config.tasks}
+    if segmenting == {True, False}:
+        raise UserError(f"{config_file} mixes segmentation and classification tasks: run the floors of each apart")
+    if segmenting == {True}:
+        rows = run_seg_floors(config, out)
+    else:
+        rows = run_floors(config, out, [n.strip() for n in names.split(",") if n.strip()])
     click.echo((Path(out) / "floors.md").read_text())
     click.echo(f"{len(rows)} fits in {Path(out) / 'floors.jsonl'}")
