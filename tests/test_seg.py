@@ -3,6 +3,7 @@ layouts and their samplings, and ``medpeft train`` end to end."""
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,6 +255,16 @@ def test_kvasir_and_isic2018_layouts(tmp_path):
     data = load_dataset("isic2018-seg", str(isic), 2, 1)
     assert sorted(data.val.names) == ["ISIC_V0", "ISIC_V1", "ISIC_V2"]
     assert len(data.train) == 2 and set(data.train.names) <= {"ISIC_T0", "ISIC_T1", "ISIC_T2"}
+    pairs = write_seg_folder(tmp_path / "pairs", n=6, classes={"0": "bg", "1": "lesion", "2": "rim"})
+    rows = [f"images/im{i}.png,masks/im{i}.png,{'test' if i < 2 else 'train'},c{i // 2}" for i in range(6)]
+    (pairs / "pairs.csv").write_text("image,mask,split,case\n" + "\n".join(rows) + "\n")
+    data = load_dataset("seg-csv", str(pairs / "pairs.csv"), 1, 1)
+    assert data.task.classes == ("bg", "lesion", "rim") and sorted(data.test.names) == [
+        "images/im0.png",
+        "images/im1.png",
+    ]
+    case = lambda name: int(Path(name).stem[2:]) // 2
+    assert {case(n) for n in data.train.names}.isdisjoint(case(n) for n in data.val.names)
 
 
 # --- end to end -----------------------------------------------------------------------------------------------------
@@ -420,3 +431,15 @@ def test_unet_baseline_trains_from_scratch_through_the_same_pipeline(tmp_path, c
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 64)
     with pytest.raises(UserError, match="segmentation tasks only"):
         build_model("unet", num_classes=2)
+
+
+def test_real_mask_sets_need_no_data_root(tmp_path, monkeypatch):
+    from medpeft.data import get_dataset
+    from medpeft.data.seg_real import test_stems
+
+    monkeypatch.setenv("MEDPEFT_CACHE", str(tmp_path))
+    dataset = get_dataset("stardist-nuclei")
+    data = load_dataset("stardist-nuclei", dataset.root(None), 2, 1)
+    assert data.task.classes == ("background", "nucleus") and data.task.values == (0, 1)
+    assert sorted(data.test.names) == sorted(test_stems("stardist-nuclei"))
+    assert not set(data.train.names) & set(data.val.names) and len(data.train) == 2
