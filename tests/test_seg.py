@@ -443,3 +443,22 @@ def test_real_mask_sets_need_no_data_root(tmp_path, monkeypatch):
     assert data.task.classes == ("background", "nucleus") and data.task.values == (0, 1)
     assert sorted(data.test.names) == sorted(test_stems("stardist-nuclei"))
     assert not set(data.train.names) & set(data.val.names) and len(data.train) == 2
+
+
+def test_mlflow_logs_the_segmentation_metrics_of_the_record(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no database to migrate (seconds) here
+
+    root = write_seg_folder(tmp_path / "d", n=6)
+    uri = (tmp_path / "mlruns").as_uri()
+    code, _, stderr = run_cli([*train_args(root), "--out", str(tmp_path / "run"), "--mlflow", uri], capsys)
+    assert code == 0, stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = run.data.metrics
+    test = {k: v for k, v in record["result"]["test_metrics"].items() if not np.isnan(v)}
+    assert {f"test_{k}": logged[f"test_{k}"] for k in test} == {f"test_{k}": v for k, v in test.items()}
+    assert run.data.params["head"] == "setr-pup" and logged["trainable_params"] == record["result"]["trainable_params"]
