@@ -22,6 +22,7 @@ from medpeft.experiment import load_run
 from medpeft.families import family_of
 from medpeft.seg_metrics import segmentation_metrics
 from medpeft.task_kinds import get_kind
+from medpeft.train import fit
 
 K = 3  # classes
 #: tiny random backbones of every family (grid 2×2 or, Swin's last stage, 4×4), with their input size
@@ -105,6 +106,20 @@ def test_every_method_segments_on_every_family(family):
         for name, p in model.named_parameters():
             moved = not torch.equal(p, before[name])
             assert moved == (name in trainable), (family, method, options, name)
+
+
+def test_every_peft_tuner_segments():
+    from medpeft.methods.hf_peft import PEFT_TUNERS
+
+    base, S = template("vit")
+    loss = get_kind("segmentation").loss(None)
+    for tuner in PEFT_TUNERS:
+        model = build_model(f"peft:{tuner}", copy.deepcopy(base), K, head="linear", seed=0).double()
+        classifier = build_model(f"peft:{tuner}", copy.deepcopy(base), K, seed=0)
+        own = count_parameters(classifier)[0] - (48 + 1) * K
+        assert count_parameters(model)[0] == head_params("linear", 48) + own > head_params("linear", 48), tuner
+        loss(model(torch.randn(2, 3, S, S, dtype=torch.double)), torch.randint(0, K, (2, S, S))).backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad), tuner
 
 
 def test_dense_heads_count_what_they_define():
@@ -413,6 +428,9 @@ def test_feature_cache_gives_the_same_dense_logits(tmp_path):
         plain = predict_logits(model, data.val, data.task, img_size=32)
         cached = predict_logits(model, data.val, data.task, img_size=32, features=FeatureCache())
         assert plain.shape == (len(data.val), 2, 32, 32) and np.array_equal(plain, cached), method
+    classifier = build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32)
+    with pytest.raises(UserError, match="a classifier head; task .* is a segmentation task"):
+        fit(classifier, data)
 
 
 def test_unet_baseline_trains_from_scratch_through_the_same_pipeline(tmp_path, capsys):

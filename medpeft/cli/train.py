@@ -27,10 +27,10 @@ from .options import (
 
 @click.command(cls=Command)
 def methods():
-    """List every method."""
-    from ..methods import available_methods
+    """List every method (then the whole segmenters, for segmentation tasks only)."""
+    from ..methods import available_methods, standalone_methods
 
-    click.echo("\n".join(available_methods()))
+    click.echo("\n".join(available_methods() + standalone_methods()))
 
 
 @click.command(cls=Command)
