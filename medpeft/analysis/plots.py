@@ -11,9 +11,9 @@ import numpy as np
 from ..errors import UserError
 from ..metrics import expected_calibration_error, reliability_curve
 from ..record import shots_order
+from ..stats import mean_std
 from . import figures
 from .measure import Measured, small_blas
-from .report import mean_std
 
 
 @dataclass

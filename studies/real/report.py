@@ -32,6 +32,7 @@ from medpeft.analysis import holm, paired_comparison
 from medpeft.bench import read_index, selection
 from medpeft.bench.selection import group_cells
 from medpeft.files import read_json_lines
+from medpeft.stats import format_mean_std, mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benchmarks" / "real"
@@ -81,10 +82,7 @@ def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
 
 
 def _pm(values) -> str:
-    values = 100 * np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if not len(values):
-        return "–"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    return format_mean_std(*mean_std(values), ".1f", 100)
 
 
 def _mean(values) -> str:
