@@ -53,7 +53,8 @@ def test_rows_are_the_validation_selected_runs(report, dataset):
         assert cell["accuracy"] == r["result"]["test_metrics"]["accuracy"]
         assert cell["lr"] == r["spec"]["train"]["lr"]
         assert cell["ECE_cal"] == r["result"]["calibration"]["test"]["ECE"]
-    assert sum(len(v) for k, v in rows.items() if not k.startswith(("floor", "control"))) == len(by_hand)
+    assert {k.kind for k in rows} == set(report.Kind)
+    assert sum(len(v) for k, v in rows.items() if k.kind is report.Kind.METHOD) == len(by_hand)
 
 
 def test_table_mean_and_sample_std(report):
@@ -86,6 +87,11 @@ def test_paired_counts_and_exact_tests(report):
     assert t["p_wilcoxon"] == pytest.approx(0.125)
 
 
+def _typed(report, rows: dict) -> dict:
+    """The rows keyed by :class:`report.Row`: a plain label is a method's."""
+    return {k if isinstance(k, report.Row) else report.Row(k): v for k, v in rows.items()}
+
+
 def _lr_cells(*lrs):
     return {(1, e): {"lr": lr} for e, lr in enumerate(lrs, 1)}
 
@@ -99,8 +105,9 @@ def test_edges_name_the_methods_that_chose_an_end_of_their_own_grid(report):
         "full": _lr_cells(6e-4, 6e-4),  # spread; too few cells to tell
         "bitfit": _lr_cells(6e-4, 6e-4, 6e-4),  # the lowest of three, not of its own four
         "ssf": _lr_cells(6e-5, 6e-5, 6e-4),  # the lowest of its four
-        "control: linear": _lr_cells(6e-4, 6e-4, 6e-4),
+        report.Row("linear", report.Kind.CONTROL): _lr_cells(6e-4, 6e-4, 6e-4),
     }  # not a method of the study
+    rows = _typed(report, rows)
     grid = {row: three for row in rows} | {"bitfit": four, "ssf": four}
     line = report.edges(rows, grid)
     assert "vpt chose 0.0006 in 3 of 4 cells (below)" in line and "lora chose 0.06 in 2 of 3 cells (above)" in line
@@ -115,8 +122,9 @@ def test_chosen_counts_each_rate_and_marks_the_rates_a_row_did_not_try(report):
     rows = {
         "ept": _lr_cells(6e-4, 6e-4, 6e-2),
         "bitfit": _lr_cells(6e-5, 6e-4, 6e-5),
-        "floor: raw pixels + LR": {(1, 1): {"accuracy": 0.5}},
+        report.Row("raw pixels + LR", report.Kind.FLOOR): {(1, 1): {"accuracy": 0.5}},
     }
+    rows = _typed(report, rows)
     grid = {"ept": [6e-4, 6e-3, 6e-2], "bitfit": [6e-5, 6e-4, 6e-3, 6e-2]}
     lines = report.chosen(rows, grid)
     assert lines[0] == "| learning rate chosen | 6e-05 | 0.0006 | 0.006 | 0.06 |"
@@ -128,8 +136,10 @@ def test_searched_lists_every_rate_a_row_tried(report):
     by_hand: dict[str, set] = {}
     for line in (REAL / "pneumoniamnist" / "bench" / "runs.jsonl").read_text().splitlines():
         s = json.loads(line)["spec"]
-        by_hand.setdefault("c: " + s["label"], set()).add(s["train"]["lr"])
-    assert report.searched(records, "c: ") == {row: sorted(lrs) for row, lrs in by_hand.items()}
+        by_hand.setdefault("control: " + s["label"], set()).add(s["train"]["lr"])
+    grid = report.searched(records, report.Kind.CONTROL)
+    assert grid == {row: sorted(lrs) for row, lrs in by_hand.items()}
+    assert {(row.kind, row.name) for row in grid} == {(report.Kind.CONTROL, row[9:]) for row in by_hand}
 
 
 def test_progress_counts_each_methods_own_search(report, tmp_path):
@@ -174,8 +184,9 @@ def test_overall_verdict_names_what_holds_after_holm(report):
         "linear": _acc_cells(*[0.60] * n, ece=0.20, ece_cal=0.10),
         "vpt": _acc_cells(*[0.70 + 0.01 * i for i in range(n)]),  # above EPT in every cell
         "ept": _acc_cells(*[0.60 + 0.01 * i for i in range(n)], ece=0.05, ece_cal=0.10),  # ties linear at i = 0
-        "floor: raw pixels + LR": _acc_cells(*[0.62] * n),
+        report.Row("raw pixels + LR", report.Kind.FLOOR): _acc_cells(*[0.62] * n),
     }
+    rows = _typed(report, rows)
     lines, tests = report.comparisons(rows)
     text = "\n".join(report.overall({"A": (rows, tests)}))
     # ranks by mean accuracy: vpt 73.5, ept 63.5, linear 60.0

@@ -18,6 +18,7 @@ Run from the repository root: ``python studies/real/report.py``.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections import Counter
@@ -51,6 +52,27 @@ SHOTS = (1, 5, 10)
 START, END = "<!-- real-study:start -->", "<!-- real-study:end -->"
 
 
+class Kind(enum.Enum):
+    """What a table row is: a method of the study, the random-init control of one, or a floor."""
+
+    METHOD = "method"
+    CONTROL = "control"
+    FLOOR = "floor"
+
+
+class Row(str):
+    """A table row: the label the tables print (``ept``, ``control: linear``, ``floor: raw pixels + LR``), with its
+    ``kind`` and ``name`` (the label without the kind) kept as fields where the row is made, never parsed back."""
+
+    kind: Kind
+    name: str
+
+    def __new__(cls, name: str, kind: Kind = Kind.METHOD) -> Row:
+        row = super().__new__(cls, name if kind is Kind.METHOD else f"{kind.value}: {name}")
+        row.kind, row.name = kind, name
+        return row
+
+
 def selected(records: list) -> list:
     """The runs chosen on validation by this medpeft's rule (:func:`medpeft.bench.selection`; the grid order of the
     learning rates is ascending), whatever rule wrote ``runs.jsonl``."""
@@ -60,21 +82,21 @@ def selected(records: list) -> list:
     return [r for r in records if chosen.get(r.key)]
 
 
-def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
+def load(folder: Path, study: list) -> dict[Row, dict[tuple, dict]]:
     """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr"}}}`` of the selected runs of ``study`` (the
     records of ``folder/bench``) and of the control, and of the floors."""
-    rows: dict[str, dict[tuple, dict]] = {}
-    for records, prefix in ((study, ""), (read_index(folder / "control"), "control: ")):
+    rows: dict[Row, dict[tuple, dict]] = {}
+    for records, kind in ((study, Kind.METHOD), (read_index(folder / "control"), Kind.CONTROL)):
         for r in selected(records):
             if r.test:
                 cal = (r.result.calibration.test if r.result.calibration else None) or {}
-                rows.setdefault(prefix + r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
+                rows.setdefault(Row(r.spec.label, kind), {})[(r.spec.shots, r.spec.exp)] = {
                     **r.test,
                     "ECE_cal": cal.get("ECE", np.nan),
                     "lr": r.spec.train.lr,
                 }
     for line in read_json_lines(folder / "floors" / "floors.jsonl"):
-        rows.setdefault("floor: " + FLOORS[line["floor"]], {})[(line["shots"], line["exp"])] = {
+        rows.setdefault(Row(FLOORS[line["floor"]], Kind.FLOOR), {})[(line["shots"], line["exp"])] = {
             **line["test"],
             "ECE_cal": np.nan,
         }
@@ -110,17 +132,17 @@ def table(rows: dict[str, dict[tuple, dict]]) -> list[str]:
     return lines
 
 
-def searched(records: list, prefix: str = "") -> dict[str, list[float]]:
+def searched(records: list, kind: Kind = Kind.METHOD) -> dict[Row, list[float]]:
     """``{row: the learning rates its runs tried, ascending}`` (a row's grid, as ``chosen`` and ``edges`` read it)."""
-    grid: dict[str, set] = {}
+    grid: dict[Row, set] = {}
     for r in records:
-        grid.setdefault(prefix + r.spec.label, set()).add(r.spec.train.lr)
+        grid.setdefault(Row(r.spec.label, kind), set()).add(r.spec.train.lr)
     return {row: sorted(lrs) for row, lrs in grid.items()}
 
 
-def chosen(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]]) -> list[str]:
+def chosen(rows: dict[Row, dict[tuple, dict]], grid: dict[Row, list[float]]) -> list[str]:
     """How often each row chose each learning rate; '–' where its grid lacks that rate."""
-    rows = {row: cells for row, cells in rows.items() if not row.startswith("floor")}
+    rows = {row: cells for row, cells in rows.items() if row.kind is not Kind.FLOOR}
     lrs = sorted({lr for row in rows for lr in grid.get(row, [])})
     lines = ["| learning rate chosen | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
     for row, cells in rows.items():
@@ -179,10 +201,10 @@ def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dic
     return lines, tests
 
 
-def ranking(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], dict[str, float], list[tuple]]:
+def ranking(rows: dict[Row, dict[tuple, dict]]) -> tuple[list[Row], dict[Row, float], list[tuple]]:
     """The methods best first by mean test accuracy over the cells every method has; those means (of every row,
     floors and control included, over the same cells); the cells."""
-    methods = [r for r in rows if not r.startswith(("floor", "control"))]
+    methods = [r for r in rows if r.kind is Kind.METHOD]
     shared = sorted(set.intersection(*(set(rows[r]) for r in methods)))
     means = {r: float(np.mean([rows[r][c]["accuracy"] for c in shared])) for r in rows if set(shared) <= set(rows[r])}
     return sorted(methods, key=lambda r: -means[r]), means, shared
@@ -196,7 +218,7 @@ def against_scaled_linear(rows: dict[str, dict[tuple, dict]]) -> tuple[dict, dic
     )
 
 
-def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
+def verdict(rows: dict[Row, dict[tuple, dict]], tests: list[dict]) -> list[str]:
     """Plain sentences from the numbers: where EPT stands, its calibration, the backbone against the floors."""
     if not tests:
         return []
@@ -217,7 +239,7 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             f"{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
         )
 
-    floors = [r for r in rows if r.startswith("floor")]
+    floors = [r for r in rows if r.kind is Kind.FLOOR]
     lines = ["- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
     ranked, means, shared = ranking(rows)
     lines.append(
@@ -238,17 +260,17 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             f"after T; of the linear probe {_mean([c['ECE'] for c in rows['linear'].values()])} → "
             f"{_mean([c['ECE_cal'] for c in rows['linear'].values()])}."
         )
-    cls, pix = "floor: " + FLOORS["cls"], "floor: " + FLOORS["pixels"]
+    cls, pix = Row(FLOORS["cls"], Kind.FLOOR), Row(FLOORS["pixels"], Kind.FLOOR)
     if cls in rows and pix in rows:
         t = paired(rows[cls], rows[pix])
         lines.append(
             f"- **The backbone.** A converged probe on the frozen features against raw pixels: median "
             f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p "
             f"{_p(t['p_wilcoxon'], '= ')}); the random-init control: "
-            f"{_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % "
+            f"{_mean([c['accuracy'] for r in rows if r.kind is Kind.CONTROL for c in rows[r].values()])} % "
             f"on average."
         )
-    meta = "floor: " + FLOORS["metadata"]
+    meta = Row(FLOORS["metadata"], Kind.FLOOR)
     if meta in rows:
         best = ranked[0]
         t = paired(rows[best], rows[meta])
@@ -314,9 +336,10 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
             return "no significant difference"
         return f"EPT's significantly {'lower' if t['median'] < 0 else 'higher'}"
 
-    def name(row: str) -> str:
-        kind, _, what = row.partition(": ")
-        return {"control": f"the random-init control ({what})", "floor": f"the floor {what}"}.get(kind, row)
+    def name(row: Row) -> str:
+        return {Kind.CONTROL: f"the random-init control ({row.name})", Kind.FLOOR: f"the floor {row.name}"}.get(
+            row.kind, row
+        )
 
     ranks, held, calibration, floors = [], [], [], []
     for dataset, (rows, tests) in studies.items():
@@ -338,11 +361,11 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
                 f"lower in {raw['losses']} of {raw['n']} cells, p {_p(raw['p_wilcoxon'], '= ')}); with both "
                 f"temperature-scaled: {ece(both)} (median {both['median']:+.1f}, p {_p(both['p_wilcoxon'], '= ')})"
             )
-        best = max((r for r in means if r.startswith("floor")), key=means.get, default=None)
+        best = max((r for r in means if r.kind is Kind.FLOOR), key=means.get, default=None)
         if best:
             below = [m for m in ranked if means[m] < means[best]]
             floors.append(
-                f"on {dataset}, {best.removeprefix('floor: ')} ({100 * means[best]:.1f} %) is above "
+                f"on {dataset}, {best.name} ({100 * means[best]:.1f} %) is above "
                 f"{len(below)} of {len(ranked)} methods' averages" + ", EPT's among them" * ("ept" in below)
             )
     lines = [
@@ -425,11 +448,14 @@ def report() -> str:
     for folder, title in DATASETS.items():
         study = read_index(HERE / folder / "bench")
         rows = load(HERE / folder, study)
-        grid = searched(study) | searched(read_index(HERE / folder / "control"), "control: ")
+        grid = searched(study) | searched(read_index(HERE / folder / "control"), Kind.CONTROL)
         if not rows:
             continue
-        order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
-        rows = {r: rows[r] for r in order}
+        rows = dict(
+            sorted(
+                rows.items(), key=lambda kv: (METHODS.index(kv[0]), "") if kv[0] in METHODS else (len(METHODS), kv[0])
+            )
+        )
         lines, tests = comparisons(rows)
         studies[title.split()[0]] = rows, tests
         blocks += [
