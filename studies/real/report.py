@@ -18,6 +18,7 @@ Run from the repository root: ``python studies/real/report.py``.
 
 from __future__ import annotations
 
+import argparse
 import enum
 import json
 import re
@@ -25,7 +26,6 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-import click
 import numpy as np
 import yaml
 
@@ -494,22 +494,28 @@ LIMITS = [
 ]
 
 
-@click.command()
-@click.option(
-    "--page",
-    type=click.Path(exists=True, dir_okay=False),
-    default=str(ROOT / "docs" / "study.md"),
-    help="The page whose marked block gets the report [docs/study.md].",
-)
-def main(page):
+def _existing_file(path: str) -> Path:
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{path} is not a file")
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate the real study's report from its committed records.")
+    parser.add_argument(
+        "--page",
+        type=_existing_file,
+        default=ROOT / "docs" / "study.md",
+        help="The page whose marked block gets the report [docs/study.md].",
+    )
+    page = parser.parse_args(argv).page
     text = report()
     (HERE / "results.md").write_text(text + "\n")
-    page = Path(page)
     current = page.read_text()
     if START in current and END in current:
         pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
         page.write_text(pattern.sub(lambda m: f"{START}\n{text}\n{END}", current))
-    click.echo(text)
+    print(text)
 
 
 if __name__ == "__main__":
