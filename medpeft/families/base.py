@@ -238,41 +238,6 @@ def pad_extra_tokens(bias: torch.Tensor, start: int, n: int) -> torch.Tensor:
     return torch.cat([bias[..., :start], zero_cols, bias[..., start:]], dim=-1)
 
 
-def separate_qkv_bias(model: nn.Module) -> None:
-    """Where an attention adds its q/v biases around its qkv Linear (``F.linear(x, qkv.weight, bias)``), add them
-    after calling the Linear instead (timm's ``qkv_bias_separate``): the same function, and a method that wraps the
-    Linear (LoRA, SSF, peft tuners) is then called."""
-    for module in model.modules():
-        if getattr(module, "q_bias", None) is not None and hasattr(module, "qkv_bias_separate"):
-            module.qkv_bias_separate = True
-
-
-class GammaScale(nn.Module):
-    """A block's LayerScale vector γ as a module: ``γ · x``."""
-
-    def __init__(self, gamma: nn.Parameter):
-        super().__init__()
-        self.gamma = gamma
-
-    def forward(self, x):
-        return self.gamma * x
-
-
-def gamma_scale(block: nn.Module, name: str) -> GammaScale | None:
-    """The block's LayerScale parameter ``name`` as a :class:`GammaScale` (None if the block has none)."""
-    gamma = getattr(block, name, None)
-    return None if gamma is None else GammaScale(gamma)
-
-
-def unscale(block: nn.Module, name: str) -> None:
-    """Leave a constant 1 (a non-persistent buffer) in place of the block's LayerScale parameter ``name``, which a
-    :class:`GammaScale` from :func:`gamma_scale` now holds."""
-    gamma = getattr(block, name, None)
-    if gamma is not None:
-        del block._parameters[name]
-        block.register_buffer(name, torch.ones_like(gamma.detach()), persistent=False)
-
-
 def attend(attn: nn.Module, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     """Scaled dot-product attention at the attention's scale and dropout, with an additive mask (None: none)."""
     dropout_p = attn.attn_drop.p if attn.training else 0.0
