@@ -11,24 +11,31 @@ from torch import nn
 
 from ..errors import UserError
 
-_FAMILIES: list[type[Family]] = []
+_FAMILIES: dict[type[nn.Module], type[Family]] = {}
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Class decorator: the family serves models of ``cls.model_class``."""
-    _FAMILIES.append(cls)
+    """Class decorator: the family serves models of ``cls.model_class`` (one family per model class)."""
+    if _FAMILIES.get(cls.model_class, cls) is not cls:
+        raise ValueError(f"{cls.model_class.__name__} already has the family {_FAMILIES[cls.model_class].__name__}")
+    _FAMILIES[cls.model_class] = cls
     return cls
 
 
 def family_class(model: nn.Module, name: str | None = None) -> type[Family]:
-    """The family of ``model`` (a timm model, built from ``name`` if given), or a one-line error."""
-    for cls in _FAMILIES:
-        if isinstance(model, cls.model_class):
-            return cls
-    kinds = " or ".join(cls.model_class.__name__ for cls in _FAMILIES)
+    """The family of ``model`` (a timm model, built from ``name`` if given): the family registered for its class,
+    else for its nearest base class in its MRO (the most specific wins, whatever the order of registration); or a
+    one-line error listing the families by name."""
+    for cls in type(model).__mro__:
+        if cls in _FAMILIES:
+            return _FAMILIES[cls]
+    families = sorted(_FAMILIES.values(), key=lambda family: family.name)
+    kinds = [family.model_class.__name__ for family in families]
     what = f"backbone {name!r} is a" if name else "backbone"
-    examples = ", ".join(cls.example for cls in _FAMILIES)
-    raise UserError(f"{what} {type(model).__name__}, not a timm {kinds}: use e.g. {examples}")
+    examples = ", ".join(family.example for family in families)
+    raise UserError(
+        f"{what} {type(model).__name__}, not a timm {', '.join(kinds[:-1])} or {kinds[-1]}: use e.g. {examples}"
+    )
 
 
 def family_of(model: nn.Module) -> Family:
