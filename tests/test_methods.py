@@ -272,7 +272,7 @@ def test_frozen_prompts_stay_at_their_init_and_are_saved(method, tmp_path):
 
 
 def test_offline_hub_weights_say_what_to_pass():  # conftest sets HF_HUB_OFFLINE=1
-    with pytest.raises(UserError, match="--weights PATH.*--no-pretrained"):
+    with pytest.raises(UserError, match="pass weights PATH \\(a local checkpoint\\) or pretrained=False$"):
         build_model("linear", "vit_tiny_patch16_224.augreg_in21k", C, pretrained=True)
 
 
