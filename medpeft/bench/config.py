@@ -186,7 +186,7 @@ class BenchConfig:
         entry: MethodEntry,
         candidate: dict[str, Any],
         task: str,
-        shots,
+        shots: int | str,
         exp: int,
         seed: int,
         *,

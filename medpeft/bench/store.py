@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import Notice, UserError
 from ..files import append_line, dumps, json_line, read_json_lines, write_json, write_text
-from ..record import RUN_FILE, RunRecord, read_record
+from ..record import RUN_FILE, RunRecord, RunSpec, read_record
 from .selection import group_cells, selection
 
 
@@ -85,7 +85,7 @@ class BenchStore:
         if not (self.out / "bench.json").is_file():
             write_json(self.out / "bench.json", portable(setup, self.out))
 
-    def run_dir(self, record_or_spec) -> Path:
+    def run_dir(self, record_or_spec: RunRecord | RunSpec) -> Path:
         spec = getattr(record_or_spec, "spec", record_or_spec)
         return self.out / spec.run_dir
 

@@ -87,7 +87,7 @@ def get_dataset(name: str) -> Dataset:
 
 
 def load_dataset(
-    name: str, root, shots: int, exp: int = 1, *, seed: int = 0, test_list: str | None = None
+    name: str, root: str | Path | None, shots: int, exp: int = 1, *, seed: int = 0, test_list: str | None = None
 ) -> DatasetSplits:
     """The K-shot splits of experiment ``exp``: a MedFMC task, ISIC 2018, Br35H, a MedMNIST npz, a CSV or a class
     folder."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -176,7 +176,7 @@ class Family:
         return values
 
     @staticmethod
-    def qkv(attn: nn.Module, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(attn: nn.Module, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, heads, N, head dim) as the attention computes them from its input x."""
         B, N, _ = x.shape
         qkv = attn.qkv(x)
@@ -187,12 +187,12 @@ class Family:
         return q if q_norm is None else q_norm(q), k if k_norm is None else k_norm(k), v
 
     @staticmethod
-    def logit_bias(attn: nn.Module, **kwargs) -> torch.Tensor | None:
+    def logit_bias(attn: nn.Module, **kwargs: Any) -> torch.Tensor | None:
         """The position bias added to QKᵀ/√d (part of the logits S), broadcastable to (B, heads, N, N); None."""
         return None
 
     @staticmethod
-    def logit_mask(attn: nn.Module, batch: int, **kwargs) -> torch.Tensor | None:
+    def logit_mask(attn: nn.Module, batch: int, **kwargs: Any) -> torch.Tensor | None:
         """A structural additive mask (which keys a query may see), broadcastable to (B, heads, N, N); None here."""
         return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import UserError
 from .base import Method
 
@@ -21,7 +23,7 @@ def available_methods() -> list[str]:
     return list(_REGISTRY) + [f"peft:{t}" for t in PEFT_TUNERS]
 
 
-def get_method(name: str, **options) -> Method:
+def get_method(name: str, **options: Any) -> Method:
     """The method ``name`` configured with ``options``; one-line errors for unknown names or options."""
     if name.startswith("peft:"):
         from .hf_peft import HFPeft
