@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .errors import Notice, UserError
+from .errors import Notice, ParameterError, UserError
 
 SCORES = ("lac", "aps", "raps")
 #: Slack on (n + 1)(1 − α) before its ceiling: 20 · (1 − 0.1) is 18.000000000000004 in floating point.
@@ -60,17 +60,21 @@ class ConformalConfig:
 
     def __post_init__(self):
         if self.method not in SCORES:
-            raise UserError(f"--conformal {self.method!r}: choose from {list(SCORES)}")
+            raise ParameterError(
+                "conformal", "{conformal} {value!r}: choose from {choices}", value=self.method, choices=list(SCORES)
+            )
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            raise UserError(f"--alpha {self.alpha!r} must be a number strictly between 0 and 1 (e.g. 0.1)")
+            raise ParameterError(
+                "alpha", "{alpha} {value!r} must be a number strictly between 0 and 1 (e.g. 0.1)", value=self.alpha
+            )
         if (
             isinstance(self.raps_lambda, bool)
             or not isinstance(self.raps_lambda, (int, float))
             or not self.raps_lambda >= 0
         ):
-            raise UserError(f"--raps-lambda {self.raps_lambda!r} must be a number ≥ 0")
+            raise ParameterError("raps_lambda", "{raps_lambda} {value!r} must be a number ≥ 0", value=self.raps_lambda)
         if isinstance(self.raps_k_reg, bool) or not isinstance(self.raps_k_reg, int) or self.raps_k_reg < 0:
-            raise UserError(f"--raps-k-reg {self.raps_k_reg!r} must be an integer ≥ 0")
+            raise ParameterError("raps_k_reg", "{raps_k_reg} {value!r} must be an integer ≥ 0", value=self.raps_k_reg)
         self.alpha, self.raps_lambda = float(self.alpha), float(self.raps_lambda)
 
     @classmethod
