@@ -101,8 +101,9 @@ def flag_namer(command: click.Command):
             return parameter
         if not isinstance(p, click.Option):
             return p.human_readable_name
-        if value and p.is_bool_flag and p.secondary_opts:
-            return max(p.opts if value == "True" else p.secondary_opts, key=len)
+        if value and p.is_bool_flag:
+            flags = p.opts if value == "True" else p.secondary_opts
+            return max(flags, key=len) if flags else parameter
         return max(p.opts, key=len) + (f" {value}" if value else "")
 
     return name

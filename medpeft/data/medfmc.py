@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from .annotations import read_annotations, read_list, write_annotations
 from .samples import DatasetSplits, Samples, stack_labels
 from .shots import parse_shots
@@ -108,9 +108,11 @@ def write_medfmc_splits(
     paths = [split_path(root, task.name, k, n, part) for k, n in jobs for part in ("train", "val")]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise UserError(
-            f"split file {existing[0]} already exists ({len(existing)} in all); "
-            "pass overwrite=True (--overwrite) to replace them"
+        raise ParameterError(
+            "overwrite",
+            "split file {path} already exists ({n} in all); pass {overwrite=True} to replace them",
+            path=existing[0],
+            n=len(existing),
         )
     for k, n in jobs:
         train, val = medfmc_few_shot(items, task, k, (seed, k, n))
