@@ -670,10 +670,10 @@ def progress(folder: Path, done: int) -> str:
         if done >= total
         else (
             f"**Partial: {done} of the study's {total} runs are in.** Every table is over complete cells only (a "
-            f"cell counts once all of its runs are in, the length search's included); a row with fewer than 15 "
-            f"cells lacks samplings (the study runs in stages: sampling 1 of every method, then samplings 2–3, 4, 5) "
-            f"or, for a prompt method, the length search of some (the table of sizes below names them); its mean ± "
-            f"std is over the cells it has, and the paired tests use only the cells both rows have."
+            f"cell counts once all of its runs are in: for a prompt method, once the length search has begun, its "
+            f"runs too); a row with fewer than 15 cells lacks samplings (the study runs in stages: sampling 1 of every "
+            f"method, then samplings 2–3, 4, 5) or, for a prompt method, the length search of some; its mean ± std "
+            f"is over the cells it has, and the paired tests use only the cells both rows have."
         )
     )
 
