@@ -521,9 +521,10 @@ def test_mechanism_reads_the_prompt_mass_where_measured(report, tmp_path):
         "d": {"label": "linear", "shots": 10, "options": {}, "intra_class_scatter": 1.0},
     }
     (tmp_path / "bench" / "analysis").mkdir(parents=True)
-    (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"runs": runs}))
+    figures = [{"kind": "prompt_mass", "file": "prompt_mass_x.png"}, {"kind": "pca", "file": "pca_x.png"}]
+    (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"runs": runs, "figures": figures}))
     [text], table, [finding] = report.mechanism(tmp_path, rows, staged)
-    assert "3 EPT runs, 10-shot" in text
+    assert "3 EPT runs, 10-shot" in text and text.endswith("Per block: `bench/analysis/prompt_mass_x.png`.")
     # length 100: mass per run (0.85, 0.85) at init, (0.80, 0.90) trained; blocks trained (0.90, 0.80); the
     # scatter's sample std over a and b: 0.05 / sqrt(2) of 100.025
     assert table[2:] == [

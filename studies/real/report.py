@@ -8,6 +8,12 @@ analysis of the selected runs), where present. Writes ``benchmarks/real/results.
 the same text in the docs page ``docs/study.md`` between the markers ``<!-- real-study:start -->`` and
 ``<!-- real-study:end -->``.
 
+``study.yaml`` gives each method's grid: a cell (method × shots × sampling) counts once all of its runs are in,
+the staged search's (``then``: the prompt's size at the cell's chosen learning rate) included once it has begun, and
+every table is over such complete cells. The selection is redone here over every candidate of a cell (ties to the
+first stage, then to the smaller rate, then to the smaller size); *before* the length search is the same selection
+over the first stage's runs only.
+
 Paired comparisons are over the cells the two rows share (shots × sampling; 15 when complete): EPT's test accuracy
 minus the other's, the number of cells each wins, the two-sided Wilcoxon signed-rank test (zero differences
 dropped) and the exact sign test, with Holm's correction over EPT's comparisons within a dataset; the statistics are
@@ -246,10 +252,11 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
             marks = []
             for m, (key, _, default) in staged.items():
                 c = rows[m].get((shots, exp))
-                size = c and c["options"][key]
-                marks.append(
-                    "…" if c is None else (f"**{size}**" if size != default else str(size)) + f" ({c['lr']:g})"
-                )
+                if c is None:
+                    marks.append("…")
+                    continue
+                size = c["options"][key]
+                marks.append((f"**{size}**" if size != default else str(size)) + f" ({c['lr']:g})")
             per_cell.append(f"| {shots}-shot, sampling {exp} | " + " | ".join(marks) + " |")
     values = sorted({v for _, grid, _ in staged.values() for v in grid})
     counts_table = [
@@ -493,7 +500,8 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
     if "ept" not in staged or "ept" not in rows:
         return []
     path = folder / "bench" / "analysis" / "analysis.json"
-    runs = json.loads(path.read_text())["runs"] if path.is_file() else {}
+    analysis = json.loads(path.read_text()) if path.is_file() else {}
+    runs = analysis.get("runs", {})
     key, _, default = staged["ept"]
     measured = [r for r in runs.values() if r.get("label") == "ept" and r.get("prompt_mass")]
     if not measured:
@@ -514,6 +522,11 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
         "attention row's softmax mass the prompts absorb, mean over blocks, images, heads and tokens (and the lowest "
         "and highest block after training); the intra-class scatter's std over the selected runs of a length, in % "
         f"of its mean (below {100 * spread:.0f} %: the features hardly move in training)."
+        + "".join(
+            f" Per block: `bench/analysis/{f['file']}`."
+            for f in analysis.get("figures", [])
+            if f.get("kind") == "prompt_mass"
+        )
     )
     table = [
         f"| EPT {key} | runs (selected) | mass at init | trained | blocks, trained | scatter std, selected |",
