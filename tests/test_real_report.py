@@ -422,6 +422,7 @@ def _synthetic(folder: Path) -> Path:
         (4, 0.001, 0.9, 0.7, 0.70, 1), (4, 0.001, 0.9, 0.7, 0.75, 10),
     ]  # fmt: skip
     runs += [_record(template, "ept", *values) for values in ept]
+    runs[-5]["result"].update(val_best=None, diverged_epoch=3)  # exp 3's stage-2 run: never selected
     (folder / "bench").mkdir(parents=True)
     (folder / "study.yaml").write_text(SYNTHETIC)
     (folder / "bench" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
@@ -461,6 +462,7 @@ def test_a_synthetic_staged_study_by_its_construction_and_by_hand(report, tmp_pa
     assert table[2].startswith("| ept accuracy | 3 | 2 | 48.0 | 68.3 | +20.3 | +30.0 | 2–0 |")  # 0, 31, 30 points
     assert "7 runs (ept 7), 0.1 core-hours" in next(b[0] for b in blocks if b[0].startswith("**Cost of the length"))
     assert "none" in next(b[0] for b in blocks if b[0].startswith("**Size at the grid's edge"))
+    assert report.diverged(study).endswith(": ept at 0.001, prompt_length 1 in 1 cell.")
     change = report.rank_change(rows, before)
     assert (change["was"], change["now"], change["n"], change["cells"]) == (2, 1, 2, 3)  # 48.0 < 60 < 68.3
     assert report.rank_line(change)[0].endswith("its rank changed from 2 to 1.")
@@ -531,4 +533,7 @@ def test_mechanism_reads_the_prompt_mass_where_measured(report, tmp_path):
         "| 1 | 1 (0) | 15.0 % | 35.0 % | 30.0–40.0 % | – |",
         f"| 100 | 2 (2) | 85.0 % | 85.0 % | 80.0–90.0 % | {100 * 0.05 / 2**0.5 / 100.025:.2g} % |",
     ]
-    assert finding == "**Features hardly move at the chosen lengths:** holds at length 100."
+    assert finding == (
+        "**Features hardly move at the chosen lengths:** holds at length 100 (the prompts absorb 85.0 % of the "
+        "attention mass at init, 85.0 % trained)."
+    )

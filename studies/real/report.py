@@ -544,7 +544,11 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
             + (f"{100 * moved:.2g} % |" if np.isfinite(moved) else "– |")
         )
         if np.isfinite(moved):
-            verdicts.append(f"{'holds' if moved < spread else 'does not hold'} at length {length}")
+            verdicts.append(
+                f"{'holds' if moved < spread else 'does not hold'} at length {length} (the prompts absorb "
+                f"{100 * np.mean(mass['init']):.1f} % of the attention mass at init, "
+                f"{100 * np.mean(mass['trained']):.1f} % trained)"
+            )
     finding = "**Features hardly move at the chosen lengths:** " + (
         "; ".join(verdicts) + "."
         if verdicts
