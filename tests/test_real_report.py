@@ -487,9 +487,9 @@ def _size_cells(*sizes, key="prompt_length"):
 
 def test_size_edges_name_the_methods_at_an_end_of_their_size_grid(report):
     staged = {
-        "ept": ("prompt_length", [1, 10, 50, 100], 100),
-        "vpt": ("prompt_length", [1, 10, 50, 100], 10),
-        "vp": ("prompt_size", [4, 8, 16, 30], 30),
+        "ept": ("prompt_length", [1, 10, 50, 100], 100, 1),
+        "vpt": ("prompt_length", [1, 10, 50, 100], 10, 1),
+        "vp": ("prompt_size", [4, 8, 16, 30], 30, 1),
     }
     rows = {
         "ept": _size_cells(100, 100, 10),  # 2 of 3 at the largest
@@ -497,14 +497,16 @@ def test_size_edges_name_the_methods_at_an_end_of_their_size_grid(report):
         "vp": _size_cells(4, 4, 4, key="prompt_size"),  # 3 of 3 at the smallest
     }
     line = report.size_edges(rows, staged)
-    assert "ept chose prompt_length 100, the grid's largest, in 2 of 3 cells" in line
-    assert "vp chose prompt_size 4, the grid's smallest, in 3 of 3 cells" in line and "vpt" not in line
+    assert "ept chose prompt_length 100, the grid's largest, in 2 of 3 cells;" in line
+    assert "vp chose prompt_size 4, the grid's smallest, in 3 of 3 cells (" in line and "vpt" not in line
+    lowest = report.size_edges({"vpt": _size_cells(1, 1, 1)}, staged)
+    assert "in 3 of 3 cells (it cannot go lower: 1 is the least prompt_length there is)" in lowest
     assert line.endswith("the grid is to be extended that way once.")
     assert "none" in report.size_edges({"ept": _size_cells(100, 100)}, staged)  # too few cells to tell
 
 
 def test_mechanism_reads_the_prompt_mass_where_measured(report, tmp_path):
-    staged = {"ept": ("prompt_length", [1, 10, 100], 100)}
+    staged = {"ept": ("prompt_length", [1, 10, 100], 100, 1)}
     rows = {"ept": {(10, 1): {"key": "a"}, (10, 2): {"key": "b"}}}
     [[missing]] = report.mechanism(tmp_path, rows, staged)
     assert "not measured yet" in missing

@@ -208,14 +208,15 @@ def edges(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]], shar
     )
 
 
-def sizes(folder: Path) -> dict[str, tuple[str, list, object]]:
-    """``{label: (option, its staged grid, its default)}`` of the methods whose staged search tries one option (the
-    prompt's length; VP's frame width)."""
+def sizes(folder: Path) -> dict[str, tuple[str, list, object, object]]:
+    """``{label: (option, its staged grid, its default, the least value it takes)}`` of the methods whose staged
+    search tries one option (the prompt's length; VP's frame width)."""
     found = {}
     for label, e in entries(folder).items():
         if len(e.then) == 1:
             [(key, grid)] = e.then.items()
-            found[label] = key, list(grid), get_method(e.method, **e.options).options()[key]
+            method = get_method(e.method, **e.options)
+            found[label] = key, list(grid), method.options()[key], method.__dataclass_fields__[key].metadata.get("min")
     return found
 
 
@@ -225,8 +226,8 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
     staged = {m: v for m, v in sizes(folder).items() if m in rows}
     if not staged:
         return []
-    defaults = ", ".join(f"{m} {key} {default}" for m, (key, _, default) in staged.items())
-    grids = "; ".join(f"{m} {key} {', '.join(map(str, grid))}" for m, (key, grid, _) in staged.items())
+    defaults = ", ".join(f"{m} {key} {default}" for m, (key, _, default, _) in staged.items())
+    grids = "; ".join(f"{m} {key} {', '.join(map(str, grid))}" for m, (key, grid, *_) in staged.items())
     rule = [
         f"**The prompt's size, searched in stages** (issue 34). Stage 1 searches the learning rate at each prompt "
         f"method's default size ({defaults}); stage 2 tries the other sizes of its grid ({grids}) at the cell's "
@@ -250,7 +251,7 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
     for shots in study_yaml["shots"]:
         for exp in study_yaml["exps"]:
             marks = []
-            for m, (key, _, default) in staged.items():
+            for m, (key, _, default, _) in staged.items():
                 c = rows[m].get((shots, exp))
                 if c is None:
                     marks.append("…")
@@ -258,12 +259,12 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
                 size = c["options"][key]
                 marks.append((f"**{size}**" if size != default else str(size)) + f" ({c['lr']:g})")
             per_cell.append(f"| {shots}-shot, sampling {exp} | " + " | ".join(marks) + " |")
-    values = sorted({v for _, grid, _ in staged.values() for v in grid})
+    values = sorted({v for _, grid, *_ in staged.values() for v in grid})
     counts_table = [
         "| size chosen | " + " | ".join(map(str, values)) + " |",
         "|---|" + "---:|" * len(values),
     ]
-    for m, (key, grid, _) in staged.items():
+    for m, (key, grid, *_) in staged.items():
         counts = Counter(c["options"][key] for c in rows[m].values())
         counts_table.append(
             f"| {m} ({key}) | " + " | ".join(str(counts[v]) if v in grid else "–" for v in values) + " |"
@@ -289,16 +290,20 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
 
 def size_edges(rows: dict[str, dict[tuple, dict]], staged: dict[str, tuple], share: float = 2 / 3) -> str:
     """The prompt methods whose chosen size is the smallest or the largest of the grid in at least ``share`` of
-    their (at least three) complete cells: the grid is to be extended that way once."""
+    their (at least three) complete cells: the grid is to be extended that way once (:func:`sizes`' ``staged``; no
+    lower where the smallest is the least the option takes)."""
     found = []
-    for m, (key, grid, _) in staged.items():
+    for m, (key, grid, _, least) in staged.items():
         cells = rows.get(m, {})
         if len(cells) < 3 or len(grid) < 2:
             continue
         counts = Counter(c["options"][key] for c in cells.values())
         for value, side in ((min(grid), "smallest"), (max(grid), "largest")):
             if counts[value] >= share * len(cells):
-                found.append(f"{m} chose {key} {value}, the grid's {side}, in {counts[value]} of {len(cells)} cells")
+                found.append(
+                    f"{m} chose {key} {value}, the grid's {side}, in {counts[value]} of {len(cells)} cells"
+                    + (f" (it cannot go lower: {value} is the least {key} there is)" if value == least else "")
+                )
     if not found:
         return (
             f"**Size at the grid's edge:** none; no prompt method chose the smallest or the largest size of its grid "
@@ -502,7 +507,7 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
     path = folder / "bench" / "analysis" / "analysis.json"
     analysis = json.loads(path.read_text()) if path.is_file() else {}
     runs = analysis.get("runs", {})
-    key, _, default = staged["ept"]
+    key, _, default, _ = staged["ept"]
     measured = [r for r in runs.values() if r.get("label") == "ept" and r.get("prompt_mass")]
     if not measured:
         return [
