@@ -36,7 +36,7 @@ import yaml
 
 from medpeft.analysis import holm, paired_comparison
 from medpeft.bench import read_index, selection
-from medpeft.bench.config import MethodEntry, _method_entry
+from medpeft.bench.config import MethodEntry, method_entry
 from medpeft.bench.selection import choose, group_cells
 from medpeft.files import read_json_lines
 from medpeft.methods import get_method
@@ -84,7 +84,7 @@ def entries(folder: Path) -> dict[str, MethodEntry]:
     """``study.yaml``'s method entries by label, with their searches (a method's own, else the shared one)."""
     path = folder / "study.yaml"
     study = yaml.safe_load(path.read_text())
-    return {e.label: e for e in (_method_entry(m, str(path), study.get("search")) for m in study["methods"])}
+    return {e.label: e for e in (method_entry(m, str(path), study.get("search")) for m in study["methods"])}
 
 
 def complete(folder: Path, records: list) -> set[tuple]:
