@@ -221,6 +221,8 @@ def _as_list(value) -> list:
 
 
 def method_entry(item, source: str, default_search) -> MethodEntry:
+    """One entry of a config's ``methods`` (a name, or a mapping of method, options, label, search, then);
+    ``default_search`` is the config's shared ``search``; errors name ``source``."""
     if isinstance(item, str):
         return MethodEntry(item, search=default_search)
     keys = {"method", "options", "label", "search", "then"}
