@@ -13,6 +13,7 @@ after temperature scaling, and one paired test: EPT's set size against the tempe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import warnings
@@ -22,6 +23,7 @@ import numpy as np
 
 from medpeft.analysis.conformal_table import coverage_markdown, coverage_table, kept_runs
 from medpeft.analysis.paired import paired_comparison
+from medpeft.bench.config import BenchConfig, read_config
 from medpeft.bench.store import read_index
 from medpeft.bench.worker import RunJob, execute
 from medpeft.calibration import CalibrationWarning
@@ -101,6 +103,8 @@ def keep(bench: Path, out: Path, methods: list[str]) -> None:
     kept runs of those methods that are no longer selected (a staged search's later stage won) are removed."""
     selected = [r for r in read_index(bench) if r.selected and r.spec.method in methods]
     selected.sort(key=lambda r: (methods.index(r.spec.method), r.spec.exp, str(r.spec.shots)))
+    study = BenchConfig.from_dict(read_config(bench.parent / "study.yaml"), "study.yaml").shared
+    here = {k: str(Path(study[k]).resolve()) for k in ("data_root", "weights")}
     wanted = {out / "kept" / Path(r.spec.run_dir).relative_to("runs") for r in selected}
     for stale in {p.parent for p in (out / "kept").glob(f"**/{LOGITS_FILE}")} - wanted:
         if read_record(stale).spec.method in methods:
@@ -112,7 +116,8 @@ def keep(bench: Path, out: Path, methods: list[str]) -> None:
             continue
         source, how = bench / record.spec.run_dir, "copied"
         if not (source / LOGITS_FILE).is_file():
-            execute(record.spec, RunJob(out=str(out), cache_dir=str(out / ".cache"), threads=1))
+            spec = dataclasses.replace(record.spec, **here)  # the study's files where this checkout has them
+            execute(spec, RunJob(out=str(out), cache_dir=str(out / ".cache"), threads=1))
             source, how = out / record.spec.run_dir, "trained again"
         target.mkdir(parents=True, exist_ok=True)
         if how == "trained again":
