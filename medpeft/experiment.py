@@ -36,6 +36,7 @@ from .record import (
     read_record,
     split_names,
 )
+from .task_kinds import get_kind
 from .tracking import RunListener, track_run
 from .train import fit
 from .types import RunResult
@@ -71,7 +72,7 @@ def run_experiment(
     check_spec(spec)
     data = load_splits(spec)
     data.check_images()
-    if spec.conformal is not None and not data.task.task_kind.keeps_logits:
+    if spec.conformal is not None and not get_kind(data.task.kind).keeps_logits:
         raise ParameterError("conformal", "{conformal} applies to classification tasks, not {task}", task=spec.task)
     model = build_model(
         spec.method,
@@ -83,7 +84,7 @@ def run_experiment(
         seed=spec.seed,
         mean=spec.mean,
         std=spec.std,
-        head=data.task.task_kind.head(spec.head),
+        head=get_kind(data.task.kind).head(spec.head),
         **spec.options,
     )
     with staged_dir(out, replace=overwrite) as stage:
@@ -125,7 +126,7 @@ def run_experiment(
 def kept_logits(result: RunResult, data: DatasetSplits) -> KeptLogits | None:
     """What post-hoc steps need of a finished run (None without validation logits: no val split, or diverged; or
     for a task kind that keeps none)."""
-    if result.val_logits is None or not data.task.task_kind.keeps_logits:
+    if result.val_logits is None or not get_kind(data.task.kind).keeps_logits:
         return None
     test = data.test if result.test_logits is not None else None
     return KeptLogits(
@@ -160,7 +161,7 @@ def load_splits(spec: RunSpec) -> DatasetSplits:
         spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list, axis=spec.axis
     )
     if spec.val_per_class is not None:
-        if data.task.task_kind.per_pixel:
+        if get_kind(data.task.kind).per_pixel:
             raise ParameterError(
                 "val_per_class", "{val_per_class} applies to classification tasks, not {task}", task=spec.task
             )

@@ -19,32 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import eval_dataset
 from .errors import UserError
-from .evaluate import probabilities
 from .experiment import list_samples, load_run, read_record
 from .files import write_bytes
 from .preprocessing import Preprocessing
+from .task_kinds import PROBABILITIES, get_kind
 from .version import __version__
 
 OPSET = 17
-INPUT, OUTPUT = "image", "probabilities"
+INPUT = "image"
 #: The tracing exporter, which ``dynamo=True`` replaced as the default in torch 2.9 (older torch has no ``dynamo``).
 _TRACING_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-
-
-class WithProbabilities(nn.Module):
-    """A classifier followed by the probabilities of its task."""
-
-    def __init__(self, model: nn.Module, task):
-        super().__init__()
-        self.model, self.task = model, task
-
-    def forward(self, images):
-        return probabilities(self.model(images), self.task)
 
 
 def preprocessing(img_size: int, settings: Preprocessing | None = None) -> dict[str, str]:
@@ -72,7 +60,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, str]:
     name = model.method.full_name
     model.method.prepare_export(model)
     size = model.config.img_size
-    module, output, description = record.task.task_kind.exported(model, record.task)
+    module, output, description = get_kind(record.task.kind).exported(model, record.task)
     graph = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
@@ -138,7 +126,7 @@ def predict_list_onnx(
     loader = DataLoader(
         eval_dataset(samples, int(metadata["img_size"]), task=record.task, mean=mean, std=std), batch_size=batch_size
     )
-    scores = [session.run([OUTPUT], {INPUT: images.numpy()})[0] for images, _, _ in loader]
+    scores = [session.run([PROBABILITIES], {INPUT: images.numpy()})[0] for images, _, _ in loader]
     return samples.names, np.concatenate(scores) if scores else np.zeros((0, record.task.num_classes), np.float32)
 
 

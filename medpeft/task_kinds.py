@@ -28,14 +28,6 @@ class TaskKind:
 
     name = ""
 
-    def report_metric(self, task) -> str:
-        """The test metric tables report."""
-        raise NotImplementedError
-
-    def tiebreak_metric(self, task) -> str:
-        """The validation metric that breaks ties of the selection metric between search candidates."""
-        raise NotImplementedError
-
     def head(self, given: str | None) -> str | None:
         """The dense head a model of this kind gets for ``--head`` ``given`` (None: the method's classifier)."""
         raise NotImplementedError
@@ -83,17 +75,6 @@ class Classification(TaskKind):
     name = "classification"
     keeps_logits = True
 
-    def report_metric(self, task):
-        """As the paper: mAP for multi-label tasks, accuracy otherwise."""
-        return "mAP" if task.multilabel else "accuracy"
-
-    def tiebreak_metric(self, task):
-        """AUC (a ranking over every image, finer than accuracy or mAP on a few images), or mAP / accuracy when AUC
-        selects."""
-        if task.selection_metric != "AUC":
-            return "AUC"
-        return "mAP" if task.multilabel else "accuracy"
-
     def head(self, given):
         if given is not None:
             raise ParameterError("head", "{head} {value!r} applies to segmentation tasks", value=given)
@@ -133,9 +114,7 @@ class Classification(TaskKind):
 
     def exported(self, model, task):
         """The probabilities of the submission files: sigmoid (multi-label) or softmax."""
-        from .export import OUTPUT, WithProbabilities
-
-        return WithProbabilities(model, task), OUTPUT, "sigmoid" if task.multilabel else "softmax"
+        return WithProbabilities(model, task), PROBABILITIES, "sigmoid" if task.multilabel else "softmax"
 
 
 class Segmentation(TaskKind):
@@ -149,13 +128,6 @@ class Segmentation(TaskKind):
     name = "segmentation"
     per_pixel = True
     unscaled_metrics = ("HD95",)
-
-    def report_metric(self, task):
-        return "mIoU"
-
-    def tiebreak_metric(self, task):
-        """Pixel accuracy."""
-        return "aAcc"
 
     def head(self, given):
         from .heads import DEFAULT_HEAD, check_head
@@ -228,10 +200,28 @@ class Segmentation(TaskKind):
         return model, "logits", "per-pixel logits (N, C, S, S); argmax = class index"
 
 
+#: the output of a classification model's ONNX graph
+PROBABILITIES = "probabilities"
+
+
+class WithProbabilities(torch.nn.Module):
+    """A classifier followed by the probabilities of its task (what a classification model exports)."""
+
+    def __init__(self, model: torch.nn.Module, task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from .evaluate import probabilities
+
+        return probabilities(self.model(images), self.task)
+
+
 KINDS: dict[str, TaskKind] = {kind.name: kind for kind in (Classification(), Segmentation())}
 
 
 def get_kind(name: str) -> TaskKind:
+    """The task kind called ``name`` (a task's :attr:`~medpeft.data.TaskSpec.kind`)."""
     try:
         return KINDS[name]
     except KeyError:

@@ -20,6 +20,7 @@ from .evaluate import FeatureCache, autocast, predict_logits
 from .memory import PeakMemory
 from .model import PeftClassifier, count_parameters, trainable_state
 from .seeding import seeded
+from .task_kinds import get_kind
 from .types import RunResult, TrainConfig
 
 
@@ -35,7 +36,7 @@ def resolve_device(name: str) -> torch.device:
 def loss_fn(task: TaskSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The task kind's loss (:meth:`~medpeft.task_kinds.TaskKind.loss`): multi-label: BCE summed over classes,
     averaged over the batch (mmcls); multi-class: softmax CE; segmentation: CE + Dice."""
-    return task.task_kind.loss(task)
+    return get_kind(task.kind).loss(task)
 
 
 def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
@@ -92,7 +93,7 @@ def fit(
             task=task.name,
             value=calibrate,
         )
-    if task.task_kind.per_pixel != (model.config.head is not None):
+    if get_kind(task.kind).per_pixel != (model.config.head is not None):
         what = "a dense head" if model.config.head else "a classifier head"
         raise UserError(f"the model has {what}; task {task.name!r} is a {task.kind} task")
     if model.config.num_classes != task.num_classes:
@@ -129,7 +130,7 @@ def _fit(
     on_epoch: Callable[[dict[str, Any]], None],
 ) -> RunResult:
     task = data.task
-    kind = task.task_kind
+    kind = get_kind(task.kind)
     img_size = model.config.img_size
     model.to(device)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)

@@ -20,6 +20,7 @@ from ..data import MEDFMC_TASKS
 from ..files import write_text
 from ..record import RunRecord, candidate_tag, shots_order
 from ..stats import format_mean_std, mean_std
+from ..task_kinds import get_kind
 
 PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
 
@@ -27,7 +28,7 @@ PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
 def changed_by_calibration(task) -> tuple[str, ...]:
     """The test metrics temperature scaling changes: the task kind's
     (:meth:`~medpeft.task_kinds.TaskKind.changed_by_calibration`)."""
-    return task.task_kind.changed_by_calibration(task)
+    return get_kind(task.kind).changed_by_calibration(task)
 
 
 def aggregate(records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -174,7 +175,7 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
     metric_names = list(
         dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean") and not k.startswith("conformal_"))
     )
-    unscaled = {m for r in records for m in r.task.task_kind.unscaled_metrics}
+    unscaled = {m for r in records for m in get_kind(r.task.kind).unscaled_metrics}
     lines += [
         "",
         "## Every metric",

@@ -85,6 +85,7 @@ def train(
     from ..experiment import check_out, run_tracked
     from ..files import check_writable_dir
     from ..record import RunSpec
+    from ..task_kinds import get_kind
     from ..tracking import MlflowRun, connect
     from ..types import TrainConfig
 
@@ -131,7 +132,7 @@ def train(
             f"is recorded in {out}"
         )
     val = "" if result.val_best is None else f" (val {record.task.selection_metric} {100 * result.val_best:.2f})"
-    unscaled = record.task.task_kind.unscaled_metrics  # e.g. HD95, in pixels
+    unscaled = get_kind(record.task.kind).unscaled_metrics  # e.g. HD95, in pixels
 
     def shown(metrics):
         return ", ".join(f"{k} {(1 if k in unscaled else 100) * v:.2f}" for k, v in (metrics or {}).items())
@@ -243,12 +244,13 @@ def predict(run_dir, list_file, data_root, out, overwrite, device, batch_size, e
     from ..experiment import list_sets, predict_list
     from ..files import check_writable_dir
     from ..record import read_record, sets_path, submission_name, write_sets, write_submission
+    from ..task_kinds import get_kind
     from ..train import resolve_device
 
     if onnx_file and engine != "onnx":
         raise click.UsageError("--onnx applies to --engine onnx")
     record = read_record(run_dir)
-    if record.task.task_kind.per_pixel:
+    if get_kind(record.task.kind).per_pixel:
         return _predict_masks(run_dir, list_file, data_root, out, overwrite, device, batch_size, engine)
     out = (
         Path(out)

@@ -31,21 +31,23 @@ class TaskSpec:
         return len(self.classes)
 
     @property
-    def task_kind(self):
-        """The :class:`~medpeft.task_kinds.TaskKind` of this task."""
-        from ..task_kinds import get_kind
-
-        return get_kind(self.kind)
-
-    @property
     def report_metric(self) -> str:
-        """The test metric tables report (the task kind's: accuracy, mAP, mIoU)."""
-        return self.task_kind.report_metric(self)
+        """The test metric tables report: mIoU for segmentation; as the paper, mAP for multi-label classification,
+        accuracy otherwise."""
+        if self.kind == "segmentation":
+            return "mIoU"
+        return "mAP" if self.multilabel else "accuracy"
 
     @property
     def tiebreak_metric(self) -> str:
-        """The validation metric that breaks ties of :attr:`selection_metric` between search candidates."""
-        return self.task_kind.tiebreak_metric(self)
+        """The validation metric that breaks ties of :attr:`selection_metric` between search candidates: pixel
+        accuracy for segmentation; AUC (a ranking over every image, finer than accuracy or mAP on a few images), or
+        mAP / accuracy when AUC selects."""
+        if self.kind == "segmentation":
+            return "aAcc"
+        if self.selection_metric != "AUC":
+            return "AUC"
+        return "mAP" if self.multilabel else "accuracy"
 
     @property
     def selection_metric(self) -> str:
