@@ -160,6 +160,10 @@ def load_splits(spec: RunSpec) -> DatasetSplits:
         spec.task, spec.data_root, spec.shots, spec.exp, seed=spec.seed, test_list=spec.test_list, axis=spec.axis
     )
     if spec.val_per_class is not None:
+        if data.task.task_kind.per_pixel:
+            raise ParameterError(
+                "val_per_class", "{val_per_class} applies to classification tasks, not {task}", task=spec.task
+            )
         data = data.with_val_per_class(spec.val_per_class, seed=(spec.seed, spec.exp))
     return data.with_val_in_train() if spec.refit else data
 

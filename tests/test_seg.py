@@ -3,6 +3,7 @@ layouts and their samplings, and ``medpeft train`` end to end."""
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from medpeft.experiment import load_run
 from medpeft.families import family_of
 from medpeft.seg_metrics import segmentation_metrics
 from medpeft.task_kinds import get_kind
+from medpeft.train import fit
 
 K = 3  # classes
 #: tiny random backbones of every family (grid 2×2 or, Swin's last stage, 4×4), with their input size
@@ -104,6 +106,20 @@ def test_every_method_segments_on_every_family(family):
         for name, p in model.named_parameters():
             moved = not torch.equal(p, before[name])
             assert moved == (name in trainable), (family, method, options, name)
+
+
+def test_every_peft_tuner_segments():
+    from medpeft.methods.hf_peft import PEFT_TUNERS
+
+    base, S = template("vit")
+    loss = get_kind("segmentation").loss(None)
+    for tuner in PEFT_TUNERS:
+        model = build_model(f"peft:{tuner}", copy.deepcopy(base), K, head="linear", seed=0).double()
+        classifier = build_model(f"peft:{tuner}", copy.deepcopy(base), K, seed=0)
+        own = count_parameters(classifier)[0] - (48 + 1) * K
+        assert count_parameters(model)[0] == head_params("linear", 48) + own > head_params("linear", 48), tuner
+        loss(model(torch.randn(2, 3, S, S, dtype=torch.double)), torch.randint(0, K, (2, S, S))).backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad), tuner
 
 
 def test_dense_heads_count_what_they_define():
@@ -254,6 +270,16 @@ def test_kvasir_and_isic2018_layouts(tmp_path):
     data = load_dataset("isic2018-seg", str(isic), 2, 1)
     assert sorted(data.val.names) == ["ISIC_V0", "ISIC_V1", "ISIC_V2"]
     assert len(data.train) == 2 and set(data.train.names) <= {"ISIC_T0", "ISIC_T1", "ISIC_T2"}
+    pairs = write_seg_folder(tmp_path / "pairs", n=6, classes={"0": "bg", "1": "lesion", "2": "rim"})
+    rows = [f"images/im{i}.png,masks/im{i}.png,{'test' if i < 2 else 'train'},c{i // 2}" for i in range(6)]
+    (pairs / "pairs.csv").write_text("image,mask,split,case\n" + "\n".join(rows) + "\n")
+    data = load_dataset("seg-csv", str(pairs / "pairs.csv"), 1, 1)
+    assert data.task.classes == ("bg", "lesion", "rim") and sorted(data.test.names) == [
+        "images/im0.png",
+        "images/im1.png",
+    ]
+    case = lambda name: int(Path(name).stem[2:]) // 2
+    assert {case(n) for n in data.train.names}.isdisjoint(case(n) for n in data.val.names)
 
 
 # --- end to end -----------------------------------------------------------------------------------------------------
@@ -402,6 +428,9 @@ def test_feature_cache_gives_the_same_dense_logits(tmp_path):
         plain = predict_logits(model, data.val, data.task, img_size=32)
         cached = predict_logits(model, data.val, data.task, img_size=32, features=FeatureCache())
         assert plain.shape == (len(data.val), 2, 32, 32) and np.array_equal(plain, cached), method
+    classifier = build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=32)
+    with pytest.raises(UserError, match="a classifier head; task .* is a segmentation task"):
+        fit(classifier, data)
 
 
 def test_unet_baseline_trains_from_scratch_through_the_same_pipeline(tmp_path, capsys):
@@ -420,3 +449,34 @@ def test_unet_baseline_trains_from_scratch_through_the_same_pipeline(tmp_path, c
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 64)
     with pytest.raises(UserError, match="segmentation tasks only"):
         build_model("unet", num_classes=2)
+
+
+def test_real_mask_sets_need_no_data_root(tmp_path, monkeypatch):
+    from medpeft.data import get_dataset
+    from medpeft.data.seg_real import test_stems
+
+    monkeypatch.setenv("MEDPEFT_CACHE", str(tmp_path))
+    dataset = get_dataset("stardist-nuclei")
+    data = load_dataset("stardist-nuclei", dataset.root(None), 2, 1)
+    assert data.task.classes == ("background", "nucleus") and data.task.values == (0, 1)
+    assert sorted(data.test.names) == sorted(test_stems("stardist-nuclei"))
+    assert not set(data.train.names) & set(data.val.names) and len(data.train) == 2
+
+
+def test_mlflow_logs_the_segmentation_metrics_of_the_record(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no database to migrate (seconds) here
+
+    root = write_seg_folder(tmp_path / "d", n=6)
+    uri = (tmp_path / "mlruns").as_uri()
+    code, _, stderr = run_cli([*train_args(root), "--out", str(tmp_path / "run"), "--mlflow", uri], capsys)
+    assert code == 0, stderr
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = run.data.metrics
+    test = {k: v for k, v in record["result"]["test_metrics"].items() if not np.isnan(v)}
+    assert {f"test_{k}": logged[f"test_{k}"] for k in test} == {f"test_{k}": v for k, v in test.items()}
+    assert run.data.params["head"] == "setr-pup" and logged["trainable_params"] == record["result"]["trainable_params"]

@@ -24,8 +24,8 @@ PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
 
 
 def changed_by_calibration(task) -> tuple[str, ...]:
-    """The test metrics temperature scaling changes (the task kind's: :meth:`~medpeft.task_kinds.TaskKind.
-    changed_by_calibration`)."""
+    """The test metrics temperature scaling changes: the task kind's
+    (:meth:`~medpeft.task_kinds.TaskKind.changed_by_calibration`)."""
     return task.task_kind.changed_by_calibration(task)
 
 

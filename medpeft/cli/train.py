@@ -27,10 +27,10 @@ from .options import (
 
 @click.command(cls=Command)
 def methods():
-    """List every method."""
-    from ..methods import available_methods
+    """List every method (then the whole segmenters, for segmentation tasks only)."""
+    from ..methods import available_methods, standalone_methods
 
-    click.echo("\n".join(available_methods()))
+    click.echo("\n".join(available_methods() + standalone_methods()))
 
 
 @click.command(cls=Command)
@@ -131,16 +131,17 @@ def train(
             f"is recorded in {out}"
         )
     val = "" if result.val_best is None else f" (val {record.task.selection_metric} {100 * result.val_best:.2f})"
-    click.echo(
-        f"selected epoch {result.selected_epoch}{val}; test "
-        + ", ".join(f"{k} {100 * v:.2f}" for k, v in (record.test or {}).items())
-    )
+    unscaled = record.task.task_kind.unscaled_metrics  # e.g. HD95, in pixels
+
+    def shown(metrics):
+        return ", ".join(f"{k} {(1 if k in unscaled else 100) * v:.2f}" for k, v in (metrics or {}).items())
+
+    click.echo(f"selected epoch {result.selected_epoch}{val}; test {shown(record.test)}")
     calibration = result.calibration
     if calibration is not None:
         click.echo(
             f"{calibration.method} {calibration.temperature:.4g} (val NLL {calibration.val_nll_before:.4f} -> "
-            f"{calibration.val_nll_after:.4f}); calibrated test "
-            + ", ".join(f"{k} {100 * v:.2f}" for k, v in (calibration.test or {}).items())
+            f"{calibration.val_nll_after:.4f}); calibrated test {shown(calibration.test)}"
         )
     if result.conformal is not None:
         click.echo(conformal_line(result.conformal))
