@@ -15,7 +15,7 @@ from torch import nn
 
 from .converters import EXPECTED_FORMATS, Checkpoint, read_checkpoint, sniff
 from .converters.architecture import Architecture
-from .errors import UserError
+from .errors import ParameterError, UserError
 from .families import family_class, family_of
 from .preprocessing import Preprocessing, from_timm_cfg
 
@@ -96,9 +96,12 @@ def _named_backbone(
     except (OSError, RuntimeError, ValueError) as err:  # hub unreachable, or no weights under that tag
         if not hub:
             raise
-        raise UserError(
-            f"cannot fetch pretrained weights for {backbone!r} ({type(err).__name__}): "
-            "pass --weights PATH (a local checkpoint) or --no-pretrained"
+        raise ParameterError(
+            "pretrained",
+            "cannot fetch pretrained weights for {name!r} ({err}): pass {weights} PATH (a local checkpoint) or "
+            "{pretrained=False}",
+            name=backbone,
+            err=type(err).__name__,
         ) from err
     family_class(model, backbone).prepare(model)
     if weights is not None:
@@ -131,15 +134,25 @@ def _from_checkpoint(backbone: str, ckpt: Checkpoint, img_size: int | None) -> t
     # a bare weight file of another family with ViT-like keys (EVA, BEiT) is checked tensor by tensor by load_state
     if named is not None and (ckpt.complete or isinstance(named, VisionTransformer)):
         if not isinstance(named, VisionTransformer):
-            raise UserError(
-                f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}; --backbone "
-                f"{backbone} is a {type(named).__name__}"
+            raise ParameterError(
+                "backbone",
+                "weights {path} ({layout}) hold a {arch}; {backbone} {name} is a {kind}",
+                path=ckpt.path,
+                layout=ckpt.layout,
+                arch=ckpt.arch.describe(),
+                name=backbone,
+                kind=type(named).__name__,
             )
         differences = ckpt.arch.differences(Architecture.of_model(named))
         if differences:
-            raise UserError(
-                f"weights {ckpt.path} ({ckpt.layout}) hold a {ckpt.arch.describe()}, not --backbone "
-                f"{backbone}: {'; '.join(differences)}"
+            raise ParameterError(
+                "backbone",
+                "weights {path} ({layout}) hold a {arch}, not {backbone} {name}: {differences}",
+                path=ckpt.path,
+                layout=ckpt.layout,
+                arch=ckpt.arch.describe(),
+                name=backbone,
+                differences="; ".join(differences),
             )
         kwargs = {**kwargs, **ckpt.arch.timm_kwargs()}
     size = img_size or ckpt.img_size
@@ -170,7 +183,9 @@ def check_backbone(backbone: str, *, img_size: int | None = None, weights: str |
         raise UserError(f"weights file {weights} not found")
     if backbone == AUTO:
         if weights is None:
-            raise UserError(f"--backbone {AUTO} takes the architecture of --weights: pass --weights PATH")
+            raise ParameterError(
+                "backbone", "{backbone} {auto} takes the architecture of {weights}: pass {weights} PATH", auto=AUTO
+            )
         return
     entry = get_foundation_model(backbone)
     name, kwargs = (entry.timm_name, entry.timm_kwargs()) if entry else (backbone, {})
@@ -195,7 +210,13 @@ def _check_img_size(model: nn.Module, img_size: int) -> None:
     if img_size < patch or img_size % patch:
         lower, upper = max(patch, img_size // patch * patch), (img_size // patch + 1) * patch
         nearest = f"{lower} or {upper}" if lower != upper and img_size > patch else f"{upper}"
-        raise UserError(f"--img-size {img_size} is not a multiple of the model's patch size {patch}: use {nearest}")
+        raise ParameterError(
+            "img_size",
+            "{img_size} {value} is not a multiple of the model's patch size {patch}: use {nearest}",
+            value=img_size,
+            patch=patch,
+            nearest=nearest,
+        )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> Preprocessing | None:

@@ -29,12 +29,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .errors import Notice, UserError
+from .errors import Notice, ParameterError, UserError
 
 SCORES = ("lac", "aps", "raps")
 #: Slack on (n + 1)(1 − α) before its ceiling: 20 · (1 − 0.1) is 18.000000000000004 in floating point.
@@ -58,17 +60,21 @@ class ConformalConfig:
 
     def __post_init__(self):
         if self.method not in SCORES:
-            raise UserError(f"--conformal {self.method!r}: choose from {list(SCORES)}")
+            raise ParameterError(
+                "conformal", "{conformal} {value!r}: choose from {choices}", value=self.method, choices=list(SCORES)
+            )
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            raise UserError(f"--alpha {self.alpha!r} must be a number strictly between 0 and 1 (e.g. 0.1)")
+            raise ParameterError(
+                "alpha", "{alpha} {value!r} must be a number strictly between 0 and 1 (e.g. 0.1)", value=self.alpha
+            )
         if (
             isinstance(self.raps_lambda, bool)
             or not isinstance(self.raps_lambda, (int, float))
             or not self.raps_lambda >= 0
         ):
-            raise UserError(f"--raps-lambda {self.raps_lambda!r} must be a number ≥ 0")
+            raise ParameterError("raps_lambda", "{raps_lambda} {value!r} must be a number ≥ 0", value=self.raps_lambda)
         if isinstance(self.raps_k_reg, bool) or not isinstance(self.raps_k_reg, int) or self.raps_k_reg < 0:
-            raise UserError(f"--raps-k-reg {self.raps_k_reg!r} must be an integer ≥ 0")
+            raise ParameterError("raps_k_reg", "{raps_k_reg} {value!r} must be an integer ≥ 0", value=self.raps_k_reg)
         self.alpha, self.raps_lambda = float(self.alpha), float(self.raps_lambda)
 
     @classmethod
@@ -128,14 +134,14 @@ def quantile_rank(n: int, alpha: float) -> int:
     return math.ceil((n + 1) * (1 - alpha) - _EPS)
 
 
-def conformal_quantile(scores, alpha: float) -> float:
+def conformal_quantile(scores: ArrayLike, alpha: float) -> float:
     """q̂ of calibration ``scores``: the :func:`quantile_rank`-th smallest, or ∞ when that rank exceeds n."""
     scores = np.asarray(scores, dtype=np.float64)
     rank = quantile_rank(len(scores), alpha)
     return math.inf if rank > len(scores) else float(np.sort(scores)[rank - 1])
 
 
-def class_scores(probs, config: ConformalConfig, u=None) -> np.ndarray:
+def class_scores(probs: ArrayLike, config: ConformalConfig, u: np.ndarray | None = None) -> np.ndarray:
     """s(x, k) of every image and class (n, K) from probabilities (n, K); ``u`` (n,) for randomised scores."""
     p = np.asarray(probs, dtype=np.float64)
     if config.method == "lac":
@@ -176,7 +182,15 @@ def _binary(probs: np.ndarray, label: int) -> np.ndarray:
     return np.stack([1 - probs[:, label], probs[:, label]], axis=1)
 
 
-def calibrate(probs, labels, config: ConformalConfig, *, multilabel: bool, classes=None, seed: int = 0):
+def calibrate(
+    probs: ArrayLike,
+    labels: ArrayLike,
+    config: ConformalConfig,
+    *,
+    multilabel: bool,
+    classes: Sequence[Any] | None = None,
+    seed: int = 0,
+) -> float | list[float] | list[list[float]]:
     """q̂ from validation probabilities and labels ((n,) class indices, or (n, C) 0/1 for multi-label): a float,
     a per-class list (Mondrian), a per-label list (multi-label) or a per-label list of [absent, present] (both).
     Too few images for α: that q̂ is ∞, with one :class:`ConformalWarning` line."""
@@ -207,7 +221,14 @@ def calibrate(probs, labels, config: ConformalConfig, *, multilabel: bool, class
     return qhat
 
 
-def prediction_sets(probs, qhat, config: ConformalConfig, *, multilabel: bool, seed: int = 0) -> np.ndarray:
+def prediction_sets(
+    probs: ArrayLike,
+    qhat: float | list[float] | list[list[float]],
+    config: ConformalConfig,
+    *,
+    multilabel: bool,
+    seed: int = 0,
+) -> np.ndarray:
     """Boolean sets: (n, K), k in the set of image i; multi-label (n, C, 2), [absent, present] of each label."""
     probs = np.asarray(probs, dtype=np.float64)
     u = _draws(probs.shape if multilabel else len(probs), config, seed, 1)
@@ -219,7 +240,7 @@ def prediction_sets(probs, qhat, config: ConformalConfig, *, multilabel: bool, s
     )
 
 
-def set_metrics(sets: np.ndarray, labels, classes) -> dict[str, Any]:
+def set_metrics(sets: np.ndarray, labels: ArrayLike, classes: Sequence[Any]) -> dict[str, Any]:
     """Coverage (the share of sets holding the true class; multi-label: of (image, label) sets holding the label's
     true state), mean set size, singleton rate and coverage per class (multi-label: per label; None where the test
     set has no image of a class)."""
@@ -240,14 +261,14 @@ def set_metrics(sets: np.ndarray, labels, classes) -> dict[str, Any]:
 
 
 def conformal_step(
-    val_probs,
-    val_labels,
-    test_probs,
-    test_labels,
+    val_probs: ArrayLike,
+    val_labels: ArrayLike,
+    test_probs: ArrayLike,
+    test_labels: ArrayLike,
     config: ConformalConfig,
     *,
     multilabel: bool,
-    classes,
+    classes: Sequence[Any],
     seed: int = 0,
     after: str | None = None,
 ) -> Conformal:
@@ -303,7 +324,7 @@ def _needed(alpha: float) -> int:
     return math.ceil(1 / alpha - 1 - _EPS)
 
 
-def temper(probs, temperature: float, multilabel: bool) -> np.ndarray:
+def temper(probs: ArrayLike, temperature: float, multilabel: bool) -> np.ndarray:
     """Probabilities of logits / T from probabilities (for lists scored without their logits, as ``predict``):
     p^(1/T) renormalised (softmax) or p^(1/T) / (p^(1/T) + (1 − p)^(1/T)) (sigmoid); exact limits at 0 and 1."""
     p = np.asarray(probs, dtype=np.float64)

@@ -7,7 +7,8 @@ and exits non-zero; it never shows a traceback for a ``UserError``. A :class:`No
 
 A bad value of a parameter of a library call raises :class:`ParameterError`, whose message names the parameter
 (``lr 0 must be positive``); a front end renders it under its own name for it (the CLI: ``--lr 0 must be
-positive``).
+positive``). A message may name a parameter set to a value (``{pretrained=False}``): the CLI names the flag that sets
+it (``--no-pretrained``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from . import metrics
 from .data import DatasetSplits, Samples, eval_dataset, read_image
 from .errors import UserError
 from .files import json_line, write_text
+from .stats import format_mean_std, mean_std
 
 PIXEL_SIZE = 32
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -218,9 +219,7 @@ def floors_markdown(rows: list[dict], backbone: str | None) -> str:
     for (floor, task, shots), group in groups.items():
         cells = []
         for name in names:
-            values = 100 * np.array([g["test"][name] for g in group], dtype=float)
-            std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.2f}{std}")
+            cells.append(format_mean_std(*mean_std(g["test"][name] for g in group), ".2f", 100))
         chosen = ", ".join(f"{g['setting']:g}" for g in group)
         lines.append(f"| {TITLES[floor]} | {task} | {shots} | {len(group)} | " + " | ".join(cells) + f" | {chosen} |")
     return "\n".join(lines) + "\n"

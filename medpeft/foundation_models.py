@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import ParameterError
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 HUB = "https://huggingface.co"
@@ -250,9 +250,11 @@ def describe(m: FoundationModel) -> list[str]:
 def fetch(model: FoundationModel) -> Path:
     """A local copy of ``model``'s hub repository (configs and weights), downloaded once by ``huggingface_hub``."""
     if model.hub_id is None:
-        raise UserError(
-            f"{model.name} is not on the Hugging Face hub: download it from its authors and pass "
-            f"--weights FILE ({model.checkpoint_format})"
+        raise ParameterError(
+            "weights",
+            "{name} is not on the Hugging Face hub: download it from its authors and pass {weights} FILE ({format})",
+            name=model.name,
+            format=model.checkpoint_format,
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
@@ -260,12 +262,19 @@ def fetch(model: FoundationModel) -> Path:
     try:
         return Path(snapshot_download(model.hub_id, allow_patterns=HUB_FILES))
     except GatedRepoError:
-        raise UserError(
-            f"{model.name} ({model.hub_id}) is gated: accept its terms at {HUB}/{model.hub_id}, then "
-            "log in with `hf auth login` (or set HF_TOKEN), or pass --weights DIR of a download"
+        raise ParameterError(
+            "weights",
+            "{name} ({hub_id}) is gated: accept its terms at {hub}/{hub_id}, then log in with `hf auth login` (or set "
+            "HF_TOKEN), or pass {weights} DIR of a download",
+            name=model.name,
+            hub_id=model.hub_id,
+            hub=HUB,
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
-        raise UserError(
-            f"cannot download {model.name} ({model.hub_id}: {type(err).__name__}): pass --weights DIR "
-            "of a local download, or --no-pretrained"
+        raise ParameterError(
+            "weights",
+            "cannot download {name} ({hub_id}: {err}): pass {weights} DIR of a local download, or {pretrained=False}",
+            name=model.name,
+            hub_id=model.hub_id,
+            err=type(err).__name__,
         ) from None

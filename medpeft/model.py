@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -112,7 +113,7 @@ def build_model(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     head: str | None = None,
-    **options,
+    **options: Any,
 ) -> PeftClassifier:
     """Build ``method`` on a timm backbone: frozen backbone, the method's trainable tensors, a fresh head.
 

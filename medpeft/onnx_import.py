@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from .errors import UserError
+from .errors import ParameterError, UserError
 
 #: Each timm tensor's HF module, in every naming the importer reads (transformers 4 first, then 5).
 MODULES = {
@@ -256,15 +256,22 @@ def token_state(
     state = {"pos_embed": resample_grid(grid, tuple(model.patch_embed.grid_size))}
     registers = prefix + "embeddings.register_tokens"
     if model.num_reg_tokens and registers not in g.consts:
-        raise UserError(
-            f"{arch} has {model.num_reg_tokens} register tokens but {g.path} has none: "
-            "pass an --arch without registers (e.g. vit_small_patch14_dinov2)"
+        raise ParameterError(
+            "arch",
+            "{name} has {n} register tokens but {path} has none: pass an {arch} without registers "
+            "(e.g. vit_small_patch14_dinov2)",
+            name=arch,
+            n=model.num_reg_tokens,
+            path=g.path,
         )
     if registers in g.consts:
         if not model.num_reg_tokens:
-            raise UserError(
-                f"{g.path} has register tokens but {arch} has none: pass an --arch with registers "
-                "(e.g. vit_small_patch14_reg4_dinov2)"
+            raise ParameterError(
+                "arch",
+                "{path} has register tokens but {name} has none: pass an {arch} with registers "
+                "(e.g. vit_small_patch14_reg4_dinov2)",
+                path=g.path,
+                name=arch,
             )
         state["reg_token"] = g.tensor(registers)
     if model.no_embed_class:
@@ -287,9 +294,15 @@ def check_fits(state: dict[str, torch.Tensor], model, arch: str, path: Path) -> 
         if k in own and v.shape != own[k].shape
     ]
     if missing or unexpected or wrong:
-        raise UserError(
-            f"{path} does not fit timm {arch}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"other shapes {wrong[:3]}: pick the --arch the export was made from"
+        raise ParameterError(
+            "arch",
+            "{path} does not fit timm {name}: missing {missing}, unexpected {unexpected}, other shapes {wrong}: "
+            "pick the {arch} the export was made from",
+            path=path,
+            name=arch,
+            missing=missing[:3],
+            unexpected=unexpected[:3],
+            wrong=wrong[:3],
         )
 
 

@@ -311,15 +311,3 @@ def test_runs_restored_without_weights_are_left_out_in_one_line(bench, tmp_path)
     assert {r["label"] for r in result["runs"].values()} == {"ept(prompt_length=5)", "pretrain"}
     with pytest.raises(UserError, match="no trained weights"):
         analyze([copy / "runs" / "linear" / "colon_1-shot_exp1_seed0"], tmp_path / "out2")
-
-
-def test_mean_std_is_the_sample_std_and_exactly_zero_for_equal_values():
-    from medpeft.analysis.report import mean_std
-
-    # numpy's two-pass std gives ~1e-16 here
-    assert mean_std([0.8978632478632478] * 5) == (pytest.approx(0.8978632478632478), 0.0)
-    mean, std = mean_std([1.0, None, 2.0, float("nan"), 4.0])
-    assert mean == pytest.approx(7 / 3) and std == pytest.approx(
-        ((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) ** 0.5 / 2**0.5
-    )
-    assert mean_std([3.0])[0] == 3.0 and np.isnan(mean_std([3.0])[1]) and np.isnan(mean_std([None])[0])

@@ -129,7 +129,7 @@ def test_interrupted_bench_keeps_finished_runs(tmp_path, monkeypatch, fake_runs)
 
 def test_other_shared_settings_are_refused(tmp_path, fake_runs):
     run_bench(config(exps=[1]), tmp_path, progress=False)
-    with pytest.raises(UserError, match="other settings \\(train\\)"):
+    with pytest.raises(UserError, match="other settings \\(train\\): use a new out$"):
         run_bench(config(exps=[1], train={"epochs": 3}), tmp_path, progress=False)
 
 

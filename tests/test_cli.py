@@ -128,6 +128,14 @@ def test_user_mistakes_print_one_line(tmp_path, capsys):
             ["--method", "ept", "--img-size", "30"],
             "--img-size 30 is not a multiple of the model's patch size 16: use 16 or 32",
         ),
+        (
+            ["--method", "ept", "--backbone", "vit_tiny_patch16_224.augreg_in21k", "--pretrained"],  # hub offline
+            "pass --weights PATH (a local checkpoint) or --no-pretrained",
+        ),
+        (
+            ["--method", "ept", "--backbone", "auto"],
+            "--backbone auto takes the architecture of --weights: pass --weights PATH",
+        ),
     ]:
         code, _, err = run_cli([*base, *args], capsys)
         assert code != 0 and err.count("\n") == 1 and expected in err, (args, err)

@@ -18,7 +18,7 @@ from medpeft.conformal import (
     set_metrics,
     temper,
 )
-from medpeft.errors import UserError
+from medpeft.errors import ParameterError
 
 CAL = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
 CAL_Y = np.array([0, 1, 1, 2])
@@ -172,17 +172,21 @@ def test_temper_from_probabilities_equals_scaled_logits():
 
 
 @pytest.mark.parametrize(
-    "bad,message",
+    "bad,message,flag",
     [
-        ({"method": "thr"}, "--conformal"),
-        ({"alpha": 1.0}, "--alpha"),
-        ({"raps_lambda": -1}, "--raps-lambda"),
-        ({"raps_k_reg": 1.5}, "--raps-k-reg"),
+        ({"method": "thr"}, "conformal 'thr': choose from", "--conformal 'thr'"),
+        ({"alpha": 1.0}, "alpha 1.0 must be a number strictly between 0 and 1", "--alpha 1.0"),
+        ({"raps_lambda": -1}, "raps_lambda -1 must be", "--raps-lambda -1"),
+        ({"raps_k_reg": 1.5}, "raps_k_reg 1.5 must be an integer", "--raps-k-reg 1.5"),
     ],
 )
-def test_bad_settings_name_the_option(bad, message):
-    with pytest.raises(UserError, match=message):
+def test_bad_settings_name_the_parameter_and_the_cli_its_flag(bad, message, flag):
+    from medpeft.cli.options import flag_namer
+    from medpeft.cli.train import train
+
+    with pytest.raises(ParameterError, match=f"^{message}") as err:
         ConformalConfig(**bad)
+    assert err.value.named(flag_namer(train)).startswith(flag)
 
 
 # Coverage over 2,000 random exchangeable calibration/test splits of a synthetic problem --------------------------

@@ -302,3 +302,17 @@ def test_the_feature_cache_key_holds_the_normalisation():
             FeatureCache().key(model, 7, samples, img_size=32, batch_size=4, device=torch.device("cpu"), bf16=False)
         )
     assert len(keys) == 2
+
+
+def test_a_folder_without_config_names_the_parameter_the_cli_names_by_its_flag(tmp_path):
+    from medpeft.cli.options import flag_namer
+    from medpeft.cli.train import train
+    from medpeft.errors import ParameterError
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ParameterError) as err:
+        build_backbone("vit_tiny_patch16_224", weights=tmp_path)
+    assert str(err.value).endswith("the weight file (model.safetensors) itself, with backbone naming its architecture")
+    assert err.value.named(flag_namer(train)).endswith("with --backbone naming its architecture")
+    # a boolean flag set to a value is named by the flag that sets it
+    assert flag_namer(train)("pretrained=False") == "--no-pretrained" and flag_namer(train)("epochs") == "--epochs"

@@ -155,8 +155,12 @@ def test_write_medfmc_splits(tmp_path):
     assert not {n for n, _ in train} & {n for n, _ in val}
     texts = {p.name: p.read_bytes() for p in paths}
     assert texts["endo_5-shot_train_exp1.txt"] != texts["endo_5-shot_train_exp2.txt"]
-    with pytest.raises(UserError, match="endo_1-shot_train_exp1.txt already exists"):
+    with pytest.raises(UserError, match="endo_1-shot_train_exp1.txt already exists .*pass overwrite=True to") as err:
         write_medfmc_splits(tmp_path, "endo", [1, 5], [1, 2], seed=7)
+    from medpeft.cli.data import splits
+    from medpeft.cli.options import flag_namer
+
+    assert "pass --overwrite to replace them" in err.value.named(flag_namer(splits))
     write_medfmc_splits(tmp_path, "endo", [1, 5], [1, 2], seed=7, overwrite=True)
     assert {p.name: p.read_bytes() for p in paths} == texts
     with pytest.raises(UserError, match="trainval.txt"):

@@ -67,7 +67,7 @@ def test_facts_of_the_registry_entries():
 
 def test_a_named_model_offline_is_one_line(tmp_path):
     """The tests run with the hub switched off: fetching says how to go on instead of a traceback."""
-    with pytest.raises(UserError, match="cannot download rad-dino .*pass --weights DIR"):
+    with pytest.raises(UserError, match="cannot download rad-dino .*pass weights DIR .*, or pretrained=False$"):
         build_backbone("rad-dino")
     with pytest.raises(UserError, match="chexzero is not on the Hugging Face hub"):
         build_backbone("chexzero")

@@ -187,7 +187,11 @@ def test_user_mistakes_are_one_line_errors():
         build_model("ept", "vit_tiny_patch16_224", C, pretrained=False, layers=[12])
     with pytest.raises(UserError, match="unknown backbone 'vit_nope'"):
         build_model("linear", "vit_nope", C, pretrained=False)
-    with pytest.raises(UserError, match="not a timm VisionTransformer"):
+    with pytest.raises(
+        UserError,
+        match="backbone 'resnet18' is a ResNet, not a timm Beit, Eva, SwinTransformer or VisionTransformer: use e.g. "
+        "beit_base_patch16_224, eva02_tiny_patch14_224, swin_tiny_patch4_window7_224, vit_base_patch16_224$",
+    ):
         build_model("linear", "resnet18", C, pretrained=False)
     with pytest.raises(UserError, match="unknown peft tuner 'nope'"):
         build_model("peft:nope", "vit_tiny_patch16_224", C, pretrained=False)
@@ -268,7 +272,7 @@ def test_frozen_prompts_stay_at_their_init_and_are_saved(method, tmp_path):
 
 
 def test_offline_hub_weights_say_what_to_pass():  # conftest sets HF_HUB_OFFLINE=1
-    with pytest.raises(UserError, match="--weights PATH.*--no-pretrained"):
+    with pytest.raises(UserError, match="pass weights PATH \\(a local checkpoint\\) or pretrained=False$"):
         build_model("linear", "vit_tiny_patch16_224.augreg_in21k", C, pretrained=True)
 
 

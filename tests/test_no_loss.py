@@ -119,7 +119,7 @@ def test_image_sizes_that_are_not_patch_multiples(root, tmp_path, capsys):
     args = train_args(root, tmp_path / "r")
     args[args.index("32")] = "30"
     one_line_error(*run_cli(args, capsys)[::2], "--img-size 30", "patch size 16", "16 or 32")
-    with pytest.raises(UserError, match="--img-size 30 .* patch size 16"):
+    with pytest.raises(UserError, match="^img_size 30 .* patch size 16"):
         build_model("linear", "vit_tiny_patch16_224", 2, pretrained=False, img_size=30)
     config = tmp_path / "bench.yaml"
     config.write_text(

@@ -1,5 +1,6 @@
-"""Every method on the Swin family (windowed attention, relative position bias, patch merging): counts, exactness,
-training, checkpoints, evaluation cache, the command line and the speed harness."""
+"""What only the Swin family has (the shared checks are in test_families.py): EPT's patch-scaling map through the
+windows, VPT as the official prompted Swin, token init per stage, ``medpeft speed`` and timm's Swin checkpoint
+filter."""
 
 import copy
 import json
@@ -8,159 +9,11 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
-from family_checks import (
-    TRAINED,
-    C,
-    assert_checkpointing_changes_nothing,
-    assert_trains_saves_and_loads,
-    train_end_to_end,
-)
-from reference import naive_ept_swin_features, naive_vpt_swin_features
-from test_methods import width
+from family_models import SWIN, SWIN_SMALL, C, swin
+from reference import naive_vpt_swin_features
 
 import medpeft
-from medpeft import build_model, count_parameters
-from medpeft.evaluate import forward_prefix, forward_suffix
-from medpeft.methods.hf_peft import PEFT_TUNERS
-
-SWIN = "swin_tiny_patch4_window7_224"
-
-
-def swin(img_size=64, dtype=torch.float32, **kwargs):
-    """A random Swin-T (timm ``kwargs`` may shrink it), no stochastic depth, relative position tables off zero."""
-    torch.manual_seed(0)
-    model = timm.create_model(SWIN, num_classes=0, img_size=img_size, drop_path_rate=0.0, **kwargs).to(dtype)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.normal_(0, 0.5)
-    return model
-
-
-SMALL = dict(embed_dim=24, depths=(2, 2), num_heads=(1, 2))  # 64 px: 16×16 then 8×8 grids, 7×7 windows, padding
-
-
-def blocks_of(model):
-    """(width D, heads, window, starts a later stage, tokens) of every block of a timm Swin, in order."""
-    return [
-        (b.dim, b.attn.num_heads, b.window_size, s > 0 and j == 0, b.input_resolution[0] * b.input_resolution[1])
-        for s, stage in enumerate(model.layers)
-        for j, b in enumerate(stage.blocks)
-    ]
-
-
-def swin_block_params(D, heads, window):
-    """norm1, qkv, relative position table, proj, norm2, fc1 (4D), fc2 of one Swin block."""
-    table = (2 * window[0] - 1) * (2 * window[1] - 1) * heads
-    return 2 * D + (3 * D * D + 3 * D) + table + (D * D + D) + 2 * D + (4 * D * D + 4 * D) + (4 * D * D + D)
-
-
-def merging_params(D):
-    """A patch merging into width D: LayerNorm over 4·(D/2) channels, bias-free reduction 4·(D/2) → D."""
-    return 2 * 2 * D + 2 * D * D
-
-
-def expected_trainable(method, model, S, classes=C, **o):
-    """Trainable parameter count of ``method`` on a timm Swin from the definitions, head included (S px): blocks
-    counted across stages, a patch merging belongs to the first block of its stage; deep VPT prompts have their
-    stage's width; EPT has one prompt row per token of the block's stage."""
-    blocks = blocks_of(model)
-    E, F_ = blocks[0][0], blocks[-1][0]
-    head = F_ * classes + classes
-    r, L = o.get("r", 8), o.get("prompt_length", 100 if method == "ept" else 10)
-    prompted = blocks if o.get("deep", True) else blocks[:1]
-    return (
-        head
-        + {
-            "linear": lambda: 0,
-            "partial": lambda: (
-                sum(
-                    swin_block_params(D, h, w) + (merging_params(D) if m else 0)
-                    for D, h, w, m, _ in blocks[-o.get("k", 1) :]
-                )
-                + 2 * F_
-            ),
-            "mlp": lambda: (o.get("k", 3) - 1) * (F_ * F_ + F_),
-            "bitfit": lambda: E + E + sum(11 * D + (2 * D if m else 0) for D, _, _, m, _ in blocks) + F_,
-            "lora": lambda: sum(2 * (r * D + D * r) for D, *_ in blocks),
-            "adapter": lambda: sum(2 * D * width(o, D) + width(o, D) + D for D, *_ in blocks),
-            "vp": lambda: 2 * 3 * o["prompt_size"] * S + 2 * 3 * (S - 2 * o["prompt_size"]) * o["prompt_size"],
-            "vpt": lambda: sum(L * D for D, *_ in prompted),
-            "ept": lambda: sum(blocks[i][4] * L for i in (o.get("layers") or range(len(blocks)))),
-            "ssf": lambda: 2 * E + sum(2 * 11 * D + (2 * 3 * D if m else 0) for D, _, _, m, _ in blocks) + 2 * F_,
-            "peft:lora": lambda: sum(8 * ((D + 3 * D) + (D + D) + (D + 4 * D) + (4 * D + D)) for D, *_ in blocks),
-            "peft:ia3": lambda: sum(3 * D + D + 4 * D + 4 * D for D, *_ in blocks),
-        }[method]()
-    )
-
-
-CASES = [
-    ("linear", {}),
-    ("partial", {}),
-    ("partial", {"k": 3}),
-    ("mlp", {}),
-    ("bitfit", {}),
-    ("lora", {}),
-    ("adapter", {}),
-    ("adapter", {"reduction": 8}),
-    ("vp", {"prompt_size": 5}),
-    ("vpt", {}),
-    ("vpt", {"deep": False}),
-    ("ept", {}),
-    ("ept", {"prompt_length": 20, "layers": [0, 3]}),
-    ("ssf", {}),
-    ("peft:lora", {}),
-    ("peft:ia3", {}),
-]
-
-
-def test_trainable_counts_match_definitions():
-    template = swin(**SMALL)
-    frozen = sum(p.numel() for p in template.parameters())
-    for method, options in CASES:
-        model = build_model(method, copy.deepcopy(template), C, **options)
-        trainable, total = count_parameters(model)
-        assert trainable == expected_trainable(method, template, 64, **options), (method, options)
-        added = 48 * C + C if method in ("partial", "bitfit") else trainable  # these only unfreeze
-        assert total == frozen + added, (method, options)
-    full = build_model("full", template, C)
-    assert count_parameters(full)[0] == count_parameters(full)[1] == frozen + 48 * C + C
-
-
-def prompts_of(model):
-    return {
-        i: b.attn.prompt
-        for i, b in enumerate(medpeft.families.family_of(model.backbone).blocks())
-        if hasattr(b.attn, "prompt")
-    }
-
-
-@pytest.mark.parametrize(
-    "way,layers", [("concat", None), ("multiply_concat", [3, 0]), ("add", [1, 2]), ("multiply", [1])]
-)
-def test_ept_equals_naive_eq5_per_window(way, layers):
-    """Fused EPT against the materialised formula on shifted, padded windows (16×16 grid, 7×7 windows), float64."""
-    vit = swin(dtype=torch.double, **SMALL)
-    reference = copy.deepcopy(vit)
-    model = build_model("ept", vit, C, way=way, layers=layers, prompt_length=7).double()
-    prompts = prompts_of(model)
-    assert {i: tuple(p.shape[:1]) for i, p in prompts.items()} == {
-        i: (256 if i < 2 else 64,) if way in ("concat", "multiply_concat") else (9 if i < 2 else 4,)
-        for i in (layers or range(4))
-    }  # rows: the stage's tokens; add/multiply: one block per window
-    with torch.no_grad():
-        for p in prompts.values():
-            p.add_(torch.randn_like(p))
-    images = torch.randn(2, 3, 64, 64, dtype=torch.double)
-    ours = model.forward_features(images)
-    theirs = naive_ept_swin_features(reference, prompts, way, images)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
-    for g_ours, g_theirs in zip(
-        torch.autograd.grad(ours.square().sum(), list(prompts.values())),
-        torch.autograd.grad(theirs.square().sum(), list(prompts.values())),
-    ):
-        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-9, atol=1e-14)
-        assert g_ours.abs().max() > 0
+from medpeft import build_model
 
 
 def test_ept_patch_scaling_maps_each_token_through_its_window():
@@ -168,7 +21,7 @@ def test_ept_patch_scaling_maps_each_token_through_its_window():
     scattered back to the stage grid, shown on the patch grid (a stage-s token on its 2^s × 2^s patches)."""
     from reference import qkv_of, swin_windows
 
-    vit = swin(dtype=torch.double, **SMALL)
+    vit = swin(dtype=torch.double, **SWIN_SMALL)
     reference = copy.deepcopy(vit)
     model = build_model("ept", vit, C, prompt_length=4, layers=[1, 2]).double().eval()
     images = torch.randn(2, 3, 64, 64, dtype=torch.double)
@@ -209,7 +62,7 @@ def test_ept_patch_scaling_maps_each_token_through_its_window():
 
 @pytest.mark.parametrize("deep", [True, False])
 def test_vpt_equals_the_official_prompted_swin(deep):
-    vit = swin(dtype=torch.double, **SMALL)
+    vit = swin(dtype=torch.double, **SWIN_SMALL)
     reference = copy.deepcopy(vit)
     model = build_model("vpt", vit, C, prompt_length=3, deep=deep).double()
     tokens = model.backbone.prompt_tokens
@@ -231,55 +84,6 @@ def test_vpt_equals_the_official_prompted_swin(deep):
         assert g1.abs().max() > 0
     one = model.forward_features(images[:1])  # each image's prompts meet its own windows only
     torch.testing.assert_close(one, ours[:1], rtol=0, atol=1e-12)
-
-
-OPTIONS = {"vp": {"prompt_size": 4}, "ept": {"prompt_length": 8}}
-
-
-@pytest.fixture(scope="module")
-def swin_t():
-    """swin_tiny_patch4_window7_224 (random init, float64) at 48 px: 12×12 (7×7 windows, padded, shifted), 6×6, 3×3
-    and 2×2 grids, so every relative position table matters (a 1×1 window's softmax would ignore it)."""
-    torch.manual_seed(0)
-    return timm.create_model(SWIN, num_classes=0, img_size=48).double()
-
-
-@pytest.mark.parametrize("method", TRAINED)
-def test_every_method_trains_saves_and_loads(method, swin_t, tmp_path):
-    model = build_model(method, copy.deepcopy(swin_t), C, seed=0, **OPTIONS.get(method, {})).double()
-    assert_trains_saves_and_loads(model, tmp_path, (2, 3, 48, 48), backbone=copy.deepcopy(swin_t).float(), seed=0)
-
-
-@pytest.mark.parametrize("tuner", [t for t in PEFT_TUNERS if f"peft:{t}" not in TRAINED])
-def test_other_peft_tuners_train_save_and_load(tuner, tmp_path):
-    """The other tested ``peft`` tuners (the same Linear layers, other adapters) on a smaller
-    Swin-T (width 48, two stages)."""
-    template = swin(img_size=32, dtype=torch.double, embed_dim=48, depths=(2, 2), num_heads=(2, 4))
-    model = build_model(f"peft:{tuner}", copy.deepcopy(template), C, seed=0).double()
-    assert_trains_saves_and_loads(model, tmp_path, (2, 3, 32, 32), backbone=copy.deepcopy(template).float(), seed=0)
-
-
-@pytest.mark.parametrize("method", TRAINED)
-def test_gradient_checkpointing_changes_nothing(method):
-    model = build_model(method, swin(img_size=32, dtype=torch.double, **SMALL), C, seed=0, **OPTIONS.get(method, {}))
-    assert_checkpointing_changes_nothing(model.double(), torch.randn(2, 3, 32, 32, dtype=torch.double))
-
-
-@pytest.mark.parametrize(
-    "method,options,stages", [("linear", {}, 13), ("partial", {"k": 4}, 8), ("partial", {"k": 7}, 5)]
-)
-def test_cached_prefix_then_suffix_is_the_model(method, options, stages, swin_t):
-    """The evaluation cache's split (a stage's first block runs its patch merging) gives the model, bit for bit."""
-    model = build_model(method, copy.deepcopy(swin_t).float(), C, seed=0, **options).eval()
-    assert model.method.frozen_stages(model.backbone) == stages
-    x = torch.randn(3, 3, 48, 48)
-    with torch.no_grad():
-        assert torch.equal(forward_suffix(model, forward_prefix(model, x, stages), stages), model(x))
-
-
-def test_medpeft_train_runs_end_to_end(tmp_path, capsys):
-    record = train_end_to_end(tmp_path, capsys, SWIN, 32, "ept", "prompt_length=4")
-    assert record["result"]["trainable_params"] == 4 * (2 * 64 + 2 * 16 + 6 * 4 + 2 * 1) + 768 * 2 + 2  # rows: tokens
 
 
 def test_medpeft_speed_takes_a_swin(tmp_path):
@@ -338,7 +142,7 @@ def test_local_weights_of_another_size_load_through_the_swin_filter(tmp_path):
 
 
 def test_token_init_adds_the_mean_patch_embedding_to_every_stage():
-    model = build_model("ept", swin(**SMALL), C, prompt_length=24, init="token", layers=[0, 3])
+    model = build_model("ept", swin(**SWIN_SMALL), C, prompt_length=24, init="token", layers=[0, 3])
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         mean = model.backbone.patch_embed(images).mean(dim=(0, 1, 2))  # (24,): what the first block receives

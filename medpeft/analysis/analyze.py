@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from .search import draw_search, search_curves
 
 
 def analyze(
-    paths,
-    out,
+    paths: str | Path | Iterable[str | Path],
+    out: str | Path,
     *,
     class_index: int | None = None,
     perplexity: float = 30.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.stats import binomtest, wilcoxon
 
 
@@ -24,7 +25,7 @@ class PairedComparison:
     p_sign: float  #: exact sign test: binomial(wins, wins + losses, ½) (1.0 when there is no non-zero difference)
 
 
-def paired_comparison(differences) -> PairedComparison:
+def paired_comparison(differences: ArrayLike) -> PairedComparison:
     """Summarise paired differences (a − b per shared cell; non-finite ones dropped).
 
     The Wilcoxon signed-rank test (:func:`scipy.stats.wilcoxon`, two-sided; its exact distribution for small
@@ -45,7 +46,7 @@ def paired_comparison(differences) -> PairedComparison:
     )
 
 
-def holm(pvalues) -> np.ndarray:
+def holm(pvalues: ArrayLike) -> np.ndarray:
     """Holm's step-down adjusted p-values, in the input's order.
 
     With the m p-values sorted ascending, p₍ᵢ₎ (i = 1..m) becomes max over j ≤ i of min(1, (m − j + 1) p₍ⱼ₎): a

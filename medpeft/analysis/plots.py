@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ParameterError
 from ..metrics import expected_calibration_error, reliability_curve
 from ..record import shots_order
+from ..stats import mean_std
 from . import figures
 from .measure import Measured, small_blas
-from .report import mean_std
 
 
 @dataclass
@@ -91,9 +91,13 @@ def draw(
         for cell in cells_of(results):
             c = class_index if class_index is not None else default_class(cell.ref)
             if not 0 <= c < len(cell.ref.classes):
-                raise UserError(
-                    f"--class-index {c}: task {cell.task!r} has {len(cell.ref.classes)} classes "
-                    f"(0 to {len(cell.ref.classes) - 1})"
+                raise ParameterError(
+                    "class_index",
+                    "{class_index} {value}: task {task!r} has {n} classes (0 to {last})",
+                    value=c,
+                    task=cell.task,
+                    n=len(cell.ref.classes),
+                    last=len(cell.ref.classes) - 1,
                 )
             pca_figure(gallery, cell, c)
             tsne_figure(gallery, cell, numbers, c, perplexity, max_points)

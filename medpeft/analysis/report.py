@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..stats import format_mean_std, mean_std
 from .figures import PRETRAIN
 
 NUMBERS = ("intra_class_scatter", "inter_class_scatter", "scatter_ratio", "linear_separability", "ECE")
@@ -21,18 +22,6 @@ DEFINITIONS = {
     "multi-label": "each class is positives vs negatives; the number is the mean over classes having both "
     "(per class values under per_class)",
 }
-
-
-def mean_std(values) -> tuple[float, float]:
-    """Mean and sample std (ddof=1; nan for one value; exactly 0 for equal values, which numpy's rounded mean
-    would give as ~1e-16) of the values that are not None or nan."""
-    values = np.array([np.nan if v is None else v for v in values], dtype=float)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return float("nan"), float("nan")
-    if len(values) == 1:
-        return float(values[0]), float("nan")
-    return float(values.mean()), float(values.std(ddof=1)) if np.ptp(values) else 0.0
 
 
 def _json_ms(pair: tuple[float, float]) -> dict[str, float | None]:
@@ -58,13 +47,9 @@ def groups(numbers: dict[str, dict[str, Any]]) -> list[dict]:
     return rows
 
 
-def _fmt(mean_std: dict, percent: bool = False) -> str:
+def _fmt(pair: dict, percent: bool = False) -> str:
     """3 significant digits, or ×100 with one decimal (``percent``); ``± std`` when there are several runs."""
-    mean, std = mean_std["mean"], mean_std["std"]
-    if mean is None:
-        return "–"
-    number = (lambda v: f"{100 * v:.1f}") if percent else (lambda v: f"{v:.3g}")
-    return number(mean) if std is None else f"{number(mean)} ± {number(std)}"
+    return format_mean_std(pair["mean"], pair["std"], *((".1f", 100) if percent else (".3g",)))
 
 
 def report_markdown(analysis: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ directories named directly."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class RunRef:
         return self.record.spec.label
 
 
-def collect_runs(paths, *, candidates: bool = False) -> list[RunRef]:
+def collect_runs(paths: str | Path | Iterable[str | Path], *, candidates: bool = False) -> list[RunRef]:
     """The runs of every path: a bench directory gives the runs its tables count (every search candidate too with
     ``candidates``), a run directory itself. A run found twice is kept once, under its bench key."""
     from ..bench import read_index

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import UserError
 
@@ -66,7 +68,7 @@ def _ratio(features: np.ndarray, labels: np.ndarray) -> float:
     return within / between if between > 0 else float("nan")
 
 
-def per_class(fn: Callable, features, labels, **kwargs) -> list[float]:
+def per_class(fn: Callable, features: ArrayLike, labels: ArrayLike, **kwargs: Any) -> list[float]:
     """``fn`` on each class of a multi-label matrix (N, C), positives vs negatives; nan where a class has one group.
 
     ``fn`` is one of this module's functions (e.g. ``per_class(intra_class_scatter, X, Y)``).
@@ -91,7 +93,7 @@ def _apply(single: Callable, features, labels, **kwargs) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def intra_class_scatter(features, labels) -> float:
+def intra_class_scatter(features: ArrayLike, labels: ArrayLike) -> float:
     """Trace of the within-class scatter matrix Σ_W (Eq. 11 of Zu et al. 2024); lower means tighter classes.
 
     ``tr Σ_W = tr( 1/N Σ_k Σ_{i in class k} (x_ki − x̄_k)(x_ki − x̄_k)ᵀ ) = 1/N Σ_k Σ_i ‖x_ki − x̄_k‖²``
@@ -112,7 +114,7 @@ def intra_class_scatter(features, labels) -> float:
     return _apply(_trace_within, features, labels)
 
 
-def inter_class_scatter(features, labels) -> float:
+def inter_class_scatter(features: ArrayLike, labels: ArrayLike) -> float:
     """Trace of the between-class scatter matrix Σ_B; higher means class means further apart.
 
     ``tr Σ_B = tr( 1/N Σ_k N_k (x̄_k − x̄)(x̄_k − x̄)ᵀ ) = 1/N Σ_k N_k ‖x̄_k − x̄‖²``
@@ -127,7 +129,7 @@ def inter_class_scatter(features, labels) -> float:
     return _apply(_trace_between, features, labels)
 
 
-def scatter_ratio(features, labels) -> float:
+def scatter_ratio(features: ArrayLike, labels: ArrayLike) -> float:
     """``tr Σ_W / tr Σ_B``: within-class over between-class scatter; lower is better, and scale-free.
 
     Multiplying the features by a constant leaves it unchanged, so it compares feature spaces of different
@@ -163,7 +165,9 @@ def _separability(features: np.ndarray, labels: np.ndarray, n_splits: int, C: fl
     return float(balanced_accuracy_score(labels, predicted))
 
 
-def linear_separability(features, labels, *, n_splits: int = 5, C: float = 1.0, seed: int = 0) -> float:
+def linear_separability(
+    features: ArrayLike, labels: ArrayLike, *, n_splits: int = 5, C: float = 1.0, seed: int = 0
+) -> float:
     """How linearly separable the classes are: cross-validated balanced accuracy of a logistic regression.
 
     Stratified k-fold (shuffled with ``seed``) with ``k = min(n_splits, N_min)``, N_min the size of the smallest
@@ -184,7 +188,7 @@ def linear_separability(features, labels, *, n_splits: int = 5, C: float = 1.0, 
     return _apply(_separability, features, labels, n_splits=n_splits, C=C, seed=seed)
 
 
-def class_statistics(features, labels, *, n_splits: int = 5, seed: int = 0) -> dict:
+def class_statistics(features: ArrayLike, labels: ArrayLike, *, n_splits: int = 5, seed: int = 0) -> dict:
     """All of this module's numbers for one feature set: a JSON-ready dict (nan becomes None).
 
     Keys ``intra_class_scatter``, ``inter_class_scatter``, ``scatter_ratio``, ``linear_separability`` (as the

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from ..record import RunRecord, shots_order
+from ..stats import mean_std
 from . import figures
 from .plots import Gallery, slug
-from .report import mean_std
 
 
 def search_curves(records: list[RunRecord]) -> list[dict]:

@@ -143,7 +143,7 @@ class BenchConfig:
                 raise UserError(f"{source}: missing ['data_root']")
             raw = {**raw, "data_root": roots.pop()}
         default_search = raw.get("search")
-        methods = [_method_entry(m, source, default_search) for m in _as_list(raw["methods"])]
+        methods = [method_entry(m, source, default_search) for m in _as_list(raw["methods"])]
         shared = {k: raw[k] for k in SHARED_KEYS if raw.get(k) is not None}
         shared["train"] = dict(raw.get("train") or {})
         TrainConfig.from_dict(shared["train"])
@@ -186,7 +186,7 @@ class BenchConfig:
         entry: MethodEntry,
         candidate: dict[str, Any],
         task: str,
-        shots,
+        shots: int | str,
         exp: int,
         seed: int,
         *,
@@ -220,7 +220,9 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _method_entry(item, source: str, default_search) -> MethodEntry:
+def method_entry(item, source: str, default_search) -> MethodEntry:
+    """One entry of a config's ``methods`` (a name, or a mapping of method, options, label, search, then);
+    ``default_search`` is the config's shared ``search``; errors name ``source``."""
     if isinstance(item, str):
         return MethodEntry(item, search=default_search)
     keys = {"method", "options", "label", "search", "then"}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import UserError
 from .executors import Executor, LocalExecutor
 
 
-def make_executor(name: str, **options) -> Executor:
+def make_executor(name: str, **options: Any) -> Executor:
     """The executor ``name`` (local, ray, slurm) with its options."""
     if name == "local":
         unknown = sorted(set(options) - {"cpus_per_run"})

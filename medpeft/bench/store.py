@@ -29,9 +29,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import Notice, UserError
+from ..errors import Notice, ParameterError, UserError
 from ..files import append_line, dumps, json_line, read_json_lines, write_json, write_text
-from ..record import RUN_FILE, RunRecord, read_record
+from ..record import RUN_FILE, RunRecord, RunSpec, read_record
 from .selection import group_cells, selection
 
 
@@ -53,8 +53,11 @@ class BenchStore:
         except OSError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise UserError(
-                f"{self.out} is in use by another medpeft bench ({holder}): wait for it to finish, or use another --out"
+            raise ParameterError(
+                "out",
+                "{path} is in use by another medpeft bench ({holder}): wait for it to finish, or use another {out}",
+                path=self.out,
+                holder=holder,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
@@ -76,8 +79,11 @@ class BenchStore:
             )
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             if changed:
-                raise UserError(
-                    f"{self.out} holds runs made with other settings ({', '.join(changed)}): use a new --out"
+                raise ParameterError(
+                    "out",
+                    "{path} holds runs made with other settings ({changed}): use a new {out}",
+                    path=self.out,
+                    changed=", ".join(changed),
                 )
 
     def write_setup(self, setup: dict) -> None:
@@ -85,7 +91,7 @@ class BenchStore:
         if not (self.out / "bench.json").is_file():
             write_json(self.out / "bench.json", portable(setup, self.out))
 
-    def run_dir(self, record_or_spec) -> Path:
+    def run_dir(self, record_or_spec: RunRecord | RunSpec) -> Path:
         spec = getattr(record_or_spec, "spec", record_or_spec)
         return self.out / spec.run_dir
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..data import MEDFMC_TASKS
 from ..files import write_text
 from ..record import RunRecord, candidate_tag, shots_order
+from ..stats import format_mean_std, mean_std
 
 PAPER_CELLS = {(t, k) for t in MEDFMC_TASKS for k in (1, 5, 10)}
 
@@ -87,9 +88,7 @@ def conformal_label(conformal) -> str:
 
 
 def _mean_std(row: dict[str, Any], name: str, values: list[float]) -> None:
-    values = np.array(values, dtype=float)
-    row[f"{name}_mean"] = float(np.mean(values))
-    row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
 
 
 def _base_options(group: list[RunRecord]) -> dict[str, Any]:
@@ -125,9 +124,8 @@ def _max(values: list[float]) -> str:
 
 
 def _pm(mean: float, std: float, scale: float = 100) -> str:
-    if np.isnan(mean):
-        return "–"
-    return f"{scale * mean:.2f}" if np.isnan(std) else f"{scale * mean:.2f} ± {scale * std:.2f}"
+    """A metric as the tables show it: ×100 (``scale``), two decimals."""
+    return format_mean_std(mean, std, ".2f", scale)
 
 
 def _params(value) -> str:
@@ -221,8 +219,7 @@ def conformal_markdown(rows: list[dict[str, Any]], labels: list[str]) -> list[st
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (labels.index(r["label"]), r["task"], shots_order(r["shots"]))):
-        size, spread = r["conformal_mean_set_size_mean"], r["conformal_mean_set_size_std"]
-        size = f"{size:.3f}" if np.isnan(spread) else f"{size:.3f} ± {spread:.3f}"
+        size = format_mean_std(r["conformal_mean_set_size_mean"], r["conformal_mean_set_size_std"], ".3f")
         lines.append(
             f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | {r['conformal']} | "
             f"{_pm(r['conformal_coverage_mean'], r['conformal_coverage_std'])} | {size} | "

@@ -90,11 +90,23 @@ class Command(click.Command):
 
 def flag_namer(command: click.Command):
     """How ``command`` names a library parameter: the longest flag of its option (``--batch-size``), the metavar of
-    its argument, else the parameter's own name."""
-    names = {
-        p.name: max(p.opts, key=len) if isinstance(p, click.Option) else p.human_readable_name for p in command.params
-    }
-    return lambda parameter: names.get(parameter, parameter)
+    its argument, else the parameter's own name; a boolean flag set to a value (``pretrained=False``) by the flag that
+    sets it (``--no-pretrained``)."""
+    params = {p.name: p for p in command.params}
+
+    def name(parameter: str) -> str:
+        key, _, value = parameter.partition("=")
+        p = params.get(key)
+        if p is None:
+            return parameter
+        if not isinstance(p, click.Option):
+            return p.human_readable_name
+        if value and p.is_bool_flag:
+            flags = p.opts if value == "True" else p.secondary_opts
+            return max(flags, key=len) if flags else parameter
+        return max(p.opts, key=len) + (f" {value}" if value else "")
+
+    return name
 
 
 def _group(*decorators):

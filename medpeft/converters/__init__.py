@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from ..preprocessing import Preprocessing, from_hf_processor, from_open_clip, from_timm_cfg
 from .architecture import Architecture
 from .timm_layout import shape_facts, to_timm_layout
@@ -117,9 +117,12 @@ def _read_folder(folder: Path) -> Checkpoint:
     if (folder / "open_clip_config.json").is_file():
         return _open_clip(folder, weights, _json(folder / "open_clip_config.json"))
     if not (folder / "config.json").is_file():
-        raise UserError(
-            f"weights folder {folder} has no config.json or open_clip_config.json: pass the weight file "
-            f"({weights.name}) itself, with --backbone naming its architecture"
+        raise ParameterError(
+            "weights",
+            "weights folder {folder} has no config.json or open_clip_config.json: pass the weight file ({file}) "
+            "itself, with {backbone} naming its architecture",
+            folder=folder,
+            file=weights.name,
         )
     config = _json(folder / "config.json")
     if "architecture" in config:

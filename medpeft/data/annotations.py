@@ -13,6 +13,7 @@ Labels come back as an ``int`` (single-label) or a ``uint8`` array of length C (
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def _lines(path) -> list[tuple[int, str]]:
         raise UserError(f"cannot read annotation file {path}: {e}") from e
 
 
-def read_annotations(path, task: str | TaskSpec) -> list[tuple[str, object]]:
+def read_annotations(path: str | Path, task: str | TaskSpec) -> list[tuple[str, object]]:
     """``[(name, label), ...]`` in file order; duplicate lines are kept, blank lines skipped."""
     return _parse_lines(path, _lines(path), get_task(task))
 
@@ -87,7 +88,7 @@ def _parse_lines(path, lines, task: TaskSpec) -> list[tuple[str, object]]:
     return items
 
 
-def read_names(path, task: str | TaskSpec | None = None) -> list[str]:
+def read_names(path: str | Path, task: str | TaskSpec | None = None) -> list[str]:
     """File names, one per line (e.g. ``test_WithoutLabel.txt``; names may contain spaces).
 
     With ``task``, a line that parses as an annotation of that task yields just its name, so a labelled list works too.
@@ -102,7 +103,7 @@ def read_names(path, task: str | TaskSpec | None = None) -> list[str]:
     return names
 
 
-def read_list(path, task: str | TaskSpec) -> tuple[list[str], list | None]:
+def read_list(path: str | Path, task: str | TaskSpec) -> tuple[list[str], list | None]:
     """``(names, labels)`` of a labelled or a names-only list; ``labels`` is None for a names-only list.
 
     The first line decides: it is labelled when its last field looks like labels (digits and commas); every line of a
@@ -115,7 +116,7 @@ def read_list(path, task: str | TaskSpec) -> tuple[list[str], list | None]:
     return [line for _, line in lines], None
 
 
-def write_annotations(path, items, task: str | TaskSpec) -> None:
+def write_annotations(path: str | Path, items: Iterable[tuple[str, object]], task: str | TaskSpec) -> None:
     """Write ``[(name, label), ...]`` in the official format (LF line endings, no header)."""
     task = get_task(task)
     text = "".join(f"{name} {_format(label, task)}\n" for name, label in items)

@@ -31,11 +31,11 @@ class ResizedImageCache:
     per (absolute path, mtime, file size, size): an edited file is decoded again.
     """
 
-    def __init__(self, directory=None, memory_mb: float = 1024):
+    def __init__(self, directory: str | Path | None = None, memory_mb: float = 1024):
         self.directory = None if directory is None else Path(directory)
         self._memory = LRUCache(maxsize=int(memory_mb * 2**20), getsizeof=lambda image: image.nbytes)
 
-    def get(self, source, img_size: int) -> np.ndarray:
+    def get(self, source: str | Path | np.ndarray, img_size: int) -> np.ndarray:
         """The image of ``source`` resized to ``img_size`` x ``img_size`` x 3, uint8."""
         if isinstance(source, np.ndarray):
             key = (array_digest(source), img_size)

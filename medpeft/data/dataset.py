@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -32,7 +34,7 @@ class ImageDataset(Dataset):
     def __init__(
         self,
         samples: Samples,
-        transform,
+        transform: Callable,
         cache: ResizedImageCache | None = None,
         *,
         img_size: int | None = None,
@@ -66,8 +68,8 @@ def eval_dataset(
     cache: ResizedImageCache | None = None,
     *,
     task: TaskSpec | None = None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> ImageDataset:
     """Square-resized, normalised images; identical tensors with or without ``cache``."""
     if cache is None:
@@ -76,7 +78,12 @@ def eval_dataset(
 
 
 def train_dataset(
-    samples: Samples, img_size: int, *, task: TaskSpec | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    samples: Samples,
+    img_size: int,
+    *,
+    task: TaskSpec | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> ImageDataset:
     """Randomly cropped and flipped images, decoded from their source every time."""
     return ImageDataset(samples, train_transform(img_size, mean, std), task=task)

@@ -126,7 +126,7 @@ def _colon(rng, images: Path, regions: int, per_region: int, used: set) -> list:
     return items
 
 
-def make_demo_data(root, seed: int = 0) -> list[str]:
+def make_demo_data(root: str | Path, seed: int = 0) -> list[str]:
     """Write the demo tasks under ``root`` (``<root>/endo``, ``<root>/colon``); returns their names.
 
     A task folder written earlier by this function is replaced; any other existing, non-empty one is left alone

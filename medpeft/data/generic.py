@@ -71,8 +71,8 @@ def _csv_labels(path, header, rows, multilabel) -> tuple[tuple[str, ...], np.nda
 
 
 def load_csv(
-    path,
-    image_root=None,
+    path: str | Path,
+    image_root: str | Path | None = None,
     shots: int | None = None,
     exp: int = 1,
     seed: int = 0,
@@ -116,7 +116,11 @@ def _images(folder: Path) -> list[Path]:
 
 
 def load_folder(
-    root, shots: int | None = None, exp: int = 1, seed: int = 0, val_per_class: int | None = VAL_PER_CLASS
+    root: str | Path,
+    shots: int | None = None,
+    exp: int = 1,
+    seed: int = 0,
+    val_per_class: int | None = VAL_PER_CLASS,
 ) -> DatasetSplits:
     """A single-label dataset laid out as ``root/<split>/<class>/*`` or ``root/<class>/*``.
 

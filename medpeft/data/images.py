@@ -44,7 +44,7 @@ DICOM_PHOTOMETRIC = (
 )
 
 
-def is_image_file(path) -> bool:
+def is_image_file(path: str | Path) -> bool:
     """Whether a folder dataset takes ``path`` as an image: a known suffix, or a DICOM file under any other name
     (told by its ``DICM`` preamble; a ``DICOMDIR`` index is not an image)."""
     path = Path(path)
@@ -53,7 +53,7 @@ def is_image_file(path) -> bool:
     return path.name.upper() != "DICOMDIR" and _has_dicom_preamble(path)
 
 
-def read_image(source) -> Image.Image:
+def read_image(source: str | Path | np.ndarray) -> Image.Image:
     """The 8-bit RGB image of a file path or a uint8 array (see the module's docstring for what each format gets)."""
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or not (source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (1, 3, 4))):
@@ -72,7 +72,7 @@ def read_image(source) -> Image.Image:
         raise _cannot(source, e) from e
 
 
-def check_image(path) -> None:
+def check_image(path: str | Path) -> None:
     """Raise the :class:`UserError` :func:`read_image` would give for a bad file, without decoding its pixels.
 
     A DICOM is parsed whole (pixel data present, and as long as the image elements say when uncompressed; one

@@ -24,7 +24,7 @@ VAL_PER_CLASS = 30
 """Val images per class drawn from the training set when the official test ground truth is absent."""
 
 
-def read_isic_csv(path) -> tuple[list[str], np.ndarray]:
+def read_isic_csv(path: str | Path) -> tuple[list[str], np.ndarray]:
     """``(image ids, class indices)`` of a ground-truth CSV; each row must be exactly one-hot."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -70,7 +70,9 @@ def _official(root: Path, split: str) -> Samples | None:
     return Samples(names, [str(inputs[0] / f"{n}.jpg") for n in names], labels)
 
 
-def load_isic(root, shots: int, exp: int, seed: int = 0, val_per_class: int = VAL_PER_CLASS) -> DatasetSplits:
+def load_isic(
+    root: str | Path, shots: int, exp: int, seed: int = 0, val_per_class: int = VAL_PER_CLASS
+) -> DatasetSplits:
     """K-shot ISIC 2018: train = K images per class of the training set (seeded by ``(seed, exp)``; a larger K
     contains the smaller ones), val = the official validation set, test = the official test set.
 

@@ -13,9 +13,10 @@ Note: the official chest/endo val files overlap their train files; use them for 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from .annotations import read_annotations, read_list, write_annotations
 from .samples import DatasetSplits, Samples, stack_labels
 from .shots import parse_shots
@@ -25,7 +26,7 @@ from .tasks import TaskSpec, get_task
 _SPLIT_FILE = re.compile(r"(?P<task>.+)_(?P<shots>\d+)-shot_train_exp(?P<exp>\d+)\.txt")
 
 
-def split_path(root, task: str, shots: int | str, exp: int, part: str) -> Path:
+def split_path(root: str | Path, task: str, shots: int | str, exp: int, part: str) -> Path:
     """``<root>/<task>/<task>_<shots>-shot_<part>_exp<exp>.txt`` (``part``: train or val); for a percentage
     ``"P%"`` the official ``<root>/<task>/<part>_<P>.txt`` (a single sampling: ``exp`` must be 1)."""
     if isinstance(parse_shots(shots), float):
@@ -38,7 +39,7 @@ def split_path(root, task: str, shots: int | str, exp: int, part: str) -> Path:
     return Path(root) / task / f"{task}_{shots}-shot_{part}_exp{exp}.txt"
 
 
-def available_splits(folder, task: str) -> list[tuple[int, int]]:
+def available_splits(folder: str | Path, task: str) -> list[tuple[int, int]]:
     """Sorted ``(K, N)`` of the ``<task>_<K>-shot_train_exp<N>.txt`` files in ``folder``."""
     found = (_SPLIT_FILE.fullmatch(p.name) for p in Path(folder).glob(f"{task}_*-shot_train_exp*.txt"))
     return sorted((int(m["shots"]), int(m["exp"])) for m in found if m and m["task"] == task)
@@ -63,7 +64,9 @@ def _split(root, task: TaskSpec, shots: int, exp: int, part: str) -> list:
     return items
 
 
-def load_medfmc(root, task: str | TaskSpec, shots: int, exp: int, test_list=None) -> DatasetSplits:
+def load_medfmc(
+    root: str | Path, task: str | TaskSpec, shots: int, exp: int, test_list: str | Path | None = None
+) -> DatasetSplits:
     """The K-shot experiment-N splits of a MedFMC task.
 
     ``test_list``: a labelled or names-only list (then ``test.labels`` is None), absolute or relative to
@@ -87,7 +90,12 @@ def load_medfmc(root, task: str | TaskSpec, shots: int, exp: int, test_list=None
 
 
 def write_medfmc_splits(
-    root, task: str | TaskSpec, shots_list, exps, seed: int = 0, overwrite: bool = False
+    root: str | Path,
+    task: str | TaskSpec,
+    shots_list: Iterable[int | str],
+    exps: Iterable[int],
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``<task>_<K>-shot_{train,val}_exp<N>.txt`` from ``<root>/<task>/trainval.txt`` for every K and N.
 
@@ -100,9 +108,11 @@ def write_medfmc_splits(
     paths = [split_path(root, task.name, k, n, part) for k, n in jobs for part in ("train", "val")]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise UserError(
-            f"split file {existing[0]} already exists ({len(existing)} in all); "
-            "pass overwrite=True (--overwrite) to replace them"
+        raise ParameterError(
+            "overwrite",
+            "split file {path} already exists ({n} in all); pass {overwrite=True} to replace them",
+            path=existing[0],
+            n=len(existing),
         )
     for k, n in jobs:
         train, val = medfmc_few_shot(items, task, k, (seed, k, n))

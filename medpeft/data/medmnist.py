@@ -67,7 +67,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_medmnist(path_or_name, shots: int, exp: int, seed: int = 0, root=None) -> DatasetSplits:
+def load_medmnist(
+    path_or_name: str | Path, shots: int, exp: int, seed: int = 0, root: str | Path | None = None
+) -> DatasetSplits:
     """K-shot MedMNIST: train = K images per class of the train set (seeded by ``(seed, exp)``; positives per class
     for multi-label sets such as chestmnist), val and test = the official sets. Sources are the uint8 arrays.
 

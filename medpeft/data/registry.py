@@ -119,7 +119,7 @@ def get_dataset(name: str) -> Dataset:
 
 def load_dataset(
     name: str,
-    root,
+    root: str | Path | None,
     shots: int,
     exp: int = 1,
     *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,7 @@ class Samples:
             return self.origins
         return None if any(isinstance(s, np.ndarray) for s in self.sources) else [str(s) for s in self.sources]
 
-    def subset(self, indices) -> Samples:
+    def subset(self, indices: Iterable[int]) -> Samples:
         """The samples at ``indices`` (in that order; repeats allowed)."""
         return Samples(
             [self.names[i] for i in indices],
@@ -78,7 +79,7 @@ class DatasetSplits:
         """See :func:`check_images`."""
         check_images(self, show)
 
-    def with_val_per_class(self, count: int, seed) -> DatasetSplits:
+    def with_val_per_class(self, count: int, seed: int) -> DatasetSplits:
         """Validation capped at ``count`` images per class (multi-label: positives per class), drawn at random."""
         from .splits import per_class_few_shot
 

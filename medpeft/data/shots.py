@@ -12,7 +12,7 @@ def check_shots(shots) -> None:
         raise UserError(f"shots must be a positive integer, got {shots!r}")
 
 
-def parse_shots(shots) -> int | float:
+def parse_shots(shots: int | str) -> int | float:
     """K of K-shot (a positive int), or a fraction of the training set written as a percentage (``"20%"`` → 0.2)."""
     if isinstance(shots, str) and shots.strip().endswith("%"):
         try:

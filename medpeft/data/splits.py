@@ -7,6 +7,7 @@ The original MedFMC generator let chest/endo val files overlap their train files
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .shots import check_shots, parse_shots
 from .tasks import TaskSpec, get_task
@@ -26,7 +27,9 @@ GROUP_KEYS = {"endo": study_id, "colon": region_id}
 """How MedFMC tasks group images into shots; a task not listed here samples single images (as chest does)."""
 
 
-def few_shot_split(labels, shots, seed, val_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def few_shot_split(
+    labels: ArrayLike, shots: int | str, seed: int, val_per_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`per_class_few_shot` for K-shot, :func:`fraction_split` for a percentage (``"20%"``)."""
     value = parse_shots(shots)
     if isinstance(value, float):
@@ -34,7 +37,9 @@ def few_shot_split(labels, shots, seed, val_per_class: int | None = None) -> tup
     return per_class_few_shot(labels, value, seed, val_per_class)
 
 
-def fraction_split(labels, fraction: float, seed, val_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fraction_split(
+    labels: ArrayLike, fraction: float, seed: int, val_per_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A stratified draw of ``fraction`` of the images as ``(train_idx, val_idx)``, val disjoint from train.
 
     Strata are the classes (single-label) or the distinct label vectors (multi-label); the total is
@@ -66,7 +71,7 @@ def fraction_split(labels, fraction: float, seed, val_per_class: int | None = No
     return train, np.unique(val)
 
 
-def medfmc_few_shot(items: list, task: str | TaskSpec, shots: int, seed) -> tuple[list, list]:
+def medfmc_few_shot(items: list, task: str | TaskSpec, shots: int, seed: int) -> tuple[list, list]:
     """Draw a K-shot ``(train_items, val_items)`` from a trainval pool, by the MedFMC grouping rules.
 
     For each class c in order, the groups (``GROUP_KEYS``: endo study, colon region, else the single image) holding
@@ -93,7 +98,9 @@ def medfmc_few_shot(items: list, task: str | TaskSpec, shots: int, seed) -> tupl
     return train, [item for item in items if item[0] not in taken]
 
 
-def per_class_few_shot(labels, shots: int, seed, val_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def per_class_few_shot(
+    labels: ArrayLike, shots: int, seed: int, val_per_class: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train_idx, val_idx)`` of a K-shot split of ``labels`` ((n,) class indices or (n, C) 0/1).
 
     Single-label: K images per class. Multi-label: K positives per class, drawn independently per class like chest,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
@@ -19,7 +21,9 @@ def square_resize(img_size: int) -> v2.Resize:
     return v2.Resize((img_size, img_size), interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
-def train_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def train_transform(
+    img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> v2.Compose:
     """RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3, bicubic) + horizontal flip + normalisation."""
     crop = v2.RandomResizedCrop(
         img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation=InterpolationMode.BICUBIC, antialias=True
@@ -27,7 +31,9 @@ def train_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.C
     return v2.Compose([crop, v2.RandomHorizontalFlip(0.5), to_normalized_tensor(mean, std)])
 
 
-def eval_transform(img_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def eval_transform(
+    img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> v2.Compose:
     """Square bicubic resize + normalisation (the MedFMC test pipeline)."""
     return v2.Compose([square_resize(img_size), to_normalized_tensor(mean, std)])
 

@@ -8,11 +8,7 @@ GAP), :mod:`.swin` (``SwinTransformer``), :mod:`.eva` (``Eva``: EVA, EVA-02, RoP
 Adding a family is one module here; the methods and the training loop do not change.
 """
 
-# registration, in this order (error messages list the families so)
-from . import vit  # noqa: F401, I001
-from . import swin  # noqa: F401, I001
-from . import eva  # noqa: F401, I001
-from . import beit  # noqa: F401, I001
+from . import beit, eva, swin, vit  # noqa: F401  (registration; the lookup does not depend on its order)
 from .base import Family, family_class, family_of, register
 
 __all__ = ["Family", "family_class", "family_of", "register"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,24 +11,31 @@ from torch import nn
 
 from ..errors import UserError
 
-_FAMILIES: list[type[Family]] = []
+_FAMILIES: dict[type[nn.Module], type[Family]] = {}
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Class decorator: the family serves models of ``cls.model_class``."""
-    _FAMILIES.append(cls)
+    """Class decorator: the family serves models of ``cls.model_class`` (one family per model class)."""
+    if _FAMILIES.get(cls.model_class, cls) is not cls:
+        raise ValueError(f"{cls.model_class.__name__} already has the family {_FAMILIES[cls.model_class].__name__}")
+    _FAMILIES[cls.model_class] = cls
     return cls
 
 
 def family_class(model: nn.Module, name: str | None = None) -> type[Family]:
-    """The family of ``model`` (a timm model, built from ``name`` if given), or a one-line error."""
-    for cls in _FAMILIES:
-        if isinstance(model, cls.model_class):
-            return cls
-    kinds = " or ".join(cls.model_class.__name__ for cls in _FAMILIES)
+    """The family of ``model`` (a timm model, built from ``name`` if given): the family registered for its class,
+    else for its nearest base class in its MRO (the most specific wins, whatever the order of registration); or a
+    one-line error listing the families by name."""
+    for cls in type(model).__mro__:
+        if cls in _FAMILIES:
+            return _FAMILIES[cls]
+    families = sorted(_FAMILIES.values(), key=lambda family: family.name)
+    kinds = [family.model_class.__name__ for family in families]
     what = f"backbone {name!r} is a" if name else "backbone"
-    examples = ", ".join(cls.example for cls in _FAMILIES)
-    raise UserError(f"{what} {type(model).__name__}, not a timm {kinds}: use e.g. {examples}")
+    examples = ", ".join(family.example for family in families)
+    raise UserError(
+        f"{what} {type(model).__name__}, not a timm {', '.join(kinds[:-1])} or {kinds[-1]}: use e.g. {examples}"
+    )
 
 
 def family_of(model: nn.Module) -> Family:
@@ -191,7 +198,7 @@ class Family:
         return values
 
     @staticmethod
-    def qkv(attn: nn.Module, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(attn: nn.Module, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v (B, heads, N, head dim) as the attention computes them from its input x."""
         B, N, _ = x.shape
         qkv = attn.qkv(x)
@@ -202,12 +209,12 @@ class Family:
         return q if q_norm is None else q_norm(q), k if k_norm is None else k_norm(k), v
 
     @staticmethod
-    def logit_bias(attn: nn.Module, **kwargs) -> torch.Tensor | None:
+    def logit_bias(attn: nn.Module, **kwargs: Any) -> torch.Tensor | None:
         """The position bias added to QKᵀ/√d (part of the logits S), broadcastable to (B, heads, N, N); None."""
         return None
 
     @staticmethod
-    def logit_mask(attn: nn.Module, batch: int, **kwargs) -> torch.Tensor | None:
+    def logit_mask(attn: nn.Module, batch: int, **kwargs: Any) -> torch.Tensor | None:
         """A structural additive mask (which keys a query may see), broadcastable to (B, heads, N, N); None here."""
         return None
 
@@ -258,41 +265,6 @@ def pad_extra_tokens(bias: torch.Tensor, start: int, n: int) -> torch.Tensor:
     bias = torch.cat([bias[..., :start, :], zero_rows, bias[..., start:, :]], dim=-2)
     zero_cols = bias.new_zeros(*bias.shape[:-1], n)
     return torch.cat([bias[..., :start], zero_cols, bias[..., start:]], dim=-1)
-
-
-def separate_qkv_bias(model: nn.Module) -> None:
-    """Where an attention adds its q/v biases around its qkv Linear (``F.linear(x, qkv.weight, bias)``), add them
-    after calling the Linear instead (timm's ``qkv_bias_separate``): the same function, and a method that wraps the
-    Linear (LoRA, SSF, peft tuners) is then called."""
-    for module in model.modules():
-        if getattr(module, "q_bias", None) is not None and hasattr(module, "qkv_bias_separate"):
-            module.qkv_bias_separate = True
-
-
-class GammaScale(nn.Module):
-    """A block's LayerScale vector γ as a module: ``γ · x``."""
-
-    def __init__(self, gamma: nn.Parameter):
-        super().__init__()
-        self.gamma = gamma
-
-    def forward(self, x):
-        return self.gamma * x
-
-
-def gamma_scale(block: nn.Module, name: str) -> GammaScale | None:
-    """The block's LayerScale parameter ``name`` as a :class:`GammaScale` (None if the block has none)."""
-    gamma = getattr(block, name, None)
-    return None if gamma is None else GammaScale(gamma)
-
-
-def unscale(block: nn.Module, name: str) -> None:
-    """Leave a constant 1 (a non-persistent buffer) in place of the block's LayerScale parameter ``name``, which a
-    :class:`GammaScale` from :func:`gamma_scale` now holds."""
-    gamma = getattr(block, name, None)
-    if gamma is not None:
-        del block._parameters[name]
-        block.register_buffer(name, torch.ones_like(gamma.detach()), persistent=False)
 
 
 def attend(attn: nn.Module, q, k, v, mask: torch.Tensor | None) -> torch.Tensor:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 from timm.models.beit import Beit, checkpoint_filter_fn
-from torch import nn
 
-from .base import ExtraTokenAttention, Family, gamma_scale, register, relative_position_bias, separate_qkv_bias, unscale
+from .base import ExtraTokenAttention, register, relative_position_bias
+from .layerscale import LayerScaleFamily
 
 
 @register
-class BeitFamily(Family):
+class BeitFamily(LayerScaleFamily):
     """Pre-norm blocks in ``blocks`` on [CLS, patches]; each attention adds a relative position bias (its own table,
     with rows for CLS, and/or the model's shared one) to QKᵀ/√d; LayerScale as γ vectors on the block. The head
     reads the model's ``global_pool`` feature (``avg``: the mean of the patch tokens, then ``fc_norm``; ``token``:
@@ -21,10 +21,6 @@ class BeitFamily(Family):
     model_class = Beit
     example = "beit_base_patch16_224"
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
-
-    @classmethod
-    def prepare(cls, model):
-        separate_qkv_bias(model)
 
     def embed(self, images):
         m = self.model
@@ -37,14 +33,6 @@ class BeitFamily(Family):
     def block_kwargs(self, i):
         shared = self.model.rel_pos_bias
         return {"shared_rel_pos_bias": None if shared is None else shared()}
-
-    def mlp_branch(self, block):
-        return block.norm2, block.mlp, gamma_scale(block, "gamma_2")
-
-    def set_mlp_branch(self, block, branch):
-        block.mlp = branch
-        block.norm2 = nn.Identity()
-        unscale(block, "gamma_2")
 
     def insert_tokens(self, n):
         for block in self.blocks():

@@ -6,11 +6,12 @@ import torch
 from timm.layers import apply_rot_embed_cat
 from timm.models.eva import Eva, checkpoint_filter_fn
 
-from .base import Family, gamma_scale, register, separate_qkv_bias, unscale
+from .base import Family, register
+from .layerscale import LayerScaleFamily
 
 
 @register
-class EvaFamily(Family):
+class EvaFamily(LayerScaleFamily):
     """Pre-norm blocks in ``blocks``; every block gets the rotary embedding of the patch grid (prefix tokens, and
     tokens a method adds after them, are not rotated); LayerScale as γ vectors on the block (``gamma_1``,
     ``gamma_2``). The head reads the model's ``global_pool`` feature (EVA-02: the mean of the patch tokens, then
@@ -21,10 +22,6 @@ class EvaFamily(Family):
     model_class = Eva
     example = "eva02_tiny_patch14_224"
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
-
-    @classmethod
-    def prepare(cls, model):
-        separate_qkv_bias(model)
 
     def embed(self, images):
         m = self.model
@@ -37,14 +34,6 @@ class EvaFamily(Family):
             return {"rope": None}
         rope = m.rope.get_embed() if hasattr(m.rope, "feat_shape") else m.rope.get_embed(shape=self.patch_grid)
         return {"rope": rope[i] if m.rope_mixed else rope}
-
-    def mlp_branch(self, block):
-        return block.norm2, block.mlp, gamma_scale(block, "gamma_2")
-
-    def set_mlp_branch(self, block, branch):
-        block.mlp = branch
-        block.norm2 = torch.nn.Identity()
-        unscale(block, "gamma_2")
 
     def insert_tokens(self, n):
         for block in self.blocks():

@@ -12,7 +12,7 @@ from .base import Family, adopt, attend, pad_extra_tokens, register, relative_po
 
 
 @register
-class Swin(Family):
+class SwinFamily(Family):
     """Stages of blocks on (B, H, W, C) grids, no prefix tokens; stage s > 0 starts with a patch merging (2 × 2
     patches → one token of twice the width), which runs as part of the stage's first block. Each block attends within
     windows (every other block's windows shifted by half a window; tokens from different sides of the shift are
@@ -162,11 +162,11 @@ class ExtraTokenSwinBlock(nn.Module):
 
     def _attention(self, x, num_windows):
         attn, n = self.attn, self.extra_tokens
-        q, k, v = Swin.qkv(attn, x)
+        q, k, v = SwinFamily.qkv(attn, x)
         mask = pad_extra_tokens(relative_position_bias(attn), 0, n)
         if self.attn_mask is not None:
-            mask = mask + Swin.logit_mask(attn, x.shape[0], pad_extra_tokens(self.attn_mask, 0, n))
-        return Swin.project(attn, attend(attn, q, k, v, mask.to(q.dtype)), x)
+            mask = mask + SwinFamily.logit_mask(attn, x.shape[0], pad_extra_tokens(self.attn_mask, 0, n))
+        return SwinFamily.project(attn, attend(attn, q, k, v, mask.to(q.dtype)), x)
 
 
 class ExtraTokenMerging(nn.Module):

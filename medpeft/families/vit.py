@@ -8,7 +8,7 @@ from .base import Family, register
 
 
 @register
-class ViT(Family):
+class ViTFamily(Family):
     """Pre-norm blocks in ``blocks`` on (B, N, C) tokens: prefix tokens (CLS, registers), then the patches.
 
     The head reads the model's own pooled feature (``forward_head``: the CLS token after the final norm, or the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import UserError
 from .base import Method
 
@@ -27,7 +29,7 @@ def standalone_methods() -> list[str]:
     return [n for n, c in _REGISTRY.items() if c.standalone_segmenter]
 
 
-def get_method(name: str, **options) -> Method:
+def get_method(name: str, **options: Any) -> Method:
     """The method ``name`` configured with ``options``; one-line errors for unknown names or options."""
     if name.startswith("peft:"):
         from .hf_peft import HFPeft

@@ -98,7 +98,7 @@ class PromptTokens(nn.Module):
 class VPT(Method):
     """``prompt_length`` prompt tokens after the prefix tokens (no position embedding: no rotary position on EVA, no
     relative position bias on BEiT); ``deep`` gives every block its own. On Swin they join every window of their
-    stage and pass the patch merging (:meth:`~medpeft.families.swin.Swin.insert_tokens`); deep prompts there have
+    stage and pass the patch merging (:meth:`~medpeft.families.swin.SwinFamily.insert_tokens`); deep prompts there have
     their stage's width. Initialised uniform ±√(6 / (3·p² + D)) for patch size p and the first blocks' width D, as
     the official code. ``train_prompt=False`` keeps them at their initialisation (frozen; the paper's "VPT-F")."""
 

@@ -24,6 +24,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from .runner import StepRunner, time_methods
 
 
 def run_speed(
-    methods=None,
+    methods: Sequence[str] | None = None,
     *,
     backbone: str = "vit_small_patch16_224",
     img_size: int = 384,
@@ -55,9 +56,9 @@ def run_speed(
     bf16: bool | None = None,
     threads: int | None = None,
     omp_wait_policy: str | None = "auto",
-    memory=True,
+    memory: bool = True,
     seed: int = 0,
-    out=None,
+    out: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Benchmark ``methods`` (entries of ``speed.yaml`` or method names; default all) interleaved in one process.

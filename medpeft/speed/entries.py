@@ -55,7 +55,9 @@ class InputShift(nn.Module):
         return (args[0] + self.shift, *args[1:])
 
 
-def build_floor(backbone, num_classes: int = NUM_CLASSES, *, img_size: int | None = None) -> PeftClassifier:
+def build_floor(
+    backbone: str | nn.Module, num_classes: int = NUM_CLASSES, *, img_size: int | None = None
+) -> PeftClassifier:
     """The frozen backbone (fused attention), a frozen head, and one trainable (D,) vector at the blocks' input:
     a forward and a backward through every block and nothing more."""
     model = build_model("linear", backbone, num_classes, pretrained=False, img_size=img_size)
@@ -66,7 +68,9 @@ def build_floor(backbone, num_classes: int = NUM_CLASSES, *, img_size: int | Non
     return model
 
 
-def build_entry(label: str, backbone, num_classes: int = NUM_CLASSES, *, img_size: int | None = None) -> PeftClassifier:
+def build_entry(
+    label: str, backbone: str | nn.Module, num_classes: int = NUM_CLASSES, *, img_size: int | None = None
+) -> PeftClassifier:
     """The model benchmarked under ``label`` (an entry of ``speed.yaml``, or any method name at its defaults)."""
     method, options = resolve_label(label)
     if method == "floor":

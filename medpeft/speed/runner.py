@@ -7,6 +7,7 @@ import random
 import re
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -98,7 +99,7 @@ def build_runners(
 
 
 def time_methods(
-    labels,
+    labels: Sequence[str],
     *,
     backbone: str,
     img_size: int,

@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from report import DATASETS, HERE, METHODS, ROOT, SHOTS, load, read_index  # noqa: E402
 
+from medpeft.stats import mean_std  # noqa: E402
+
 OUT = ROOT / "docs" / "figures"
 
 
@@ -40,12 +42,14 @@ def accuracy_vs_shots(data: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(data), figsize=(6 * len(data), 4.5), sharey=True, squeeze=False)
     for ax, (dataset, rows) in zip(axes[0], data.items()):
         for i, (method, cells) in enumerate(rows.items()):
-            acc = [_finite([c["accuracy"] for (k, _), c in cells.items() if k == shots]) * 100 for shots in SHOTS]
+            acc = [
+                100 * np.array(mean_std(c["accuracy"] for (k, _), c in cells.items() if k == shots)) for shots in SHOTS
+            ]
             x = np.arange(len(SHOTS)) + (i - len(rows) / 2) * 0.03
             ax.errorbar(
                 x,
-                [a.mean() for a in acc],
-                yerr=[a.std(ddof=1) if len(a) > 1 else 0 for a in acc],
+                [mean for mean, _ in acc],
+                yerr=[0 if np.isnan(std) else std for _, std in acc],
                 marker="o",
                 capsize=3,
                 label=method,

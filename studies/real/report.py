@@ -8,6 +8,12 @@ analysis of the selected runs), where present. Writes ``benchmarks/real/results.
 the same text in the docs page ``docs/study.md`` between the markers ``<!-- real-study:start -->`` and
 ``<!-- real-study:end -->``.
 
+``study.yaml`` gives each method's grid: a cell (method × shots × sampling) counts once all of its runs are in,
+the staged search's (``then``: the prompt's size at the cell's chosen learning rate) included once it has begun, and
+every table is over such complete cells. The selection is redone here over every candidate of a cell (ties to the
+first stage, then to the smaller rate, then to the smaller size); *before* the length search is the same selection
+over the first stage's runs only.
+
 Paired comparisons are over the cells the two rows share (shots × sampling; 15 when complete): EPT's test accuracy
 minus the other's, the number of cells each wins, the two-sided Wilcoxon signed-rank test (zero differences
 dropped) and the exact sign test, with Holm's correction over EPT's comparisons within a dataset; the statistics are
@@ -18,20 +24,25 @@ Run from the repository root: ``python studies/real/report.py``.
 
 from __future__ import annotations
 
+import argparse
+import enum
 import json
 import re
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-import click
 import numpy as np
 import yaml
 
 from medpeft.analysis import holm, paired_comparison
 from medpeft.bench import read_index, selection
-from medpeft.bench.selection import group_cells
+from medpeft.bench.config import MethodEntry, method_entry
+from medpeft.bench.selection import choose, group_cells
 from medpeft.files import read_json_lines
+from medpeft.methods import get_method
+from medpeft.record import candidate_tag
+from medpeft.stats import format_mean_std, mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benchmarks" / "real"
@@ -50,30 +61,94 @@ SHOTS = (1, 5, 10)
 START, END = "<!-- real-study:start -->", "<!-- real-study:end -->"
 
 
+class Kind(enum.Enum):
+    """What a table row is: a method of the study, the random-init control of one, or a floor."""
+
+    METHOD = "method"
+    CONTROL = "control"
+    FLOOR = "floor"
+
+
+class Row(str):
+    """A table row: the label the tables print (``ept``, ``control: linear``, ``floor: raw pixels + LR``), with its
+    ``kind`` and ``name`` (the label without the kind) kept as fields where the row is made, never parsed back."""
+
+    kind: Kind
+    name: str
+
+    def __new__(cls, name: str, kind: Kind = Kind.METHOD) -> Row:
+        row = super().__new__(cls, name if kind is Kind.METHOD else f"{kind.value}: {name}")
+        row.kind, row.name = kind, name
+        return row
+
+
+def stage(record) -> int:
+    """2 for a run of the staged search (its candidate sets more than the learning rate, which is all the first
+    stage searches in ``study.yaml``), else 1."""
+    return 2 if set(record.spec.candidate) - {"lr"} else 1
+
+
+def order(record) -> tuple:
+    """A candidate's place in the tie order of the selection: the first stage before the staged search, then by
+    learning rate, then by the staged values (grid order: the grids are ascending)."""
+    return stage(record), record.spec.train.lr, tuple(v for k, v in sorted(record.spec.candidate.items()) if k != "lr")
+
+
 def selected(records: list) -> list:
-    """The runs chosen on validation by this medpeft's rule (:func:`medpeft.bench.selection`; the grid order of the
-    learning rates is ascending), whatever rule wrote ``runs.jsonl``."""
+    """The runs chosen on validation by this medpeft's rule (:func:`medpeft.bench.selection` in :func:`order`: ties
+    to the first stage, then to the smaller rate), whatever rule wrote ``runs.jsonl``."""
     chosen = {}
     for cell in group_cells(records).values():
-        chosen.update(selection(cell, order=lambda r: r.spec.train.lr))
+        chosen.update(selection(cell, order=order))
     return [r for r in records if chosen.get(r.key)]
 
 
-def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
-    """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr"}}}`` of the selected runs of ``study`` (the
-    records of ``folder/bench``) and of the control, and of the floors."""
-    rows: dict[str, dict[tuple, dict]] = {}
-    for records, prefix in ((study, ""), (read_index(folder / "control"), "control: ")):
+def entries(folder: Path) -> dict[str, MethodEntry]:
+    """``study.yaml``'s method entries by label, with their searches (a method's own, else the shared one)."""
+    path = folder / "study.yaml"
+    study = yaml.safe_load(path.read_text())
+    return {e.label: e for e in (method_entry(m, str(path), study.get("search")) for m in study["methods"])}
+
+
+def complete(folder: Path, records: list) -> set[tuple]:
+    """The cells (:attr:`~medpeft.record.RunSpec.cell`) whose every run is in: each learning rate of the method's
+    search and, once the staged search has begun (a stage-2 run is in), each of its candidates at the cell's
+    stage-1 choice (none when every rate diverged: nothing was chosen to search at)."""
+    methods = entries(folder)
+    begun = any(stage(r) == 2 for r in records)
+    done = set()
+    for cell, runs in group_cells(records).items():
+        entry = methods.get(cell[0])
+        have = {candidate_tag(r.spec.candidate) for r in runs}
+        if entry is None or not {candidate_tag(c) for c in entry.candidates()} <= have:
+            continue
+        chosen = choose([r for r in runs if stage(r) == 1], order) if begun and entry.then else None
+        if chosen is None or {candidate_tag(c) for c in entry.then_candidates(chosen.spec.candidate)} <= have:
+            done.add(cell)
+    return done
+
+
+def load(folder: Path, study: list, *, first_stage: bool = False) -> dict[Row, dict[tuple, dict]]:
+    """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr", "options", "key"}}}`` of the selected runs
+    of ``study``'s complete cells (:func:`complete`; ``study``: the records of ``folder/bench``), chosen among the
+    first stage's runs only with ``first_stage`` (the protocol before the length search); of the control, and of
+    the floors."""
+    done = complete(folder, study)
+    study = [r for r in study if r.spec.cell in done and not (first_stage and stage(r) == 2)]
+    rows: dict[Row, dict[tuple, dict]] = {}
+    for records, kind in ((study, Kind.METHOD), (read_index(folder / "control"), Kind.CONTROL)):
         for r in selected(records):
             if r.test:
                 cal = (r.result.calibration.test if r.result.calibration else None) or {}
-                rows.setdefault(prefix + r.spec.label, {})[(r.spec.shots, r.spec.exp)] = {
+                rows.setdefault(Row(r.spec.label, kind), {})[(r.spec.shots, r.spec.exp)] = {
                     **r.test,
                     "ECE_cal": cal.get("ECE", np.nan),
                     "lr": r.spec.train.lr,
+                    "options": r.model.options,
+                    "key": r.key,
                 }
     for line in read_json_lines(folder / "floors" / "floors.jsonl"):
-        rows.setdefault("floor: " + FLOORS[line["floor"]], {})[(line["shots"], line["exp"])] = {
+        rows.setdefault(Row(FLOORS[line["floor"]], Kind.FLOOR), {})[(line["shots"], line["exp"])] = {
             **line["test"],
             "ECE_cal": np.nan,
         }
@@ -81,10 +156,7 @@ def load(folder: Path, study: list) -> dict[str, dict[tuple, dict]]:
 
 
 def _pm(values) -> str:
-    values = 100 * np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if not len(values):
-        return "–"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    return format_mean_std(*mean_std(values), ".1f", 100)
 
 
 def _mean(values) -> str:
@@ -112,17 +184,17 @@ def table(rows: dict[str, dict[tuple, dict]]) -> list[str]:
     return lines
 
 
-def searched(records: list, prefix: str = "") -> dict[str, list[float]]:
+def searched(records: list, kind: Kind = Kind.METHOD) -> dict[Row, list[float]]:
     """``{row: the learning rates its runs tried, ascending}`` (a row's grid, as ``chosen`` and ``edges`` read it)."""
-    grid: dict[str, set] = {}
+    grid: dict[Row, set] = {}
     for r in records:
-        grid.setdefault(prefix + r.spec.label, set()).add(r.spec.train.lr)
+        grid.setdefault(Row(r.spec.label, kind), set()).add(r.spec.train.lr)
     return {row: sorted(lrs) for row, lrs in grid.items()}
 
 
-def chosen(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]]) -> list[str]:
+def chosen(rows: dict[Row, dict[tuple, dict]], grid: dict[Row, list[float]]) -> list[str]:
     """How often each row chose each learning rate; '–' where its grid lacks that rate."""
-    rows = {row: cells for row, cells in rows.items() if not row.startswith("floor")}
+    rows = {row: cells for row, cells in rows.items() if row.kind is not Kind.FLOOR}
     lrs = sorted({lr for row in rows for lr in grid.get(row, [])})
     lines = ["| learning rate chosen | " + " | ".join(f"{lr:g}" for lr in lrs) + " |", "|---|" + "---:|" * len(lrs)]
     for row, cells in rows.items():
@@ -156,6 +228,157 @@ def edges(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]], shar
     )
 
 
+def sizes(folder: Path) -> dict[str, tuple[str, list, object, object]]:
+    """``{label: (option, its staged grid, its default, the least value it takes)}`` of the methods whose staged
+    search tries one option (the prompt's length; VP's frame width)."""
+    found = {}
+    for label, e in entries(folder).items():
+        if len(e.then) == 1:
+            [(key, grid)] = e.then.items()
+            method = get_method(e.method, **e.options)
+            found[label] = key, list(grid), method.options()[key], method.__dataclass_fields__[key].metadata.get("min")
+    return found
+
+
+def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], before: dict[str, dict[tuple, dict]]):
+    """The staged search of the prompt's size: its rule, the size chosen per cell and how often, the grid's edges,
+    the three metrics before (the choice among the first stage's runs) and after it with paired tests, its cost."""
+    staged = {m: v for m, v in sizes(folder).items() if m in rows}
+    if not staged:
+        return []
+    defaults = ", ".join(f"{m} {key} {default}" for m, (key, _, default, _) in staged.items())
+    grids = "; ".join(f"{m} {key} {', '.join(map(str, grid))}" for m, (key, grid, *_) in staged.items())
+    rule = [
+        f"**The prompt's size, searched in stages** (issue 34). Stage 1 searches the learning rate at each prompt "
+        f"method's default size ({defaults}); stage 2 tries the other sizes of its grid ({grids}) at the cell's "
+        "chosen stage-1 rate; the cell's run is then chosen again over every candidate of both stages by the same "
+        "rule (the best validation score, then the higher validation AUC at the selected epoch, then the first in "
+        "order: stage 1 before stage 2, a lower rate, a smaller size), so a tie keeps the stage-1 choice. *Before*: "
+        "the choice among the stage-1 runs only (the protocol without the length search); *after*: among all."
+    ]
+    if not any(stage(r) == 2 for r in study):
+        return [
+            [
+                rule[0] + " The length search has not started (no stage-2 run is in): the tables above are the "
+                "learning-rate search's, at the default sizes."
+            ]
+        ]
+    study_yaml = yaml.safe_load((folder / "study.yaml").read_text())
+    per_cell = [
+        "| chosen size (rate) | " + " | ".join(staged) + " |",
+        "|---|" + "---:|" * len(staged),
+    ]
+    for shots in study_yaml["shots"]:
+        for exp in study_yaml["exps"]:
+            marks = []
+            for m, (key, _, default, _) in staged.items():
+                c = rows[m].get((shots, exp))
+                if c is None:
+                    marks.append("…")
+                    continue
+                size = c["options"][key]
+                marks.append((f"**{size}**" if size != default else str(size)) + f" ({c['lr']:g})")
+            per_cell.append(f"| {shots}-shot, sampling {exp} | " + " | ".join(marks) + " |")
+    values = sorted({v for _, grid, *_ in staged.values() for v in grid})
+    counts_table = [
+        "| size chosen | " + " | ".join(map(str, values)) + " |",
+        "|---|" + "---:|" * len(values),
+    ]
+    for m, (key, grid, *_) in staged.items():
+        counts = Counter(c["options"][key] for c in rows[m].values())
+        counts_table.append(
+            f"| {m} ({key}) | " + " | ".join(str(counts[v]) if v in grid else "–" for v in values) + " |"
+        )
+    return [
+        rule,
+        [
+            "The size chosen per cell (bold: not the default, so the length search changed the cell's run; …: not "
+            "all of the cell's runs are in, so it is left out of every table):"
+        ],
+        per_cell,
+        counts_table,
+        [size_edges(rows, staged)],
+        [
+            "Before and after the length search, over each method's complete cells (test metrics ×100; *changed*: "
+            "the cells whose run it changed; after − before per cell: mean, median, cells up–down, two-sided "
+            "Wilcoxon with Holm's correction over the table's tests):"
+        ],
+        before_after(rows, before, list(staged)),
+        [search_cost(study, list(staged))],
+    ]
+
+
+def size_edges(rows: dict[str, dict[tuple, dict]], staged: dict[str, tuple], share: float = 2 / 3) -> str:
+    """The prompt methods whose chosen size is the smallest or the largest of the grid in at least ``share`` of
+    their (at least three) complete cells: the grid is to be extended that way once (:func:`sizes`' ``staged``; no
+    lower where the smallest is the least the option takes)."""
+    found = []
+    for m, (key, grid, _, least) in staged.items():
+        cells = rows.get(m, {})
+        if len(cells) < 3 or len(grid) < 2:
+            continue
+        counts = Counter(c["options"][key] for c in cells.values())
+        for value, side in ((min(grid), "smallest"), (max(grid), "largest")):
+            if counts[value] >= share * len(cells):
+                found.append(
+                    f"{m} chose {key} {value}, the grid's {side}, in {counts[value]} of {len(cells)} cells"
+                    + (f" (it cannot go lower: {value} is the least {key} there is)" if value == least else "")
+                )
+    if not found:
+        return (
+            f"**Size at the grid's edge:** none; no prompt method chose the smallest or the largest size of its grid "
+            f"in {100 * share:.0f} % of its cells or more."
+        )
+    return (
+        "**Size at the grid's edge:** " + "; ".join(found) + f" ({100 * share:.0f} % or more): the grid is to be "
+        "extended that way once."
+    )
+
+
+def before_after(rows: dict[str, dict[tuple, dict]], before: dict[str, dict[tuple, dict]], methods: list) -> list[str]:
+    """Accuracy, AUC and ECE of each prompt method before and after the length search over its complete cells,
+    paired (after − before; :func:`paired`), Holm's correction over the table's tests."""
+    tests = [
+        {"method": m, "metric": metric, **paired(rows[m], before[m], metric)}
+        for m in methods
+        for metric in ("accuracy", "AUC", "ECE")
+        if m in before
+    ]
+    for t, p in zip(tests, holm([t["p_wilcoxon"] for t in tests])):
+        t["p_holm"] = p
+    lines = [
+        "| after − before | cells | changed | before | after | mean | median | up–down | Wilcoxon p | Holm p |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in tests:
+        m, metric = t["method"], t["metric"]
+        changed = sum(rows[m][c]["key"] != before[m][c]["key"] for c in rows[m] if c in before[m])
+        lines.append(
+            f"| {m} {metric} | {t['n']} | {changed} | {_mean([c[metric] for c in before[m].values()])} | "
+            f"{_mean([c[metric] for c in rows[m].values()])} | {t['mean']:+.1f} | {t['median']:+.1f} | "
+            f"{t['wins']}–{t['losses']} | {_p(t['p_wilcoxon'])} | {_p(t['p_holm'])} |"
+        )
+    return lines
+
+
+def search_cost(records: list, methods: list) -> str:
+    """What the staged search's runs took (core-hours, runs), against the first stage's runs of the same methods."""
+    hours, runs = {1: Counter(), 2: Counter()}, {1: Counter(), 2: Counter()}
+    for r in records:
+        if r.spec.label in methods:
+            hours[stage(r)][r.spec.label] += sum(r.result.time_s.values()) / 3600
+            runs[stage(r)][r.spec.label] += 1
+    total = sum(sum(r.result.time_s.values()) for r in records) / 3600
+    return (
+        f"**Cost of the length search** (its run records so far): {sum(runs[2].values())} runs ("
+        + ", ".join(f"{m} {runs[2][m]}" for m in methods)
+        + f"), {sum(hours[2].values()):.1f} core-hours ("
+        + ", ".join(f"{m} {hours[2][m]:.1f}" for m in methods)
+        + f"), {100 * sum(hours[2].values()) / total:.0f} % of the study's {total:.1f}; the learning-rate search of "
+        f"the same methods: {sum(runs[1].values())} runs, {sum(hours[1].values()):.1f} core-hours."
+    )
+
+
 def paired(a: dict[tuple, dict], b: dict[tuple, dict], key_a: str = "accuracy", key_b: str | None = None) -> dict:
     """a − b over the shared cells (×100), as :func:`medpeft.analysis.paired_comparison` sums it up."""
     cells = sorted(set(a) & set(b))
@@ -181,10 +404,10 @@ def comparisons(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], list[dic
     return lines, tests
 
 
-def ranking(rows: dict[str, dict[tuple, dict]]) -> tuple[list[str], dict[str, float], list[tuple]]:
+def ranking(rows: dict[Row, dict[tuple, dict]]) -> tuple[list[Row], dict[Row, float], list[tuple]]:
     """The methods best first by mean test accuracy over the cells every method has; those means (of every row,
     floors and control included, over the same cells); the cells."""
-    methods = [r for r in rows if not r.startswith(("floor", "control"))]
+    methods = [r for r in rows if r.kind is Kind.METHOD]
     shared = sorted(set.intersection(*(set(rows[r]) for r in methods)))
     means = {r: float(np.mean([rows[r][c]["accuracy"] for c in shared])) for r in rows if set(shared) <= set(rows[r])}
     return sorted(methods, key=lambda r: -means[r]), means, shared
@@ -198,7 +421,7 @@ def against_scaled_linear(rows: dict[str, dict[tuple, dict]]) -> tuple[dict, dic
     )
 
 
-def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
+def verdict(rows: dict[Row, dict[tuple, dict]], tests: list[dict]) -> list[str]:
     """Plain sentences from the numbers: where EPT stands, its calibration, the backbone against the floors."""
     if not tests:
         return []
@@ -219,7 +442,7 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             f"{t['losses']} cells, Holm p {_p(t['p_holm'], '= ')})"
         )
 
-    floors = [r for r in rows if r.startswith("floor")]
+    floors = [r for r in rows if r.kind is Kind.FLOOR]
     lines = ["- **Accuracy.** " + "; ".join(against(o) for o in ["vpt", "linear", "full"] + floors) + "."]
     ranked, means, shared = ranking(rows)
     lines.append(
@@ -240,17 +463,17 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             f"after T; of the linear probe {_mean([c['ECE'] for c in rows['linear'].values()])} → "
             f"{_mean([c['ECE_cal'] for c in rows['linear'].values()])}."
         )
-    cls, pix = "floor: " + FLOORS["cls"], "floor: " + FLOORS["pixels"]
+    cls, pix = Row(FLOORS["cls"], Kind.FLOOR), Row(FLOORS["pixels"], Kind.FLOOR)
     if cls in rows and pix in rows:
         t = paired(rows[cls], rows[pix])
         lines.append(
             f"- **The backbone.** A converged probe on the frozen features against raw pixels: median "
             f"{t['median']:+.1f} points ({t['wins']}–{t['losses']} cells, Wilcoxon p "
             f"{_p(t['p_wilcoxon'], '= ')}); the random-init control: "
-            f"{_mean([c['accuracy'] for r in rows if r.startswith('control') for c in rows[r].values()])} % "
+            f"{_mean([c['accuracy'] for r in rows if r.kind is Kind.CONTROL for c in rows[r].values()])} % "
             f"on average."
         )
-    meta = "floor: " + FLOORS["metadata"]
+    meta = Row(FLOORS["metadata"], Kind.FLOOR)
     if meta in rows:
         best = ranked[0]
         t = paired(rows[best], rows[meta])
@@ -261,6 +484,102 @@ def verdict(rows: dict[str, dict[tuple, dict]], tests: list[dict]) -> list[str]:
             f"({t['wins']}–{t['losses']} cells)."
         )
     return lines
+
+
+def rank_change(rows: dict[str, dict[tuple, dict]], before: dict[str, dict[tuple, dict]]) -> dict:
+    """EPT before and after the length search over the cells every method has complete (:func:`ranking`): its
+    rank (``was``, ``now``) among the ``n`` methods and its mean accuracy (``mean_was``, ``mean_now``), over
+    ``cells`` cells."""
+    ranked, means, shared = ranking(rows)
+    ranked_before, means_before, _ = ranking(
+        {r: {c: before[r][c] for c in shared} for r in before if set(shared) <= set(before[r])}
+    )
+    return {
+        "was": ranked_before.index("ept") + 1,
+        "now": ranked.index("ept") + 1,
+        "n": len(ranked),
+        "mean_was": means_before["ept"],
+        "mean_now": means["ept"],
+        "cells": len(shared),
+    }
+
+
+def rank_line(change: dict | None) -> list[str]:
+    """The verdict's sentence on whether the length search changed EPT's rank (:func:`rank_change`)."""
+    if not change:
+        return []
+    was, now, n = change["was"], change["now"], change["n"]
+    return [
+        f"- **The length search and EPT's rank:** EPT ranks {now} of {n} after it, {was} of {n} before "
+        f"({100 * change['mean_was']:.1f} → {100 * change['mean_now']:.1f} % over the {change['cells']} cells every "
+        f"method has complete): "
+        + ("its rank did not change." if was == now else f"its rank changed from {was} to {now}.")
+    ]
+
+
+def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str, tuple], spread: float = 0.01):
+    """What ``bench/analysis/analysis.json`` says of the attention mass EPT's prompts absorb (``prompt_mass``: per
+    block, the share of each attention row's softmax mass on the prompt columns, at the run's initialisation and
+    trained), per prompt length, and whether the features hardly move at the chosen lengths (the intra-class scatter
+    of the selected runs of one length within ``spread`` of its mean); "not measured yet" without it."""
+    if "ept" not in staged or "ept" not in rows:
+        return []
+    path = folder / "bench" / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text()) if path.is_file() else {}
+    runs = analysis.get("runs", {})
+    key, _, default, _ = staged["ept"]
+    measured = [r for r in runs.values() if r.get("label") == "ept" and r.get("prompt_mass")]
+    if not measured:
+        return [
+            [
+                "**The mechanism** (the share of attention mass EPT's prompts absorb, at the chosen lengths): not "
+                "measured yet (`medpeft analyze` of the selected runs writes it to `bench/analysis/analysis.json`)."
+            ]
+        ]
+    chosen = {c["key"] for c in rows["ept"].values()}
+    by_length: dict[int, list[tuple[str, dict]]] = {}
+    for name, r in runs.items():
+        if r.get("label") == "ept" and r.get("prompt_mass"):
+            by_length.setdefault(r["options"].get(key, default), []).append((name, r))
+    text = (
+        f"**The mechanism** (`bench/analysis/analysis.json`: {len(measured)} EPT runs, "
+        f"{'/'.join(map(str, sorted({r['shots'] for r in measured})))}-shot test images): the share of each "
+        "attention row's softmax mass the prompts absorb, mean over blocks, images, heads and tokens (and the lowest "
+        "and highest block after training); the intra-class scatter's std over the selected runs of a length, in % "
+        f"of its mean (below {100 * spread:.0f} %: the features hardly move in training)."
+        + "".join(
+            f" Per block: `bench/analysis/{f['file']}`."
+            for f in analysis.get("figures", [])
+            if f.get("kind") == "prompt_mass"
+        )
+    )
+    table = [
+        f"| EPT {key} | runs (selected) | mass at init | trained | blocks, trained | scatter std, selected |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for length, members in sorted(by_length.items()):
+        mass = {when: [np.mean(r["prompt_mass"][when]["mean"]) for _, r in members] for when in ("init", "trained")}
+        blocks = np.mean([r["prompt_mass"]["trained"]["mean"] for _, r in members], axis=0)
+        scatter = [r["intra_class_scatter"] for name, r in members if name in chosen]
+        moved = np.std(scatter, ddof=1) / np.mean(scatter) if len(scatter) > 1 else np.nan
+        table.append(
+            f"| {length} | {len(members)} ({len(scatter)}) | {100 * np.mean(mass['init']):.1f} % | "
+            f"{100 * np.mean(mass['trained']):.1f} % | {100 * blocks.min():.1f}–{100 * blocks.max():.1f} % | "
+            + (f"{100 * moved:.2g} % |" if np.isfinite(moved) else "– |")
+        )
+        if np.isfinite(moved):
+            verdicts.append(
+                f"{'holds' if moved < spread else 'does not hold'} at length {length} (the prompts absorb "
+                f"{100 * np.mean(mass['init']):.1f} % of the attention mass at init, "
+                f"{100 * np.mean(mass['trained']):.1f} % trained)"
+            )
+    finding = "**Features hardly move at the chosen lengths:** " + (
+        "; ".join(verdicts) + "."
+        if verdicts
+        else "not measured yet (fewer than two selected runs of one length analysed)."
+    )
+    return [[text], table, [finding]]
 
 
 def features(folder: Path, spread: float = 0.01) -> list[str]:
@@ -316,9 +635,10 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
             return "no significant difference"
         return f"EPT's significantly {'lower' if t['median'] < 0 else 'higher'}"
 
-    def name(row: str) -> str:
-        kind, _, what = row.partition(": ")
-        return {"control": f"the random-init control ({what})", "floor": f"the floor {what}"}.get(kind, row)
+    def name(row: Row) -> str:
+        return {Kind.CONTROL: f"the random-init control ({row.name})", Kind.FLOOR: f"the floor {row.name}"}.get(
+            row.kind, row
+        )
 
     ranks, held, calibration, floors = [], [], [], []
     for dataset, (rows, tests) in studies.items():
@@ -340,11 +660,11 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
                 f"lower in {raw['losses']} of {raw['n']} cells, p {_p(raw['p_wilcoxon'], '= ')}); with both "
                 f"temperature-scaled: {ece(both)} (median {both['median']:+.1f}, p {_p(both['p_wilcoxon'], '= ')})"
             )
-        best = max((r for r in means if r.startswith("floor")), key=means.get, default=None)
+        best = max((r for r in means if r.kind is Kind.FLOOR), key=means.get, default=None)
         if best:
             below = [m for m in ranked if means[m] < means[best]]
             floors.append(
-                f"on {dataset}, {best.removeprefix('floor: ')} ({100 * means[best]:.1f} %) is above "
+                f"on {dataset}, {best.name} ({100 * means[best]:.1f} %) is above "
                 f"{len(below)} of {len(ranked)} methods' averages" + ", EPT's among them" * ("ept" in below)
             )
     lines = [
@@ -366,22 +686,37 @@ def overall(studies: dict[str, tuple[dict, list[dict]]]) -> list[str]:
     return lines
 
 
-def progress(folder: Path, done: int) -> str:
-    """What ``done`` runs of the study are of ``study.yaml``'s grid (a method's own search, else the shared one)."""
-    study = yaml.safe_load((folder / "study.yaml").read_text())
-    shared = study.get("search") or {}
-    candidates = [
-        int(np.prod([len(v) for v in ((m.get("search", shared) if isinstance(m, dict) else shared) or {}).values()]))
-        for m in study["methods"]
+def overall_ranks(changes: dict[str, dict | None]) -> list[str]:
+    """The overall verdict's sentence on the length search: EPT's rank before and after it, per dataset
+    (:func:`rank_change`)."""
+    changes = {dataset: c for dataset, c in changes.items() if c}
+    if not changes:
+        return []
+    changed = [d for d, c in changes.items() if c["was"] != c["now"]]
+    return [
+        "- **Did the length search change EPT's rank?** "
+        + (f"Yes, on {' and '.join(changed)}" if changed else "No")
+        + ": "
+        + "; ".join(f"{c['was']} → {c['now']} of {c['n']} on {d}" for d, c in changes.items())
+        + " (before → after, over the cells every method has complete)."
     ]
-    total = sum(candidates) * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps", "seeds")]))
+
+
+def progress(folder: Path, done: int) -> str:
+    """What ``done`` runs of the study are of ``study.yaml``'s grid: per cell, a method's learning rates (its own
+    search, else the shared one) and its staged search's candidates at the chosen rate."""
+    study = yaml.safe_load((folder / "study.yaml").read_text())
+    per_cell = sum(len(e.candidates()) + len(e.then_candidates(e.candidates()[0])) for e in entries(folder).values())
+    total = per_cell * int(np.prod([len(study[k]) for k in ("tasks", "shots", "exps", "seeds")]))
     return (
         ""
         if done >= total
         else (
-            f"**Partial: {done} of the study's {total} runs are in.** A row with fewer than 15 cells lacks samplings "
-            f"(the study runs in stages: sampling 1 of every method, then samplings 2–3, 4, 5); its mean ± std is over "
-            f"the cells it has, and the paired tests use only the cells both rows have."
+            f"**Partial: {done} of the study's {total} runs are in.** Every table is over complete cells only (a "
+            f"cell counts once all of its runs are in: for a prompt method, once the length search has begun, its "
+            f"runs too); a row with fewer than 15 cells lacks samplings (the study runs in stages: sampling 1 of every "
+            f"method, then samplings 2–3, 4, 5) or, for a prompt method, the length search of some; its mean ± std "
+            f"is over the cells it has, and the paired tests use only the cells both rows have."
         )
     )
 
@@ -404,12 +739,19 @@ def cost(records: list) -> str:
 
 def diverged(records: list) -> str:
     """Which candidates diverged (a training loss, weight or validation logit not finite; never selected)."""
-    counts = Counter((r.spec.label, r.spec.train.lr) for r in records if r.result.diverged_epoch is not None)
+    counts = Counter(
+        (r.spec.label, r.spec.train.lr, ", ".join(f"{k} {v}" for k, v in sorted(r.spec.candidate.items()) if k != "lr"))
+        for r in records
+        if r.result.diverged_epoch is not None
+    )
     if not counts:
         return ""
     return (
         "Diverged, so never selected (the cell chose among the other rates): "
-        + ", ".join(f"{label} at {lr:g} in {n} cell{'s' * (n > 1)}" for (label, lr), n in sorted(counts.items()))
+        + ", ".join(
+            f"{label} at {lr:g}{', ' + rest if rest else ''} in {n} cell{'s' * (n > 1)}"
+            for (label, lr, rest), n in sorted(counts.items())
+        )
         + "."
     )
 
@@ -423,17 +765,23 @@ def report() -> str:
             "(fitted on the validation images) are means over all cells; *cells*: shots × samplings present."
         ],
     ]
-    studies = {}
+    studies, ranks = {}, {}
     for folder, title in DATASETS.items():
         study = read_index(HERE / folder / "bench")
         rows = load(HERE / folder, study)
-        grid = searched(study) | searched(read_index(HERE / folder / "control"), "control: ")
+        grid = searched(study) | searched(read_index(HERE / folder / "control"), Kind.CONTROL)
         if not rows:
             continue
-        order = [m for m in METHODS if m in rows] + sorted(r for r in rows if r not in METHODS)
-        rows = {r: rows[r] for r in order}
+        rows = dict(
+            sorted(
+                rows.items(), key=lambda kv: (METHODS.index(kv[0]), "") if kv[0] in METHODS else (len(METHODS), kv[0])
+            )
+        )
         lines, tests = comparisons(rows)
         studies[title.split()[0]] = rows, tests
+        begun = any(stage(r) == 2 for r in study)
+        before = load(HERE / folder, study, first_stage=True) if begun else rows
+        ranks[title.split()[0]] = rank_change(rows, before) if begun and "ept" in rows else None
         blocks += [
             [f"### {title}"],
             [progress(HERE / folder, len(study))],
@@ -442,10 +790,12 @@ def report() -> str:
             table(rows),
             chosen(rows, grid),
             [edges(rows, grid)],
+            *lengths(HERE / folder, study, rows, before),
             lines,
-            verdict(rows, tests) + features(HERE / folder),
+            verdict(rows, tests) + rank_line(ranks[title.split()[0]]) + features(HERE / folder),
+            *(mechanism(HERE / folder, rows, sizes(HERE / folder)) if begun else []),
         ]
-    blocks += [overall(studies), LIMITS]
+    blocks += [overall(studies) + overall_ranks(ranks), limits(any(ranks.values()))]
     return "\n\n".join("\n".join(block) for block in blocks if any(block))
 
 
@@ -470,22 +820,43 @@ LIMITS = [
 ]
 
 
-@click.command()
-@click.option(
-    "--page",
-    type=click.Path(exists=True, dir_okay=False),
-    default=str(ROOT / "docs" / "study.md"),
-    help="The page whose marked block gets the report [docs/study.md].",
-)
-def main(page):
+def limits(searched: bool) -> list[str]:
+    """:data:`LIMITS`, saying once the prompt's size has been searched that it no longer stays at its default."""
+    if not searched:
+        return LIMITS
+    return [
+        line.replace(
+            "Other hyper-parameters (prompt length, LoRA rank, ...) stay at their defaults",
+            "The "
+            "prompt's size was searched in stages (above); other hyper-parameters (LoRA rank, ...) stay "
+            "at their defaults",
+        )
+        for line in LIMITS
+    ]
+
+
+def _existing_file(path: str) -> Path:
+    if not Path(path).is_file():
+        raise argparse.ArgumentTypeError(f"{path} is not a file")
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate the real study's report from its committed records.")
+    parser.add_argument(
+        "--page",
+        type=_existing_file,
+        default=ROOT / "docs" / "study.md",
+        help="The page whose marked block gets the report [docs/study.md].",
+    )
+    page = parser.parse_args(argv).page
     text = report()
     (HERE / "results.md").write_text(text + "\n")
-    page = Path(page)
     current = page.read_text()
     if START in current and END in current:
         pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
         page.write_text(pattern.sub(lambda m: f"{START}\n{text}\n{END}", current))
-    click.echo(text)
+    print(text)
 
 
 if __name__ == "__main__":
