@@ -47,7 +47,14 @@ def test_seg_demo_pipeline_writes_the_table_and_the_figure(tmp_path):
         assert [float(c) for c in row[2:5]] == pytest.approx(
             [round(100 * test[k], 1) for k in ("mIoU", "mDice", "ECE")], abs=0.051
         )
+        assert float(row[5]) == pytest.approx(round(100 * record["result"]["calibration"]["test"]["ECE"], 1), abs=0.051)
         assert int(row[6].strip(" |").replace(",", "")) == record["result"]["trainable_params"]
+    assert rows["linear"][6] == f"{2 * 192 + 192 * 2 + 2:,} |"  # the linear head: BatchNorm(D) + 1x1 conv D -> 2
+    floors = [json.loads(line) for line in (tmp_path / "out" / "floors" / "floors.jsonl").read_text().splitlines()]
+    floor_rows = [row for name, row in rows.items() if name.startswith("floor: ")]
+    assert [float(row[2]) for row in floor_rows] == pytest.approx(
+        [round(100 * f["test"]["mIoU"], 1) for f in floors], abs=0.051
+    )
     figure = np.asarray(Image.open(tmp_path / "out" / "demo_seg.png"))
     assert figure.ndim == 3 and figure.shape[1] > 2 * figure.shape[0]  # 5 panels side by side
     assert figure[..., :3].std() > 10  # not a blank canvas
