@@ -1,8 +1,9 @@
 """Task kinds: what differs between classifying images and segmenting them, behind one interface.
 
-Training (:func:`medpeft.train.fit`), the bench, selection, summaries and tracking ask a task's kind
-(:attr:`medpeft.data.TaskSpec.task_kind`) for its head, loss, training data, metrics, selection metric and
-post-hoc calibration, and never test a task's name. :class:`Classification` (single- and multi-label) is
+Training (:func:`medpeft.train.fit`), the bench, summaries, tracking and export ask a task's kind
+(``get_kind(task.kind)``) for its head, loss, training data, metrics, post-hoc calibration and exported output, and
+never test a task's name; the task itself (:class:`medpeft.data.TaskSpec`) names the metrics that report, select and
+break ties. :class:`Classification` (single- and multi-label) is
 medpeft's original behaviour; :class:`Segmentation` predicts a class per pixel with a dense head
 (:mod:`medpeft.heads`) on the backbone's patch map.
 """
