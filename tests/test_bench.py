@@ -618,3 +618,20 @@ def test_a_bench_moved_with_its_data_resumes_and_other_data_is_refused(tmp_path,
             moved / "bench",
             progress=False,
         )
+
+
+def test_every_metric_table_shows_the_fitted_temperature_as_is(tmp_path):
+    from pathlib import Path
+
+    from medpeft.bench.summary import write_summary
+
+    bench = Path(__file__).parents[1] / "benchmarks" / "real" / "br35h" / "bench"
+    records = [r for r in read_index(bench) if r.spec.label == "linear" and r.spec.shots == 1]
+    write_summary(tmp_path, records)
+    table = (tmp_path / "summary.md").read_text().split("## Every metric")[1].splitlines()
+    header = [c.strip() for c in next(line for line in table if line.startswith("| method |")).split("|")]
+    row = [c.strip() for c in next(line for line in table if line.startswith("| linear | br35h | 1 |")).split("|")]
+    t = [r.result.calibration.temperature for r in records if r.selected]
+    assert len(t) == 5 and row[header.index("temperature")] == f"{np.mean(t):.2f} ± {np.std(t, ddof=1):.2f}"
+    ece = [r.test["ECE"] for r in records if r.selected]
+    assert row[header.index("ECE")] == f"{100 * np.mean(ece):.2f} ± {100 * np.std(ece, ddof=1):.2f}"

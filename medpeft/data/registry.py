@@ -36,7 +36,7 @@ class Dataset:
         if given is not None:
             return given
         if self.default_root is None:
-            raise UserError(f"task {self.name!r} needs --data-root (data_root in a bench config)")
+            raise ParameterError("data_root", "task {task!r} needs {data_root}", task=self.name)
         return str(self.default_root())
 
 
@@ -60,7 +60,11 @@ def _beside_list(root, list_file) -> Samples:
 def _own_test(name: str, loader: Callable) -> Dataset:
     def load(root, shots, exp, seed, test_list):
         if test_list is not None:
-            raise UserError(f"--test-list applies to the MedFMC tasks; dataset {name!r} brings its own test split")
+            raise ParameterError(
+                "test_list",
+                "{test_list} applies to the MedFMC tasks; dataset {task!r} brings its own test split",
+                task=name,
+            )
         return loader(root, shots, exp, seed)
 
     return Dataset(name, load, _beside_list)

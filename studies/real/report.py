@@ -28,6 +28,7 @@ import argparse
 import enum
 import json
 import re
+import warnings
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -36,11 +37,15 @@ import numpy as np
 import yaml
 
 from medpeft.analysis import holm, paired_comparison
+from medpeft.analysis.conformal_table import coverage_markdown, coverage_table, kept_runs
 from medpeft.bench import read_index, selection
 from medpeft.bench.config import MethodEntry, method_entry
 from medpeft.bench.selection import choose, group_cells
+from medpeft.calibration import CalibrationWarning
+from medpeft.conformal import ConformalConfig, ConformalWarning
 from medpeft.files import read_json_lines
 from medpeft.methods import get_method
+from medpeft.posthoc import LOGITS_FILE, calibration_step, conformal_of
 from medpeft.record import candidate_tag
 from medpeft.stats import format_mean_std, mean_std
 
@@ -756,6 +761,70 @@ def diverged(records: list) -> str:
     )
 
 
+#: the paired test's sets: LAC at α = 0.1 (90 % coverage), EPT as trained against the temperature-scaled linear probe
+PAIRED = ConformalConfig("lac", 0.1)
+
+
+def kept(folder: Path) -> list:
+    """(record, kept logits) of every selected run whose logits ``studies/real/keep_logits.py`` kept for ``folder``."""
+    runs, _ = kept_runs(sorted(p.parent for p in (folder / "logits" / "kept").glob(f"**/{LOGITS_FILE}")))
+    return runs
+
+
+def set_sizes(runs, method: str, temperature: bool) -> dict[tuple, float]:
+    """Mean test set size of ``method``'s runs under :data:`PAIRED`, by cell (shots, exp)."""
+    sizes = {}
+    for record, logits in runs:
+        if record.spec.method != method:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (CalibrationWarning, ConformalWarning))
+            calibration = calibration_step(logits, record.task, "temperature") if temperature else None
+            result = conformal_of(logits, record.task, PAIRED, calibration=calibration, seed=record.spec.seed)
+        sizes[(str(record.spec.shots), record.spec.exp)] = result.test["mean_set_size"]
+    return sizes
+
+
+def prediction_sets(folder: Path, study: list, cells: int) -> list[str]:
+    """The prediction-set section of ``folder``'s study: how many selected runs have kept logits (and how many of
+    them repeat the committed test accuracy), the coverage / set-size table, EPT against the scaled linear probe."""
+    runs = kept(folder)
+    if not runs:
+        return ["#### Prediction sets", "", "No kept logits yet (`studies/real/keep_logits.py`)."]
+    counts = ", ".join(
+        f"{m} {sum(r.spec.label == m for r, _ in runs)}" for m in sorted({r.spec.label for r, _ in runs})
+    )
+    committed = {r.key: r.test["accuracy"] for r in study if r.test}
+    same = sum(committed.get(r.key) == r.test["accuracy"] for r, _ in runs)
+    lines = [
+        "#### Prediction sets (split conformal on the validation images)",
+        "",
+        f"Selected runs with kept logits, of {cells} cells per method: {counts}. Coverage and mean set size "
+        "on the test images, averaged over those runs; after T: the sets of the temperature-scaled probabilities "
+        "(T fitted on the same validation images, then the conformal quantile). With 20 validation images, α = 0.1 "
+        "needs the 19th of 20 scores and α = 0.2 the 17th (finite-sample quantile ⌈(n+1)(1−α)⌉/n). Runs made "
+        "before the study kept logits were trained again with their committed spec: the kept runs' test accuracy "
+        f"equals the committed one in {same} of {len(runs)} (the rest differ by this machine's arithmetic: "
+        "docs/reproducibility.md).",
+        "",
+        coverage_markdown(coverage_table(runs)),
+    ]
+    ept, linear = set_sizes(runs, "ept", False), set_sizes(runs, "linear", True)
+    cells = sorted(set(ept) & set(linear))
+    if cells:
+        lines.append("")
+        d = paired_comparison([ept[c] - linear[c] for c in cells])
+        lines.append(
+            f"EPT's set size against the temperature-scaled linear probe's (LAC, α = 0.1, {d.n} cells): EPT smaller "
+            f"in {d.losses}, larger in {d.wins}, mean difference {d.mean:+.3f} classes (median {d.median:+.3f}); "
+            f"Wilcoxon p = {d.p_wilcoxon:.3g}, sign test p = {d.p_sign:.3g}."
+        )
+        mean_ept = np.mean([ept[c] for c in cells])
+        mean_lin = np.mean([linear[c] for c in cells])
+        lines += ["", f"Mean set size over those cells: EPT {mean_ept:.3f}, linear probe after T {mean_lin:.3f}."]
+    return lines
+
+
 def report() -> str:
     blocks = [
         ["## The real study, searched: results"],
@@ -793,6 +862,7 @@ def report() -> str:
             *lengths(HERE / folder, study, rows, before),
             lines,
             verdict(rows, tests) + rank_line(ranks[title.split()[0]]) + features(HERE / folder),
+            prediction_sets(HERE / folder, study, len({(str(r.spec.shots), r.spec.exp) for r in study})),
             *(mechanism(HERE / folder, rows, sizes(HERE / folder)) if begun else []),
         ]
     blocks += [overall(studies) + overall_ranks(ranks), limits(any(ranks.values()))]

@@ -1,0 +1,63 @@
+"""Keep the logits of the real study's selected runs (issue 33), for the report's prediction-set section.
+
+``python studies/real/keep_logits.py BENCH OUT --methods linear,ept`` (from the repository root, one thread): for
+every selected run of those methods in BENCH/runs.jsonl, its ``run.json`` and ``logits.npz`` go to
+``OUT/kept/<label>/<cell>/<candidate>/`` (committed): copied from the bench's run directory, or, where the bench kept
+no logits (runs made before medpeft kept them), from the selected candidate trained again under ``OUT/runs`` with its
+committed spec (same split, seed and recipe; each cell's selection stays as committed; the kept ``run.json`` then
+holds the new run's metrics, which the report compares with the committed ones). Resumable: what OUT holds is not
+redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+
+from medpeft.bench.config import BenchConfig, read_config
+from medpeft.bench.store import read_index
+from medpeft.bench.worker import RunJob, execute
+from medpeft.posthoc import LOGITS_FILE
+from medpeft.record import RUN_FILE, read_record
+
+
+def keep(bench: Path, out: Path, methods: list[str]) -> None:
+    """Keep the logits of ``methods``' selected runs in ``bench`` under ``out/kept`` (see the module's docstring);
+    kept runs of those methods that are no longer selected (a staged search's later stage won) are removed."""
+    selected = [r for r in read_index(bench) if r.selected and r.spec.method in methods]
+    selected.sort(key=lambda r: (methods.index(r.spec.method), r.spec.exp, str(r.spec.shots)))
+    study = BenchConfig.from_dict(read_config(bench.parent / "study.yaml"), "study.yaml").shared
+    here = {k: str(Path(study[k]).resolve()) for k in ("data_root", "weights")}
+    wanted = {out / "kept" / Path(r.spec.run_dir).relative_to("runs") for r in selected}
+    for stale in {p.parent for p in (out / "kept").glob(f"**/{LOGITS_FILE}")} - wanted:
+        if read_record(stale).spec.method in methods:
+            shutil.rmtree(stale)
+            print(f"{stale}: no longer selected, removed", flush=True)
+    for i, record in enumerate(selected, 1):
+        target = out / "kept" / Path(record.spec.run_dir).relative_to("runs")
+        if (target / LOGITS_FILE).is_file():
+            continue
+        source, how = bench / record.spec.run_dir, "copied"
+        if not (source / LOGITS_FILE).is_file():
+            spec = dataclasses.replace(record.spec, **here)  # the study's files where this checkout has them
+            execute(spec, RunJob(out=str(out), cache_dir=str(out / ".cache"), threads=1))
+            source, how = out / record.spec.run_dir, "trained again"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (RUN_FILE, LOGITS_FILE):
+            shutil.copy2(source / name, target / name)
+        print(f"[{i}/{len(selected)}] {record.key}: {how}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Keep the logits of the real study's selected runs.")
+    parser.add_argument("bench", type=Path, help="the study's bench folder (runs.jsonl with 'selected')")
+    parser.add_argument("out", type=Path, help="where the kept logits go (benchmarks/real/<dataset>/logits)")
+    parser.add_argument("--methods", required=True, help="comma-separated methods, in the order to run them")
+    args = parser.parse_args()
+    keep(args.bench, args.out, args.methods.split(","))
+
+
+if __name__ == "__main__":
+    main()
