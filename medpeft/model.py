@@ -141,7 +141,11 @@ def build_model(
             classifier = spec.make_head(feature_dim(model), num_classes)
         else:
             if type(spec).make_head is not Method.make_head:
-                raise UserError(f"method {method!r} brings its own head on the pooled feature: no dense --head")
+                raise ParameterError(
+                    "head",
+                    "method {method!r} brings its own head on the pooled feature: no dense {head}",
+                    method=method,
+                )
             classifier = make_dense_head(
                 head, family_of(model).dense_dim, num_classes, int(model.patch_embed.img_size[0])
             )

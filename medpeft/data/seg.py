@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from ..errors import ParameterError, UserError
 from .samples import DatasetSplits, Samples
 from .splits import parse_shots
 from .tasks import TaskSpec
@@ -427,7 +427,7 @@ def volume_pairs(root: Path, axis: int) -> list[Pair]:
     """Slices of ``root/images/<case>.<ext>`` with ``root/labels/<case>.<ext>`` (or ``masks/``) along voxel axis
     ``axis``; only labelled slices (some label value other than the smallest, background); case = file stem."""
     if axis not in (0, 1, 2):
-        raise UserError(f"--axis {axis}: a volume is sliced along voxel axis 0, 1 or 2")
+        raise ParameterError("axis", "{axis} {value}: a volume is sliced along voxel axis 0, 1 or 2", value=axis)
     folder = next((root / n for n in ("labels", "masks") if (root / n).is_dir()), root / "labels")
     images = {_volume_stem(p): p for p in sorted((root / "images").glob("*")) if _volume_stem(p)}
     labels = {_volume_stem(p): p for p in sorted(folder.glob("*")) if _volume_stem(p)} if folder.is_dir() else {}
