@@ -23,16 +23,19 @@ from medpeft.posthoc import LOGITS_FILE
 from medpeft.record import RUN_FILE, read_record
 
 
-def keep(bench: Path, out: Path, methods: list[str]) -> None:
+def keep(bench: Path, out: Path, methods: list[str], exps: list[int] | None = None) -> None:
     """Keep the logits of ``methods``' selected runs in ``bench`` under ``out/kept`` (see the module's docstring);
     kept runs of those methods that are no longer selected (a staged search's later stage won) are removed."""
-    selected = [r for r in read_index(bench) if r.selected and r.spec.method in methods]
+    selected = [
+        r for r in read_index(bench) if r.selected and r.spec.method in methods and (exps is None or r.spec.exp in exps)
+    ]
     selected.sort(key=lambda r: (methods.index(r.spec.method), r.spec.exp, str(r.spec.shots)))
     study = BenchConfig.from_dict(read_config(bench.parent / "study.yaml"), "study.yaml").shared
     here = {k: str(Path(study[k]).resolve()) for k in ("data_root", "weights")}
     wanted = {out / "kept" / Path(r.spec.run_dir).relative_to("runs") for r in selected}
     for stale in {p.parent for p in (out / "kept").glob(f"**/{LOGITS_FILE}")} - wanted:
-        if read_record(stale).spec.method in methods:
+        spec = read_record(stale).spec
+        if spec.method in methods and (exps is None or spec.exp in exps):
             shutil.rmtree(stale)
             print(f"{stale}: no longer selected, removed", flush=True)
     for i, record in enumerate(selected, 1):
@@ -55,8 +58,9 @@ def main() -> None:
     parser.add_argument("bench", type=Path, help="the study's bench folder (runs.jsonl with 'selected')")
     parser.add_argument("out", type=Path, help="where the kept logits go (benchmarks/real/<dataset>/logits)")
     parser.add_argument("--methods", required=True, help="comma-separated methods, in the order to run them")
+    parser.add_argument("--exps", help="comma-separated samplings (e.g. those whose staged search is complete)")
     args = parser.parse_args()
-    keep(args.bench, args.out, args.methods.split(","))
+    keep(args.bench, args.out, args.methods.split(","), args.exps and [int(e) for e in args.exps.split(",")])
 
 
 if __name__ == "__main__":
