@@ -550,3 +550,35 @@ def test_mechanism_reads_the_prompt_mass_where_measured(report, tmp_path):
         "**Features hardly move at the chosen lengths:** holds at length 100 (the prompts absorb 85.0 % of the "
         "attention mass at init, 85.0 % trained)."
     )
+
+
+def _lac_set_size(val, val_labels, test, alpha=0.1):
+    """Mean test set size of split-conformal LAC sets, from the definition: scores 1 − p_y on validation, q̂ the
+    ⌈(n+1)(1−α)⌉-th smallest (every class when that exceeds n), a class in the set when 1 − p_c ≤ q̂. The softmax is
+    taken in float32, as the runs' scores are (a saturated p = 1 gives the score 0 exactly)."""
+
+    def softmax(z):
+        z = np.asarray(z, dtype=np.float32)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float64)
+
+    scores = np.sort(1 - softmax(val)[np.arange(len(val)), val_labels])
+    rank = math.ceil((len(scores) + 1) * (1 - alpha))
+    if rank > len(scores):
+        return float(test.shape[1])
+    return float(((1 - softmax(test)) <= scores[rank - 1]).sum(axis=1).mean())
+
+
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
+def test_prediction_set_sizes_of_the_kept_logits(report, dataset):
+    runs = report.kept(REAL / dataset)
+    linear = [(r, k) for r, k in runs if r.spec.method == "linear"]
+    if not runs:
+        pytest.skip(f"no kept logits for {dataset} yet")
+    for method, temperature in (("linear", False), ("linear", True), ("ept", False)):
+        sizes = report.set_sizes(runs, method, temperature)
+        for record, kept in [(r, k) for r, k in runs if r.spec.method == method]:
+            t = record.result.calibration.temperature if temperature else 1.0
+            expected = _lac_set_size(kept.val / t, kept.val_labels, kept.test / t)
+            assert sizes[(str(record.spec.shots), record.spec.exp)] == pytest.approx(expected, abs=1e-12)
+    assert linear
