@@ -795,17 +795,19 @@ def prediction_sets(folder: Path, study: list, cells: int) -> list[str]:
         f"{m} {sum(r.spec.label == m for r, _ in runs)}" for m in sorted({r.spec.label for r, _ in runs})
     )
     committed = {r.key: r.test["accuracy"] for r in study if r.test}
-    same = sum(committed.get(r.key) == r.test["accuracy"] for r, _ in runs)
+    held = [r for r, _ in runs if r.key in committed]
+    same = sum(committed[r.key] == r.test["accuracy"] for r in held)
     lines = [
         "#### Prediction sets (split conformal on the validation images)",
         "",
-        f"Selected runs with kept logits, of {cells} cells per method: {counts}. Coverage and mean set size "
+        f"Selected runs with kept logits, of {cells} cells per method: {counts} (a prompt method's as the staged "
+        "length search selects them, in the samplings where it is complete). Coverage and mean set size "
         "on the test images, averaged over those runs; after T: the sets of the temperature-scaled probabilities "
         "(T fitted on the same validation images, then the conformal quantile). With 20 validation images, α = 0.1 "
         "needs the 19th of 20 scores and α = 0.2 the 17th (finite-sample quantile ⌈(n+1)(1−α)⌉/n). Runs made "
-        "before the study kept logits were trained again with their committed spec: the kept runs' test accuracy "
-        f"equals the committed one in {same} of {len(runs)} (the rest differ by this machine's arithmetic: "
-        "docs/reproducibility.md).",
+        "before the study kept logits were trained again with their committed spec: of the kept runs these records "
+        f"hold, {same} of {len(held)} repeat the committed test accuracy exactly (the rest differ by this machine's "
+        "arithmetic: docs/reproducibility.md).",
         "",
         coverage_markdown(coverage_table(runs)),
     ]
