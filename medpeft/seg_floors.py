@@ -31,6 +31,7 @@ from .errors import UserError
 from .files import json_line, write_text
 from .floors import C_GRID
 from .seg_metrics import segmentation_metrics
+from .stats import format_mean_std, mean_std
 
 TITLES = {
     "otsu": "per-image (multi-)Otsu thresholds, regions named by the training masks",
@@ -211,11 +212,7 @@ def floors_markdown(rows: list[dict]) -> str:
     for (floor, task, shots), group in groups.items():
         cells = []
         for name, scale in columns.items():
-            values = scale * np.array([g["test"].get(name, np.nan) for g in group], dtype=float)
-            if np.isnan(values).all():
-                cells.append("–")
-            else:
-                std = f" ± {np.nanstd(values, ddof=1):.1f}" if np.isfinite(values).sum() > 1 else ""
-                cells.append(f"{np.nanmean(values):.1f}{std}")
+            values = [g["test"].get(name, np.nan) for g in group]
+            cells.append(format_mean_std(*mean_std(values), ".1f", scale))
         lines.append(f"| {TITLES[floor]} | {task} | {shots} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ import numpy as np
 from medpeft.analysis import holm, paired_comparison
 from medpeft.bench import read_index
 from medpeft.files import read_json_lines
+from medpeft.stats import format_mean_std, mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "benchmarks" / "seg"
@@ -81,10 +82,7 @@ def _finite(values) -> np.ndarray:
 
 
 def _pm(values, scale: float = 100) -> str:
-    values = scale * _finite(values)
-    if not len(values):
-        return "–"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+    return format_mean_std(*mean_std(_finite(values)), ".1f", scale)
 
 
 def _mean(values, scale: float = 100) -> str:
