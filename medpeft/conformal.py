@@ -22,6 +22,13 @@ tie. Scores, of probabilities p (softmax; or temperature-scaled when the run ask
 within every class. Multi-label tasks get per-label sets: each label is its own two-class problem (absent, present)
 with probabilities (1 − σ, σ), its own q̂ (Mondrian: per label and state) and a set ⊆ {absent, present}.
 Randomised scores draw u from ``numpy.random.default_rng([seed, 0])`` for validation and ``[seed, 1]`` for test.
+
+LAC and APS scores are ranked by their log-odds, log s − log(1 − s), with s and 1 − s each summed from the
+probabilities (1 − s = p_k for LAC; Σ_{p_j < p_k} p_j, plus (1 − u) · p_k randomised, for APS): the order of scores
+within 10⁻³⁰⁸ of 0 or 1, which float64 rounds to 0 or 1 and would tie, stays exact (a run with logit margins of
+hundreds keeps sets as small as exact arithmetic gives them, and temperature scaling cannot change a binary task's
+LAC sets, as in exact arithmetic). The record's ``threshold`` is q̂ on that scale (RAPS: q̂ itself), and ``qhat`` the
+score of the same calibration image.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from .errors import Notice, ParameterError, UserError
 SCORES = ("lac", "aps", "raps")
 #: Slack on (n + 1)(1 − α) before its ceiling: 20 · (1 − 0.1) is 18.000000000000004 in floating point.
 _EPS = 1e-9
+_LARGEST = float(np.finfo(np.float64).max)
 
 
 class ConformalWarning(Notice):
@@ -103,11 +111,15 @@ class Conformal:
     after: str | None = None
     note: str | None = None
     test: dict[str, Any] | None = None
+    threshold: Any = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Conformal:
-        """From its JSON form (where ∞ was written as null)."""
-        return cls(**{**values, "qhat": _infinite_nulls(values["qhat"])})
+        """From its JSON form (where ∞ was written as null; records made before ``threshold`` have none)."""
+        values = {**values, "qhat": _infinite_nulls(values["qhat"])}
+        if values.get("threshold") is not None:
+            values["threshold"] = _infinite_nulls(values["threshold"])
+        return cls(**values)
 
     @property
     def config(self) -> ConformalConfig:
@@ -143,38 +155,70 @@ def conformal_quantile(scores: ArrayLike, alpha: float) -> float:
 
 def class_scores(probs: ArrayLike, config: ConformalConfig, u: np.ndarray | None = None) -> np.ndarray:
     """s(x, k) of every image and class (n, K) from probabilities (n, K); ``u`` (n,) for randomised scores."""
+    return _score_parts(probs, config, u)[0]
+
+
+def _score_parts(probs, config: ConformalConfig, u) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The scores (n, K) and, for LAC and APS, s and 1 − s each summed from the probabilities (exact near 0)."""
     p = np.asarray(probs, dtype=np.float64)
     if config.method == "lac":
-        return 1 - p
+        return 1 - p, (p[:, None, :] * ~np.eye(p.shape[1], dtype=bool)).sum(-1), p
     greater = p[:, None, :] > p[:, :, None]  # [i, k, j]: p_j > p_k
     above = (p[:, None, :] * greater).sum(-1)
+    below = (p[:, None, :] * (p[:, None, :] < p[:, :, None])).sum(-1)
     if config.randomized:
-        scores, rank = above + np.asarray(u, dtype=np.float64)[:, None] * p, 1 + greater.sum(-1)
+        u = np.asarray(u, dtype=np.float64)[:, None]
+        scores, mass, rest, rank = above + u * p, above + u * p, below + (1 - u) * p, 1 + greater.sum(-1)
     else:
         at_least = p[:, None, :] >= p[:, :, None]
-        scores, rank = 1 - (p[:, None, :] * ~at_least).sum(-1), at_least.sum(-1)
+        scores, mass, rest, rank = 1 - below, (p[:, None, :] * at_least).sum(-1), below, at_least.sum(-1)
     if config.method == "raps":
-        scores = scores + config.raps_lambda * np.maximum(rank - config.raps_k_reg, 0)
-    return scores
+        return scores + config.raps_lambda * np.maximum(rank - config.raps_k_reg, 0), None, None
+    return scores, mass, rest
+
+
+def _keys(probs, config: ConformalConfig, u) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ranking keys): log s − log(1 − s) from the summed parts (LAC, APS), or the scores (RAPS)."""
+    scores, mass, rest = _score_parts(probs, config, u)
+    if mass is None:
+        return scores, scores
+    with np.errstate(divide="ignore"):
+        keys = np.log(mass) - np.log(rest)
+    return scores, np.clip(keys, -_LARGEST, _LARGEST)  # a probability that underflowed: finite, for JSON
 
 
 def _draws(n_shape, config: ConformalConfig, seed: int, stream: int):
     return np.random.default_rng([seed, stream]).random(n_shape) if config.randomized else None
 
 
-def _calibrate_classes(probs, labels, config: ConformalConfig, u, names: list[str]) -> tuple[Any, list[tuple]]:
-    """q̂ (one, or per class with Mondrian) of one multi-class problem, and the (group, n) too small for α
-    (``names``: the class names; without Mondrian the group is the whole set)."""
-    scores = class_scores(probs, config, u)[np.arange(len(labels)), labels]
+def _quantile(scores: np.ndarray, keys: np.ndarray, alpha: float) -> tuple[float, float]:
+    """(q̂, threshold): the score and the key of the calibration image whose key is the
+    :func:`quantile_rank`-th smallest; (∞, ∞) when that rank exceeds n."""
+    rank = quantile_rank(len(keys), alpha)
+    if rank > len(keys):
+        return math.inf, math.inf
+    at = np.argsort(keys, kind="stable")[rank - 1]
+    return float(scores[at]), float(keys[at])
+
+
+def _calibrate_classes(probs, labels, config: ConformalConfig, u, names: list[str]) -> tuple[Any, Any, list[tuple]]:
+    """(q̂, threshold) (one, or per class with Mondrian) of one multi-class problem, and the (group, n) too small
+    for α (``names``: the class names; without Mondrian the group is the whole set)."""
+    scores, keys = (a[np.arange(len(labels)), labels] for a in _keys(probs, config, u))
     if not config.mondrian:
-        qhat = conformal_quantile(scores, config.alpha)
-        return qhat, [] if math.isfinite(qhat) else [("all", len(scores))]
-    qhats = [conformal_quantile(scores[labels == k], config.alpha) for k in range(probs.shape[1])]
-    return qhats, [(names[k], int((labels == k).sum())) for k, q in enumerate(qhats) if not math.isfinite(q)]
+        qhat, threshold = _quantile(scores, keys, config.alpha)
+        return qhat, threshold, [] if math.isfinite(qhat) else [("all", len(scores))]
+    pairs = [_quantile(scores[labels == k], keys[labels == k], config.alpha) for k in range(probs.shape[1])]
+    few = [(names[k], int((labels == k).sum())) for k, (q, _) in enumerate(pairs) if not math.isfinite(q)]
+    return [q for q, _ in pairs], [t for _, t in pairs], few
 
 
-def _sets(probs, qhat, config: ConformalConfig, u) -> np.ndarray:
-    return class_scores(probs, config, u) <= np.asarray(qhat, dtype=np.float64)
+def _sets(probs, qhat, threshold, config: ConformalConfig, u) -> np.ndarray:
+    """Classes whose key is ≤ ``threshold`` or, without one, whose score is ≤ ``qhat``."""
+    scores, keys = _keys(probs, config, u)
+    if threshold is None:
+        return scores <= np.asarray(qhat, dtype=np.float64)
+    return keys <= np.asarray(threshold, dtype=np.float64)
 
 
 def _binary(probs: np.ndarray, label: int) -> np.ndarray:
@@ -194,6 +238,11 @@ def calibrate(
     """q̂ from validation probabilities and labels ((n,) class indices, or (n, C) 0/1 for multi-label): a float,
     a per-class list (Mondrian), a per-label list (multi-label) or a per-label list of [absent, present] (both).
     Too few images for α: that q̂ is ∞, with one :class:`ConformalWarning` line."""
+    return _calibrate(probs, labels, config, multilabel, classes, seed)[0]
+
+
+def _calibrate(probs, labels, config: ConformalConfig, multilabel: bool, classes, seed: int) -> tuple[Any, Any]:
+    """(q̂, threshold) as :func:`calibrate` describes q̂; the threshold is the same quantile on the ranking key."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     if probs.ndim != 2 or len(probs) == 0 or len(labels) != len(probs):
         raise UserError(
@@ -203,11 +252,11 @@ def calibrate(
     classes = [str(c) for c in classes] if classes is not None else [str(k) for k in range(probs.shape[1])]
     u = _draws(labels.shape, config, seed, 0)
     if not multilabel:
-        qhat, few = _calibrate_classes(probs, labels.astype(np.int64), config, u, classes)
+        qhat, threshold, few = _calibrate_classes(probs, labels.astype(np.int64), config, u, classes)
     else:
-        qhat, few = [], []
+        qhat, threshold, few = [], [], []
         for c, name in enumerate(classes):
-            q, small = _calibrate_classes(
+            q, t, small = _calibrate_classes(
                 _binary(probs, c),
                 labels[:, c].astype(np.int64),
                 config,
@@ -215,10 +264,11 @@ def calibrate(
                 [f"{name} absent", f"{name} present"],
             )
             qhat.append(q)
+            threshold.append(t)
             few += small[:1] if not config.mondrian else small
     if few:
         _warn_too_few(few, len(labels), config, multilabel)
-    return qhat
+    return qhat, threshold
 
 
 def prediction_sets(
@@ -228,14 +278,25 @@ def prediction_sets(
     *,
     multilabel: bool,
     seed: int = 0,
+    threshold: float | list[float] | list[list[float]] | None = None,
 ) -> np.ndarray:
-    """Boolean sets: (n, K), k in the set of image i; multi-label (n, C, 2), [absent, present] of each label."""
+    """Boolean sets: (n, K), k in the set of image i; multi-label (n, C, 2), [absent, present] of each label.
+    With ``threshold`` (a :class:`Conformal`'s) the keys decide, exact where scores round to 0 or 1."""
     probs = np.asarray(probs, dtype=np.float64)
     u = _draws(probs.shape if multilabel else len(probs), config, seed, 1)
     if not multilabel:
-        return _sets(probs, qhat, config, u)
+        return _sets(probs, qhat, threshold, config, u)
     return np.stack(
-        [_sets(_binary(probs, c), qhat[c], config, None if u is None else u[:, c]) for c in range(probs.shape[1])],
+        [
+            _sets(
+                _binary(probs, c),
+                qhat[c],
+                None if threshold is None else threshold[c],
+                config,
+                None if u is None else u[:, c],
+            )
+            for c in range(probs.shape[1])
+        ],
         axis=1,
     )
 
@@ -275,14 +336,14 @@ def conformal_step(
     """Calibrate on validation and score the test set (``test_labels`` None: no test metrics)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConformalWarning)
-        qhat = calibrate(val_probs, val_labels, config, multilabel=multilabel, classes=classes, seed=seed)
+        qhat, threshold = _calibrate(val_probs, val_labels, config, multilabel, classes, seed)
     note = None
     for w in caught:
         note = str(w.message)
         warnings.warn(w.message, w.category, stacklevel=2)
     test = None
     if test_labels is not None and test_probs is not None and len(test_probs):
-        sets = prediction_sets(test_probs, qhat, config, multilabel=multilabel, seed=seed)
+        sets = prediction_sets(test_probs, qhat, config, multilabel=multilabel, seed=seed, threshold=threshold)
         test = set_metrics(sets, test_labels, classes)
     raps = config.method == "raps"
     return Conformal(
@@ -297,6 +358,7 @@ def conformal_step(
         after,
         note,
         test,
+        threshold,
     )
 
 

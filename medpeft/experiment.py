@@ -218,7 +218,12 @@ def list_sets(record: RunRecord, scores: np.ndarray) -> np.ndarray:
     if conformal.after == "temperature":
         scores = temper(scores, record.result.calibration.temperature, record.task.multilabel)
     return prediction_sets(
-        scores, conformal.qhat, conformal.config, multilabel=record.task.multilabel, seed=record.spec.seed
+        scores,
+        conformal.qhat,
+        conformal.config,
+        multilabel=record.task.multilabel,
+        seed=record.spec.seed,
+        threshold=conformal.threshold,
     )
 
 

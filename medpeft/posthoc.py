@@ -114,7 +114,14 @@ def write_test_files(
     write_submission(run_dir / submission_name(spec.task, spec.shots), names, scores)
     path = sets_path(run_dir / submission_name(spec.task, spec.shots))
     if conformal is not None:
-        sets = prediction_sets(scores, conformal.qhat, conformal.config, multilabel=task.multilabel, seed=spec.seed)
+        sets = prediction_sets(
+            scores,
+            conformal.qhat,
+            conformal.config,
+            multilabel=task.multilabel,
+            seed=spec.seed,
+            threshold=conformal.threshold,
+        )
         write_sets(path, names, sets, task)
     elif path.is_file():
         path.unlink()

@@ -13,6 +13,7 @@ from medpeft.conformal import (
     ConformalWarning,
     calibrate,
     conformal_quantile,
+    conformal_step,
     prediction_sets,
     quantile_rank,
     set_metrics,
@@ -149,6 +150,61 @@ def test_multilabel_per_label_by_hand():
         "singleton_rate": 0.5,
         "per_class_coverage": {"a": 1.0, "b": 0.0},
     }
+
+
+def _huge_margins(val_margin, seed=3):
+    """Binary logits: validation with the given margins of the true class, 200 test images with margins of class 1
+    over class 0 in ±2000."""
+    rng = np.random.default_rng(seed)
+    test_margin = rng.uniform(-2000, 2000, 200)
+    val_labels, test_labels = rng.integers(0, 2, len(val_margin)), rng.integers(0, 2, 200)
+    val_z = np.zeros((len(val_margin), 2))
+    val_z[np.arange(len(val_margin)), val_labels] = val_margin
+    return val_z, val_labels, np.stack([np.zeros(200), test_margin], axis=1), test_labels, test_margin
+
+
+def _sets_at(temperature, config, val_z, val_labels, test_z, test_labels):
+    result = conformal_step(
+        softmax(val_z / temperature, axis=1),
+        val_labels,
+        softmax(test_z / temperature, axis=1),
+        test_labels,
+        config,
+        multilabel=False,
+        classes=["no", "yes"],
+    )
+    sets = prediction_sets(
+        softmax(test_z / temperature, axis=1), result.qhat, config, multilabel=False, threshold=result.threshold
+    )
+    assert result.test["mean_set_size"] == pytest.approx(sets.sum(1).mean())
+    return sets
+
+
+def test_lac_sets_of_huge_margins_are_those_of_exact_arithmetic():
+    """Logit margins of hundreds (a run at a large learning rate): float64 probabilities round 1 − 10⁻²¹² to 1, yet
+    the sets are those of exact arithmetic, which in a binary task keep class k iff its margin z_k − z_other is at
+    least the calibration margin of rank ⌈(n + 1)(1 − α)⌉ by score, whatever the temperature."""
+    val_margin = np.concatenate([[-786.0, -487.7, -436.8, -114.1], np.random.default_rng(0).uniform(10, 1200, 16)])
+    val_z, val_labels, test_z, test_labels, test_margin = _huge_margins(val_margin)
+    cut = np.sort(val_margin)[20 - quantile_rank(20, 0.1)]  # the 2nd-smallest margin: -487.7
+    expected = np.stack([-test_margin >= cut, test_margin >= cut], axis=1)
+    assert 0 < expected.sum(1).mean() < 2  # the float64 scores alone would keep both classes everywhere
+    for temperature in (1.0, 50.0):
+        assert _sets_at(temperature, cfg("lac"), val_z, val_labels, test_z, test_labels).tolist() == expected.tolist()
+
+
+def test_aps_sets_of_huge_margins_are_those_of_exact_arithmetic():
+    """Non-randomised APS in a binary task: the less likely class scores exactly 1, the likelier p_top; with every
+    validation image right, the exact set holds the likelier class iff its margin is at most the rank-19 validation
+    margin (p_top ≤ q̂), though every such p_top rounds to 1 in float64."""
+    val_margin = np.random.default_rng(1).uniform(40, 700, 20)  # p_other ≥ 10⁻³⁰⁴: representable
+    val_z, val_labels, test_z, test_labels, test_margin = _huge_margins(val_margin)
+    cut = np.sort(val_margin)[quantile_rank(20, 0.1) - 1]
+    top = np.abs(test_margin) <= cut
+    expected = np.stack([top & (test_margin < 0), top & (test_margin > 0)], axis=1)
+    assert 0 < expected.sum() < 200
+    for temperature in (1.0, 50.0):
+        assert _sets_at(temperature, cfg("aps"), val_z, val_labels, test_z, test_labels).tolist() == expected.tolist()
 
 
 def test_set_metrics_by_hand():
