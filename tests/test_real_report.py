@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy.special import log_softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "benchmarks" / "real"
@@ -552,21 +553,19 @@ def test_mechanism_reads_the_prompt_mass_where_measured(report, tmp_path):
     )
 
 
+def _lac_sets(val, val_labels, test, alpha=0.1):
+    """Split-conformal LAC sets of the test images, from the definition in exact arithmetic: scores 1 − p_y on
+    validation, q̂ the ⌈(n+1)(1−α)⌉-th smallest (every class when that exceeds n), a class in the set when
+    1 − p_c ≤ q̂, i.e. log p_c ≥ the log p_y of that image (float64 log-softmax: exact where p rounds to 0 or 1)."""
+    log_val, log_test = log_softmax(np.asarray(val, np.float64), 1), log_softmax(np.asarray(test, np.float64), 1)
+    rank = math.ceil((len(val) + 1) * (1 - alpha))
+    if rank > len(val):
+        return np.ones(test.shape, bool)
+    return log_test >= np.sort(log_val[np.arange(len(val)), val_labels])[::-1][rank - 1]
+
+
 def _lac_set_size(val, val_labels, test, alpha=0.1):
-    """Mean test set size of split-conformal LAC sets, from the definition: scores 1 − p_y on validation, q̂ the
-    ⌈(n+1)(1−α)⌉-th smallest (every class when that exceeds n), a class in the set when 1 − p_c ≤ q̂. The softmax is
-    taken in float32, as the runs' scores are (a saturated p = 1 gives the score 0 exactly)."""
-
-    def softmax(z):
-        z = np.asarray(z, dtype=np.float32)
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float64)
-
-    scores = np.sort(1 - softmax(val)[np.arange(len(val)), val_labels])
-    rank = math.ceil((len(scores) + 1) * (1 - alpha))
-    if rank > len(scores):
-        return float(test.shape[1])
-    return float(((1 - softmax(test)) <= scores[rank - 1]).sum(axis=1).mean())
+    return float(_lac_sets(val, val_labels, test, alpha).sum(axis=1).mean())
 
 
 @pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
@@ -582,3 +581,31 @@ def test_prediction_set_sizes_of_the_kept_logits(report, dataset):
             expected = _lac_set_size(kept.val / t, kept.val_labels, kept.test / t)
             assert sizes[(str(record.spec.shots), record.spec.exp)] == pytest.approx(expected, abs=1e-12)
     assert linear
+
+
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
+def test_coverage_of_the_kept_runs_from_the_definition(report, dataset):
+    runs = [(r, k) for r, k in report.kept(REAL / dataset) if r.spec.method == "linear"]
+    if not runs:
+        pytest.skip(f"no kept logits for {dataset} yet")
+    got = report.coverages(runs, "linear")
+    for (_, kept), cov in zip(runs, got):
+        labels = np.asarray(kept.test_labels)
+        covered = _lac_sets(kept.val, kept.val_labels, kept.test)[np.arange(len(labels)), labels]
+        assert cov["coverage"] == pytest.approx(covered.mean(), abs=1e-12)
+        assert (cov["n"], cov["test"]) == (len(kept.val), len(labels))
+
+
+def test_mean_coverage_chance_against_a_simulation(report):
+    """The chance of a mean coverage this low among exchangeable runs: a run's coverage C ~ Beta(a, n + 1 − a) with
+    a = ⌈(n+1)(1−α)⌉, its covered count ~ Binomial(N, C); simulated, against the report's exact convolution."""
+    runs = [{"n": 20, "test": 624, "coverage": 0.87}] * 6 + [{"n": 30, "test": 100, "coverage": 0.9}] * 3
+    rng = np.random.default_rng(0)
+    total = np.zeros(200_000)
+    for run in runs:
+        a = math.ceil((run["n"] + 1) * 0.9 - 1e-9)
+        total += rng.binomial(run["test"], rng.beta(a, run["n"] + 1 - a, len(total)))
+    observed = sum(round(r["coverage"] * r["test"]) for r in runs)
+    expected = (total <= observed).mean()
+    assert 0.02 < expected < 0.98
+    assert report.mean_coverage_p(runs, 0.1) == pytest.approx(expected, abs=0.004)

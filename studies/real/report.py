@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from scipy.stats import betabinom
 
 from medpeft.analysis import holm, paired_comparison
 from medpeft.analysis.conformal_table import coverage_markdown, coverage_table, kept_runs
@@ -42,7 +43,7 @@ from medpeft.bench import read_index, selection
 from medpeft.bench.config import MethodEntry, method_entry
 from medpeft.bench.selection import choose, group_cells
 from medpeft.calibration import CalibrationWarning
-from medpeft.conformal import ConformalConfig, ConformalWarning
+from medpeft.conformal import ConformalConfig, ConformalWarning, quantile_rank
 from medpeft.files import read_json_lines
 from medpeft.methods import get_method
 from medpeft.posthoc import LOGITS_FILE, calibration_step, conformal_of
@@ -785,6 +786,70 @@ def set_sizes(runs, method: str, temperature: bool) -> dict[tuple, float]:
     return sizes
 
 
+def coverages(runs, method: str) -> list[dict]:
+    """Per kept run of ``method`` under :data:`PAIRED` (as trained): n validation images, the test images and the
+    sets' test coverage, overall and per class."""
+    out = []
+    for record, logits in runs:
+        if record.spec.method == method:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConformalWarning)
+                result = conformal_of(logits, record.task, PAIRED, seed=record.spec.seed)
+            out.append({"n": result.n_cal, "test": len(logits.test), **result.test})
+    return out
+
+
+def mean_coverage_p(runs: list[dict], alpha: float) -> float:
+    """P(mean test coverage ≤ the observed one) if every run's validation and test images were exchangeable: then
+    a run's count of covered test images is beta-binomial (N test images; a = ⌈(n+1)(1−α)⌉, b = n + 1 − a; Vovk
+    2012), independent across runs; the sum's law is their convolution (continuous scores, no ties)."""
+    law = np.ones(1)
+    for run in runs:
+        a = quantile_rank(run["n"], alpha)
+        law = np.convolve(law, betabinom.pmf(np.arange(run["test"] + 1), run["test"], a, run["n"] + 1 - a))
+    covered = round(sum(r["coverage"] * r["test"] for r in runs))
+    return float(min(1.0, law[: covered + 1].sum()))
+
+
+def guarantee(folder: Path, runs) -> list[str]:
+    """Whether the kept runs' test coverage is what exchangeable images give, and the class balance of validation
+    and test: the guarantee assumes the validation images are like the test images."""
+    lines = []
+    for method in sorted({r.spec.method for r, _ in runs}):
+        cov = coverages(runs, method)
+        if len(cov) < 5:
+            continue
+        n = cov[0]["n"]
+        a, chance = quantile_rank(n, PAIRED.alpha), mean_coverage_p(cov, PAIRED.alpha)
+        per_class = {c: np.mean([r["per_class_coverage"][c] for r in cov]) for c in cov[0]["per_class_coverage"]}
+        lines.append(
+            f"- {method} ({len(cov)} runs): mean test coverage {100 * np.mean([r['coverage'] for r in cov]):.1f} % "
+            f"(per class: {', '.join(f'{c} {100 * v:.1f} %' for c, v in per_class.items())}); exchangeable "
+            f"images would give {a}/{n + 1} = {100 * a / (n + 1):.1f} % on average, and a mean this low or lower "
+            f"with probability {chance:.2g}"
+            + (
+                ": too low for chance, so these validation images are not like the test images."
+                if chance < 0.05
+                else "."
+            )
+        )
+    if not lines:
+        return []
+    record, logits = runs[0]
+    balance = [
+        ", ".join(f"{c}: {np.sum(np.asarray(y) == k)}" for k, c in enumerate(record.task.classes))
+        for y in (logits.val_labels, logits.test_labels)
+    ]
+    return [
+        "",
+        f"Is the 90 % guarantee kept? It holds when validation and test images are exchangeable (drawn alike). "
+        f"LAC at α = {PAIRED.alpha:g}, as trained; the law of a run's coverage is beta-binomial (Vovk 2012). "
+        f"Images per class in validation (drawn from the training pool) {balance[0]}; in test {balance[1]}.",
+        "",
+        *lines,
+    ]
+
+
 def prediction_sets(folder: Path, study: list, cells: int) -> list[str]:
     """The prediction-set section of ``folder``'s study: how many selected runs have kept logits (and how many of
     them repeat the committed test accuracy), the coverage / set-size table, EPT against the scaled linear probe."""
@@ -810,6 +875,7 @@ def prediction_sets(folder: Path, study: list, cells: int) -> list[str]:
         "arithmetic: docs/reproducibility.md).",
         "",
         coverage_markdown(coverage_table(runs)),
+        *guarantee(folder, runs),
     ]
     ept, linear = set_sizes(runs, "ept", False), set_sizes(runs, "linear", True)
     cells = sorted(set(ept) & set(linear))
