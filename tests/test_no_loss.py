@@ -23,7 +23,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return official_root(tmp_path_factory.mktemp("data"), "colon")
+    return official_root(tmp_path_factory.mktemp("data"), "colon", held_out=300)
 
 
 def train_args(root, out, method="linear", *extra):

@@ -58,7 +58,7 @@ def test_the_test_split_never_influences_the_choice(demo_root, tmp_path):
 
 
 def test_prompt_gradient_off_trains_the_head_only(tmp_path, capsys):
-    root = official_root(tmp_path / "data", "colon")
+    root = official_root(tmp_path / "data", "colon", held_out=300)
     for method in ("vpt", "ept"):
         out = tmp_path / method
         code, _, err = run_cli(
