@@ -4,6 +4,11 @@ For each image the model's (C, S, S) logits are resized (bilinear) to the image'
 score them; the class of each pixel is the argmax, written as its mask value of the class map (``masks/<name>.png``:
 uint8, or uint16 where a value exceeds 255), and drawn over the image (``overlays/<name>.png``: every class but the
 first, the background, in its own colour at 45 % opacity).
+
+A volume in the list (NIfTI, NRRD, MHA, ... as ``seg-volumes`` reads them) is sliced along the run's axis with the
+training's intensity scaling (:func:`~medpeft.data.seg.to_uint8`), each slice predicted as an image, and the labels
+stacked back: ``masks/<case>.<ext>``, a label volume in the input's format, shape and geometry (affine, spacing,
+origin, direction), and ``overlays/<case>/<axis>-<slice>.png`` for the slices with a class other than background.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import check_files, read_image
+from .data import Samples, check_files, read_image
+from .data.seg import VOLUME_SUFFIXES, read_volume, to_uint8
+from .errors import UserError
 from .evaluate import predict_logits
 from .experiment import list_samples, load_run
 from .files import staged_dir
@@ -53,27 +60,85 @@ def predict_masks(
     overwrite: bool = False,
 ) -> int:
     """Write ``out/masks/<stem>.png`` and ``out/overlays/<stem>.png`` for every image of ``list_file`` (found where
-    the run's dataset keeps them; ``data_root`` overrides); returns how many. ``out`` appears once complete."""
+    the run's dataset keeps them; ``data_root`` overrides), ``out/masks/<case>.<ext>`` and
+    ``out/overlays/<case>/`` for every volume; returns how many. ``out`` appears once complete."""
     record = read_record(run_dir)
     samples = list_samples(record, list_file, data_root)
-    check_files(samples.sources, f"images of {list_file}")
+    volumes = [Path(s) for s in samples.sources if _is_volume(s)]
+    kept = [(n, s) for n, s in zip(samples.names, samples.sources) if not _is_volume(s)]
+    images = Samples([n for n, _ in kept], [s for _, s in kept])
+    check_files(images.sources, f"images of {list_file}")
+    missing = [str(v) for v in volumes if not v.is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} volumes of {list_file} are missing: {', '.join(missing[:3])}")
     model, record = load_run(run_dir, device=str(device))
     task = record.task
-    logits = predict_logits(
-        model, samples, task, img_size=model.config.img_size, batch_size=batch_size, device=device, progress=progress
-    )
+
+    def labels_of(part: Samples, sizes) -> list[np.ndarray]:
+        """The class index of every pixel of each image of ``part``, at its size."""
+        logits = predict_logits(
+            model, part, task, img_size=model.config.img_size, batch_size=batch_size, device=device, progress=progress
+        )
+        out = []
+        for logit, size in zip(logits, sizes):
+            x = torch.from_numpy(np.asarray(logit))[None]
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            out.append(x[0].argmax(0).numpy())
+        return out
+
     values = np.asarray(task.values)
     dtype = np.uint8 if values.max() <= 255 else np.uint16
     with staged_dir(Path(out), replace=overwrite) as stage:
         (stage / "masks").mkdir()
         (stage / "overlays").mkdir()
-        for name, source, logit in zip(samples.names, samples.sources, logits):
-            image = np.asarray(read_image(source))
-            x = torch.from_numpy(np.asarray(logit))[None]
-            if x.shape[-2:] != image.shape[:2]:
-                x = F.interpolate(x, size=image.shape[:2], mode="bilinear", align_corners=False)
-            labels = x[0].argmax(0).numpy()
-            stem = Path(name).stem
-            Image.fromarray(values[labels].astype(dtype)).save(stage / "masks" / f"{stem}.png")
-            Image.fromarray(overlay(image, labels, task.num_classes)).save(stage / "overlays" / f"{stem}.png")
+        if len(images):
+            pictures = [np.asarray(read_image(source)) for source in images.sources]
+            for name, image, labels in zip(images.names, pictures, labels_of(images, [p.shape[:2] for p in pictures])):
+                stem = Path(name).stem
+                Image.fromarray(values[labels].astype(dtype)).save(stage / "masks" / f"{stem}.png")
+                Image.fromarray(overlay(image, labels, task.num_classes)).save(stage / "overlays" / f"{stem}.png")
+        for source in volumes:
+            _predict_volume(source, record.spec.axis, labels_of, values.astype(dtype), task.num_classes, stage)
     return len(samples)
+
+
+def _is_volume(source) -> bool:
+    return isinstance(source, (str, Path)) and str(source).lower().endswith(VOLUME_SUFFIXES)
+
+
+def _predict_volume(source: Path, axis: int | None, labels_of, values: np.ndarray, num_classes: int, stage: Path):
+    """One volume's label volume and the overlays of its slices with a class other than background."""
+    axis = 2 if axis is None else axis
+    volume = to_uint8(read_volume(source))
+    slices = [np.take(volume, i, axis=axis) for i in range(volume.shape[axis])]
+    suffix = next(s for s in VOLUME_SUFFIXES if source.name.lower().endswith(s))
+    case = source.name[: -len(suffix)]
+    names = [f"{case}/{axis}-{i:04d}" for i in range(len(slices))]
+    labels = np.stack(labels_of(Samples(names, slices), [s.shape for s in slices]), axis=axis)
+    (stage / "overlays" / case).mkdir()
+    for i, (picture, name) in enumerate(zip(slices, names)):
+        cut = np.take(labels, i, axis=axis)
+        if (cut > 0).any():
+            rgb = np.repeat(picture[..., None], 3, axis=2)
+            Image.fromarray(overlay(rgb, cut, num_classes)).save(stage / "overlays" / f"{name}.png")
+    _write_like(source, values[labels], stage / "masks" / f"{case}{source.name[len(case) :]}")
+
+
+def _write_like(source: Path, labels: np.ndarray, path: Path) -> None:
+    """``labels`` (on ``source``'s squeezed voxel axes) written as ``path`` in ``source``'s format and geometry."""
+    if source.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel
+
+        reference = nibabel.load(str(source))
+        header = reference.header.copy()
+        header.set_data_dtype(labels.dtype)
+        header.set_slope_inter(1, 0)
+        nibabel.save(type(reference)(labels.reshape(reference.shape), reference.affine, header), str(path))
+        return
+    import SimpleITK as sitk
+
+    reference = sitk.ReadImage(str(source))
+    image = sitk.GetImageFromArray(labels.transpose().reshape(sitk.GetArrayViewFromImage(reference).shape))
+    image.CopyInformation(reference)
+    sitk.WriteImage(image, str(path))

@@ -16,7 +16,7 @@ from PIL import Image
 from medpeft import UserError, build_model, count_parameters
 from medpeft.cli import main
 from medpeft.data import load_dataset
-from medpeft.data.seg import read_mask
+from medpeft.data.seg import read_mask, read_volume, to_uint8
 from medpeft.evaluate import FeatureCache, predict_logits
 from medpeft.experiment import load_run
 from medpeft.families import family_of
@@ -346,6 +346,46 @@ def test_predict_writes_label_masks_and_overlays(seg_run, tmp_path, capsys):
         assert painted.shape == image.shape and np.array_equal(painted[labels == 0], image[labels == 0])
 
 
+def test_predict_on_volumes_writes_label_volumes_like_their_inputs(tmp_path, capsys):
+    """A seg-volumes run predicts a NIfTI and an NRRD volume: a label volume of the input's format, shape and
+    geometry whose every slice is what the 2-D path predicts for that slice written as a PNG."""
+    import nibabel
+    import SimpleITK as sitk
+
+    root = write_volumes(tmp_path / "v")
+    args = ["train", "--task", "seg-volumes", "--data-root", str(root), "--axis", "2", "--shots", "2"]
+    args += ["--method", "linear", "--head", "linear", "--backbone", "vit_tiny_patch16_224", "--no-pretrained"]
+    code, _, stderr = run_cli([*args, "--img-size", "32", "--epochs", "1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, stderr
+    sources = [root / "images" / "case0.nii.gz", root / "images" / "case3.nrrd"]
+    (tmp_path / "volumes.txt").write_text("".join(f"{p}\n" for p in sources))
+    code, stdout, stderr = run_cli(["predict", str(tmp_path / "run"), "--list", str(tmp_path / "volumes.txt")], capsys)
+    assert code == 0, stderr
+    masks, png = tmp_path / "run" / "volumes" / "masks", tmp_path / "png"
+    png.mkdir()
+    volumes = [read_volume(p) for p in sources]
+    slices = [f"{p.name.split('.')[0]}_{i}" for p in sources for i in range(6)]
+    for p, volume in zip(sources, volumes):
+        scaled = to_uint8(volume)
+        for i in range(6):
+            Image.fromarray(scaled[:, :, i]).save(png / f"{p.name.split('.')[0]}_{i}.png")
+    (tmp_path / "slices.txt").write_text("".join(f"{png / s}.png\n" for s in slices))
+    code, _, stderr = run_cli(["predict", str(tmp_path / "run"), "--list", str(tmp_path / "slices.txt")], capsys)
+    assert code == 0, stderr
+    reference = nibabel.load(str(sources[0]))
+    written = nibabel.load(str(masks / "case0.nii.gz"))
+    assert written.shape == reference.shape and np.array_equal(written.affine, reference.affine)
+    itk, itk_reference = sitk.ReadImage(str(masks / "case3.nrrd")), sitk.ReadImage(str(sources[1]))
+    assert itk.GetSpacing() == itk_reference.GetSpacing() and itk.GetOrigin() == itk_reference.GetOrigin()
+    for case, label in (("case0", np.asarray(written.dataobj)), ("case3", read_volume(masks / "case3.nrrd"))):
+        assert label.shape == (12, 10, 6) and set(np.unique(label)) == {0, 1}  # both classes predicted
+        for i in range(6):
+            expected = np.asarray(Image.open(tmp_path / "run" / "slices" / "masks" / f"{case}_{i}.png"))
+            assert np.array_equal(label[:, :, i], expected), (case, i)
+            overlay = tmp_path / "run" / "volumes" / "overlays" / case / f"2-{i:04d}.png"
+            assert overlay.is_file() == bool(expected.any())
+
+
 def test_export_gives_per_pixel_logits(seg_run, tmp_path, capsys):
     import onnxruntime as ort
 
@@ -390,24 +430,37 @@ def test_bench_selects_on_validation_miou(tmp_path, capsys):
     assert "seg-folder 1-shot (mIoU)" in summary and "HD95: in pixels, not ×100." in summary
 
 
-def test_volumes_are_sliced_along_the_stated_axis_with_cases_apart(tmp_path):
+def write_volumes(root, shape=(12, 10, 6)):
+    """Four cases of random volumes with a labelled box (three NIfTI with a scaled affine, one NRRD with spacing
+    and origin); case0 is the test case."""
     import nibabel
     import SimpleITK as sitk
 
-    (tmp_path / "v" / "images").mkdir(parents=True)
-    (tmp_path / "v" / "labels").mkdir()
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
     rng = np.random.default_rng(0)
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-10, 4, 7]
     for c in range(4):
-        image = rng.normal(size=(12, 10, 6)).astype(np.float32)
-        label = np.zeros((12, 10, 6), np.uint8)
+        image = rng.normal(size=shape).astype(np.float32)
+        label = np.zeros(shape, np.uint8)
         label[2:6, 3:7, 1 : 3 + c % 2] = 1  # slices 1, 2 (and 3) along axis 2 are labelled
+        image[label == 1] += 3
         if c < 3:
-            nibabel.save(nibabel.Nifti1Image(image, np.eye(4)), tmp_path / "v" / "images" / f"case{c}.nii.gz")
-            nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), tmp_path / "v" / "labels" / f"case{c}.nii.gz")
+            nibabel.save(nibabel.Nifti1Image(image, affine), root / "images" / f"case{c}.nii.gz")
+            nibabel.save(nibabel.Nifti1Image(label, affine), root / "labels" / f"case{c}.nii.gz")
         else:  # ITK arrays are (k, j, i)
-            sitk.WriteImage(sitk.GetImageFromArray(image.transpose()), tmp_path / "v" / "images" / "case3.nrrd")
-            sitk.WriteImage(sitk.GetImageFromArray(label.transpose()), tmp_path / "v" / "labels" / "case3.nrrd")
-    (tmp_path / "v" / "test.txt").write_text("case0\n")
+            for array, folder in ((image, "images"), (label, "labels")):
+                volume = sitk.GetImageFromArray(array.transpose())
+                volume.SetSpacing((0.5, 0.6, 3.0))
+                volume.SetOrigin((1.0, -2.0, 30.0))
+                sitk.WriteImage(volume, root / folder / "case3.nrrd")
+    (root / "test.txt").write_text("case0\n")
+    return root
+
+
+def test_volumes_are_sliced_along_the_stated_axis_with_cases_apart(tmp_path):
+    write_volumes(tmp_path / "v")
     data = load_dataset("seg-volumes", str(tmp_path / "v"), 2, 1, axis=2)
     assert sorted(data.test.names) == ["case0/2-0001", "case0/2-0002"]
     assert data.test.sources[0].shape == (12, 10) and data.test.masks[0].shape == (12, 10)
