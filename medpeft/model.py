@@ -85,8 +85,13 @@ def _whole_segmenter(spec: Method, num_classes: int, img_size, seed, mean, std, 
     if head is None:
         raise UserError(f"method {spec.full_name!r} is a whole segmenter: it takes segmentation tasks only")
     size = img_size or 224
-    if size % 32:
-        raise ParameterError("img_size", "{img_size} {value}: method 'unet' needs a multiple of 32", value=size)
+    if size % 32 or size < 64:
+        raise ParameterError(
+            "img_size",
+            "{img_size} {value}: method 'unet' needs a multiple of 32, at least 64 (its encoder halves the image five "
+            "times; a 1 × 1 bottleneck cannot be batch-normalised over a batch of one image)",
+            value=size,
+        )
     with seeded(seed):
         net = spec.standalone(num_classes)
     config = ModelConfig(

@@ -502,6 +502,11 @@ def test_unet_baseline_trains_from_scratch_through_the_same_pipeline(tmp_path, c
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2, 64, 64)
     with pytest.raises(UserError, match="segmentation tasks only"):
         build_model("unet", num_classes=2)
+    for size in ("48", "32"):  # not a multiple of 32; a 1 × 1 bottleneck (batch norm fails on a batch of one)
+        args[args.index("--img-size") + 1] = size
+        code, _, stderr = run_cli([*args, "--out", str(tmp_path / size)], capsys)
+        assert code == 2 and f"--img-size {size}: method 'unet' needs a multiple of 32, at least 64" in stderr
+        assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / size).exists()
 
 
 def test_real_mask_sets_need_no_data_root(tmp_path, monkeypatch):

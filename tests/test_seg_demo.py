@@ -29,14 +29,14 @@ def test_seg_demo_pipeline_writes_the_table_and_the_figure(tmp_path):
         img_size=32,
         methods={"linear": 0.1, "ept": 0.05},
         epochs=1,
-        unet={"img_size": 32, "lr": 0.05, "options": {"encoder": "resnet18"}},
+        unet={"img_size": 64, "lr": 0.05, "options": {"encoder": "resnet18"}},
         shots=2,
     )
     table = seg_demo(tmp_path / "out", vit, unet, progress=False)
     assert (tmp_path / "out" / "demo_seg.md").read_text() == table
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| ")}
     unet_row = next(name for name in rows if name.startswith("unet"))
-    assert {"linear", "ept"} <= set(rows) and unet_row.endswith(", 32 px")
+    assert {"linear", "ept"} <= set(rows) and unet_row.endswith(", 64 px")
     assert any(name.startswith("floor: per-image") for name in rows) and any("logistic" in name for name in rows)
     # each method's cells are its run record's test metrics ×100 and its trainable parameters
     for method, bench in (("linear", "bench"), ("ept", "bench"), ("unet", "unet")):
