@@ -60,3 +60,21 @@ def test_paired_tests_and_holm(report):
     assert min(t["p_holm"] for t in tests) == pytest.approx(min(1, len(ps) * ps[0]))
     text = "\n".join(report.verdict(rows, tests))
     assert "ept" in text and "Otsu thresholds" in text
+
+
+@pytest.mark.parametrize("name", ["icbm152-tissue", "stardist-nuclei"])
+def test_committed_floors_rows_from_their_jsonl(report, name):
+    """The committed results' floor rows: mean ± sample std of test mIoU per shot count, recomputed from the
+    committed floors.jsonl; the rows not run yet are named."""
+    import json
+
+    lines = [json.loads(line) for line in (ROOT / "benchmarks" / "seg" / name / "floors" / "floors.jsonl").open()]
+    text = (ROOT / "benchmarks" / "seg" / "results.md").read_text()
+    section = text.split(report.SETS[name])[1].split("\n### ")[0]
+    for floor, label in report.FLOORS.items():
+        line = next(line for line in section.splitlines() if line.startswith(f"| floor: {label} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for shots, cell in zip((1, 5, 10), cells[1:4]):
+            values = 100 * np.array([r["test"]["mIoU"] for r in lines if r["floor"] == floor and r["shots"] == shots])
+            assert len(values) == 3 and cell == f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+    assert report.progress(report.load(ROOT / "benchmarks" / "seg" / name)) in section
