@@ -168,7 +168,8 @@ def _score_parts(probs, config: ConformalConfig, u) -> tuple[np.ndarray, np.ndar
     below = (p[:, None, :] * (p[:, None, :] < p[:, :, None])).sum(-1)
     if config.randomized:
         u = np.asarray(u, dtype=np.float64)[:, None]
-        scores, mass, rest, rank = above + u * p, above + u * p, below + (1 - u) * p, 1 + greater.sum(-1)
+        scores, rest, rank = above + u * p, below + (1 - u) * p, 1 + greater.sum(-1)
+        mass = scores
     else:
         at_least = p[:, None, :] >= p[:, :, None]
         scores, mass, rest, rank = 1 - below, (p[:, None, :] * at_least).sum(-1), below, at_least.sum(-1)

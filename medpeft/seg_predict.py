@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import Samples, check_files, read_image
-from .data.seg import VOLUME_SUFFIXES, read_volume, to_uint8
+from .data.seg import read_volume, to_uint8, volume_stem
 from .errors import UserError
 from .evaluate import predict_logits
 from .experiment import list_samples, load_run
@@ -64,13 +64,16 @@ def predict_masks(
     ``out/overlays/<case>/`` for every volume; returns how many. ``out`` appears once complete."""
     record = read_record(run_dir)
     samples = list_samples(record, list_file, data_root)
-    volumes = [Path(s) for s in samples.sources if _is_volume(s)]
-    kept = [(n, s) for n, s in zip(samples.names, samples.sources) if not _is_volume(s)]
+    cases = [volume_stem(Path(s)) if isinstance(s, (str, Path)) else None for s in samples.sources]
+    volumes = {case: Path(s) for case, s in zip(cases, samples.sources) if case is not None}
+    kept = [(n, s) for n, s, case in zip(samples.names, samples.sources, cases) if case is None]
     images = Samples([n for n, _ in kept], [s for _, s in kept])
     check_files(images.sources, f"images of {list_file}")
-    missing = [str(v) for v in volumes if not v.is_file()]
+    missing = [str(v) for v in volumes.values() if not v.is_file()]
     if missing:
         raise UserError(f"{len(missing)} volumes of {list_file} are missing: {', '.join(missing[:3])}")
+    if len(volumes) < len(cases) - len(kept):
+        raise UserError(f"{list_file} names two volumes of one case name: their masks/<case> files would collide")
     model, record = load_run(run_dir, device=str(device))
     task = record.task
 
@@ -98,22 +101,18 @@ def predict_masks(
                 stem = Path(name).stem
                 Image.fromarray(values[labels].astype(dtype)).save(stage / "masks" / f"{stem}.png")
                 Image.fromarray(overlay(image, labels, task.num_classes)).save(stage / "overlays" / f"{stem}.png")
-        for source in volumes:
-            _predict_volume(source, record.spec.axis, labels_of, values.astype(dtype), task.num_classes, stage)
+        for case, source in volumes.items():
+            _predict_volume(source, case, record.spec.axis, labels_of, values.astype(dtype), task.num_classes, stage)
     return len(samples)
 
 
-def _is_volume(source) -> bool:
-    return isinstance(source, (str, Path)) and str(source).lower().endswith(VOLUME_SUFFIXES)
-
-
-def _predict_volume(source: Path, axis: int | None, labels_of, values: np.ndarray, num_classes: int, stage: Path):
+def _predict_volume(
+    source: Path, case: str, axis: int | None, labels_of, values: np.ndarray, num_classes: int, stage: Path
+):
     """One volume's label volume and the overlays of its slices with a class other than background."""
     axis = 2 if axis is None else axis
     volume = to_uint8(read_volume(source))
     slices = [np.take(volume, i, axis=axis) for i in range(volume.shape[axis])]
-    suffix = next(s for s in VOLUME_SUFFIXES if source.name.lower().endswith(s))
-    case = source.name[: -len(suffix)]
     names = [f"{case}/{axis}-{i:04d}" for i in range(len(slices))]
     labels = np.stack(labels_of(Samples(names, slices), [s.shape for s in slices]), axis=axis)
     (stage / "overlays" / case).mkdir()

@@ -384,6 +384,10 @@ def test_predict_on_volumes_writes_label_volumes_like_their_inputs(tmp_path, cap
             assert np.array_equal(label[:, :, i], expected), (case, i)
             overlay = tmp_path / "run" / "volumes" / "overlays" / case / f"2-{i:04d}.png"
             assert overlay.is_file() == bool(expected.any())
+    (tmp_path / "twice.txt").write_text(f"{sources[0]}\n{sources[0]}\n")
+    code, _, stderr = run_cli(["predict", str(tmp_path / "run"), "--list", str(tmp_path / "twice.txt")], capsys)
+    assert code == 2 and "names two volumes of one case name" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "twice").exists()
 
 
 def test_export_gives_per_pixel_logits(seg_run, tmp_path, capsys):

@@ -387,7 +387,8 @@ def _load(name, root, pairs, shots, exp, seed, test_file, test=None, val=None, t
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".mnc", ".img")
 
 
-def _volume_stem(path: Path) -> str | None:
+def volume_stem(path: Path) -> str | None:
+    """The case name of a volume file (its name without a :data:`VOLUME_SUFFIXES` suffix); None: not a volume."""
     name = path.name.lower()
     suffix = next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
     return None if suffix is None else path.name[: -len(suffix)]
@@ -429,8 +430,8 @@ def volume_pairs(root: Path, axis: int) -> list[Pair]:
     if axis not in (0, 1, 2):
         raise ParameterError("axis", "{axis} {value}: a volume is sliced along voxel axis 0, 1 or 2", value=axis)
     folder = next((root / n for n in ("labels", "masks") if (root / n).is_dir()), root / "labels")
-    images = {_volume_stem(p): p for p in sorted((root / "images").glob("*")) if _volume_stem(p)}
-    labels = {_volume_stem(p): p for p in sorted(folder.glob("*")) if _volume_stem(p)} if folder.is_dir() else {}
+    images = {volume_stem(p): p for p in sorted((root / "images").glob("*")) if volume_stem(p)}
+    labels = {volume_stem(p): p for p in sorted(folder.glob("*")) if volume_stem(p)} if folder.is_dir() else {}
     if not images:
         raise UserError(f"{root / 'images'} holds no volumes ({', '.join(VOLUME_SUFFIXES)})")
     pairs = []
