@@ -1,7 +1,7 @@
 """The real study's report (studies/real/report.py) against numbers recomputed here from the committed files with
 plain json, yaml and numpy: validation selection (ties to the first stage of the staged search), the complete cells,
 the table's means, the sizes chosen, before/after the length search, EPT's rank, Holm's correction and the paired
-tests; on the committed records, the committed partial records of the staged study and a small synthetic study."""
+tests; on the committed records, a part of them (a study stopped half way) and a small synthetic study."""
 
 import copy
 import importlib.util
@@ -16,7 +16,7 @@ from scipy.special import log_softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "benchmarks" / "real"
-STUDIES = [(d, f) for d in ("pneumoniamnist", "br35h") for f in ("runs.jsonl", "runs-staged-partial.jsonl")]
+DATASETS = ("pneumoniamnist", "br35h")
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,25 @@ def report():
     return module
 
 
-def _study(tmp_path: Path, dataset: str, file: str) -> Path:
-    """A study folder whose bench/runs.jsonl is ``file`` of the committed ``dataset`` study (the rest linked)."""
+def _study(tmp_path: Path, dataset: str, keep=None) -> Path:
+    """A study folder holding the committed ``dataset`` study (linked), its records those ``keep`` keeps (all)."""
     folder = tmp_path / dataset
     (folder / "bench").mkdir(parents=True)
-    (folder / "bench" / "runs.jsonl").symlink_to(REAL / dataset / "bench" / file)
+    committed = REAL / dataset / "bench" / "runs.jsonl"
+    if keep is None:
+        (folder / "bench" / "runs.jsonl").symlink_to(committed)
+    else:
+        lines = committed.read_text().splitlines(keepends=True)
+        (folder / "bench" / "runs.jsonl").write_text("".join(x for x in lines if keep(json.loads(x))))
     for name in ("study.yaml", "control", "floors"):
         (folder / name).symlink_to(REAL / dataset / name)
     return folder
+
+
+def _half_way(r: dict) -> bool:
+    """A study stopped part way through its length search: sampling 5's stage-2 runs and EPT's 10-shot ones not in."""
+    s = r["spec"]
+    return _stage(r) == 1 or not (s["exp"] == 5 or (s["label"] == "ept" and s["shots"] == 10))
 
 
 def _lines(folder: Path) -> list[dict]:
@@ -102,9 +113,10 @@ def _sizes(folder: Path) -> dict[str, str]:
     return {m["method"]: next(iter(m["then"])) for m in study["methods"] if isinstance(m, dict) and m.get("then")}
 
 
-@pytest.mark.parametrize("dataset, file", STUDIES)
-def test_rows_are_the_validation_selected_runs_of_the_complete_cells(report, tmp_path, dataset, file):
-    folder = _study(tmp_path, dataset, file)
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("whole", [True, False])
+def test_rows_are_the_validation_selected_runs_of_the_complete_cells(report, tmp_path, dataset, whole):
+    folder = _study(tmp_path, dataset, None if whole else _half_way)
     study = report.read_index(folder / "bench")
     for first_stage in (False, True):
         rows = report.load(folder, study, first_stage=first_stage)
@@ -118,24 +130,30 @@ def test_rows_are_the_validation_selected_runs_of_the_complete_cells(report, tmp
         assert {k.kind for k in rows} == set(report.Kind)
         methods = {k: v for k, v in rows.items() if k.kind is report.Kind.METHOD}
         assert sum(map(len, methods.values())) == len(by_hand)
-    if file == "runs.jsonl":  # the committed study: every cell complete, selected as the bench marked
-        assert len(by_hand) == 165 and all(r["selected"] for r in by_hand.values())
+    chosen = _by_hand(folder)
+    assert all(r["selected"] for r in chosen.values())  # the bench's own choice in every complete cell
+    assert len(chosen) == (165 if whole else 165 - 3 * 3 - 4)  # a stopped study: its open cells left out
 
 
-@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
-def test_the_partial_staged_study_leaves_out_the_cells_not_all_in(report, tmp_path, dataset):
-    folder = _study(tmp_path, dataset, "runs-staged-partial.jsonl")
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_a_study_stopped_half_way_leaves_out_the_cells_not_all_in(report, tmp_path, dataset):
+    folder = _study(tmp_path, dataset, _half_way)
     complete = report.complete(folder, report.read_index(folder / "bench"))
     by_hand = _by_hand(folder)
     assert {(label, shots, exp) for label, _, shots, exp, _ in complete} == set(by_hand)
-    staged = [cell for cell in by_hand if cell[0] in ("ept", "vpt", "vp")]
-    assert 0 < len(staged) < 45  # the staged search is part way: some of its cells are in, not all
-    assert all(r["selected"] for r in by_hand.values())  # the bench's own choice in every complete cell
+    assert set(_by_hand(_study(tmp_path / "all", dataset))) - set(by_hand) == {
+        (m, shots, exp)
+        for m in ("ept", "vpt", "vp")
+        for shots in (1, 5, 10)
+        for exp in (1, 2, 3, 4, 5)
+        if exp == 5 or (m == "ept" and shots == 10)
+    }
 
 
-@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
-def test_sizes_chosen_before_after_and_ranks_on_the_partial_staged_study(report, tmp_path, dataset):
-    folder = _study(tmp_path, dataset, "runs-staged-partial.jsonl")
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("whole", [True, False])
+def test_sizes_chosen_before_after_and_ranks(report, tmp_path, dataset, whole):
+    folder = _study(tmp_path, dataset, None if whole else _half_way)
     study = report.read_index(folder / "bench")
     rows, before = report.load(folder, study), report.load(folder, study, first_stage=True)
     blocks = report.lengths(folder, study, rows, before)
@@ -370,13 +388,19 @@ def test_features_reads_the_analysis_groups(report, tmp_path):
         group("vp", 7.0, 1.0, 110.0, 20.0),  # spread 18 %
         group("lora", 29.0, 1.0, 100.5, 0.1),
     ]  # 0.1 % spread but within 1 % of the pretrained scatter
+    runs = {"linear/a": {"label": "linear"}, "ept/b": {"label": "ept"}, "ept/c": {"label": "ept"}}
+    runs["pretrain/x"] = {"label": "pretrain"}
     (tmp_path / "bench" / "analysis").mkdir(parents=True)
-    (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"groups": groups}))
-    [line] = report.features(tmp_path)
+    (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"groups": groups, "runs": runs}))
+    rows = {"linear": {(10, 1): {"key": "linear/a"}}, "ept": {(10, 1): {"key": "ept/b"}, (10, 2): {"key": "ept/c"}}}
+    [line] = report.features(tmp_path, rows)
     assert "pretrained backbone 30.0, EPT 12.0 ± 0.05, lowest vp 7.0." in line and "10-shot" in line
     assert "ept (intra-class scatter's std over the runs 0.1 % of its mean)" in line
-    assert "vp (" not in line and "lora (" not in line and "linear (" not in line
-    assert report.features(tmp_path / "missing") == []
+    assert "vp (" not in line and "lora (" not in line and "linear (" not in line and "any more" not in line
+    rows["ept"][(10, 2)] = {"key": "ept/d"}  # the length search chose another run in one cell
+    [stale] = report.features(tmp_path, rows)
+    assert stale.startswith(line) and "**Not the selected runs any more:** 1 of the 3 runs analysed (ept 1)" in stale
+    assert report.features(tmp_path / "missing", rows) == []
 
 
 SYNTHETIC = """search: {lr: [0.001, 0.01]}
@@ -417,7 +441,7 @@ def _record(template: dict, method: str, exp: int, lr: float, val: float, auc: f
 def _synthetic(folder: Path) -> Path:
     """Linear (rate 0.001 wins, 60 %) and EPT in four cells: 1 ties stage 2 with stage 1 (stage 1 kept), 2 is won
     on AUC by length 10, 3 lacks a stage-2 run (left out), 4 ties lengths 1 and 10 fully (length 1)."""
-    template = json.loads((REAL / "pneumoniamnist" / "bench" / "runs-staged-partial.jsonl").open().readline())
+    template = json.loads((REAL / "pneumoniamnist" / "bench" / "runs.jsonl").open().readline())
     runs = []
     for exp in (1, 2, 3, 4):
         runs += [
@@ -484,7 +508,7 @@ def test_a_synthetic_staged_study_by_its_construction_and_by_hand(report, tmp_pa
 
 
 def test_the_length_search_not_started_leaves_the_tables_as_they_were(report, tmp_path):
-    folder = _study(tmp_path, "br35h", "runs.jsonl")
+    folder = _study(tmp_path, "br35h", lambda r: _stage(r) == 1)
     study = report.read_index(folder / "bench")
     rows = report.load(folder, study)
     [[text]] = report.lengths(folder, study, rows, rows)
@@ -499,9 +523,9 @@ def _size_cells(*sizes, key="prompt_length"):
 
 def test_size_edges_name_the_methods_at_an_end_of_their_size_grid(report):
     staged = {
-        "ept": ("prompt_length", [1, 10, 50, 100], 100, 1),
-        "vpt": ("prompt_length", [1, 10, 50, 100], 10, 1),
-        "vp": ("prompt_size", [4, 8, 16, 30], 30, 1),
+        "ept": report.Sizes("prompt_length", [1, 10, 50, 100], 100, 1, [1, 10, 50, 100]),
+        "vpt": report.Sizes("prompt_length", [1, 10, 50, 100], 10, 1, [1, 10, 50, 100]),
+        "vp": report.Sizes("prompt_size", [4, 8, 16, 30], 30, 1, [4, 8, 16, 30]),
     }
     rows = {
         "ept": _size_cells(100, 100, 10),  # 2 of 3 at the largest
@@ -509,38 +533,66 @@ def test_size_edges_name_the_methods_at_an_end_of_their_size_grid(report):
         "vp": _size_cells(4, 4, 4, key="prompt_size"),  # 3 of 3 at the smallest
     }
     line = report.size_edges(rows, staged)
-    assert "ept chose prompt_length 100, the grid's largest, in 2 of 3 cells;" in line
-    assert "vp chose prompt_size 4, the grid's smallest, in 3 of 3 cells (" in line and "vpt" not in line
+    assert "ept chose prompt_length 100, the grid's largest, in 2 of 3 cells: the grid is to be extended that way " \
+           "once;" in line  # fmt: skip
+    assert "vp chose prompt_size 4, the grid's smallest, in 3 of 3 cells: the grid" in line and "vpt" not in line
     lowest = report.size_edges({"vpt": _size_cells(1, 1, 1)}, staged)
-    assert "in 3 of 3 cells (it cannot go lower: 1 is the least prompt_length there is)" in lowest
-    assert line.endswith("the grid is to be extended that way once.")
+    assert lowest.endswith("in 3 of 3 cells (it cannot go lower: 1 is the least prompt_length there is).")
     assert "none" in report.size_edges({"ept": _size_cells(100, 100)}, staged)  # too few cells to tell
 
 
+def test_size_edges_after_the_extension_read_the_first_grid_and_say_what_the_new_one_chose(report):
+    staged = {"vp": report.Sizes("prompt_size", [4, 8, 16, 30, 40, 55], 30, 1, [4, 8, 16, 30])}
+    assert staged["vp"].extension == [40, 55]
+    first = {"vp": _size_cells(30, 30, 16, 30, key="prompt_size")}  # 3 of 4 at 30 among the first grid's runs
+    rows = {"vp": _size_cells(55, 40, 16, 55, key="prompt_size")}
+    line = report.size_edges(rows, staged, first)
+    assert line == (
+        "**Size at the grid's edge** (67 % of the cells or more): vp chose prompt_size 30, the first grid's largest, "
+        "in 3 of 4 cells; extended once to 40, 55, it chose them in 3 of 4 cells, the new largest 55 in 2."
+    )
+    at_edge = report.size_edges({"vp": _size_cells(55, 55, 16, 55, key="prompt_size")}, staged, first)
+    assert at_edge.endswith("the new largest 55 in 3 (the rule extends once: the optimum may lie beyond).")
+    assert "none" in report.size_edges(rows, staged, {"vp": _size_cells(8, 30, 16, 30, key="prompt_size")})
+
+
 def test_mechanism_reads_the_prompt_mass_where_measured(report, tmp_path):
-    staged = {"ept": ("prompt_length", [1, 10, 100], 100, 1)}
+    staged = {"ept": report.Sizes("prompt_length", [1, 10, 100], 100, 1, [1, 10, 100])}
     rows = {"ept": {(10, 1): {"key": "a"}, (10, 2): {"key": "b"}}}
     [[missing]] = report.mechanism(tmp_path, rows, staged)
     assert "not measured yet" in missing
 
-    def run(options, scatter, init, trained):
+    def run(options, scatter, init, trained, exp=1):
         mass = {
             "blocks": [0, 1],
             **{w: {"mean": v, "min": v, "max": v} for w, v in (("init", init), ("trained", trained))},
         }
-        return {"label": "ept", "shots": 10, "options": options, "intra_class_scatter": scatter, "prompt_mass": mass}
+        return {
+            "label": "ept",
+            "shots": 10,
+            "exp": exp,
+            "options": options,
+            "intra_class_scatter": scatter,
+            "prompt_mass": mass,
+        }
 
     runs = {
         "a": run({}, 100.0, [0.9, 0.8], [0.85, 0.75]),
-        "b": run({}, 100.05, [0.9, 0.8], [0.95, 0.85]),
-        "c": run({"prompt_length": 1}, 90.0, [0.1, 0.2], [0.3, 0.4]),  # analysed, not selected
+        "b": run({}, 100.05, [0.9, 0.8], [0.95, 0.85], exp=2),
+        "c": run({"prompt_length": 1}, 90.0, [0.1, 0.2], [0.3, 0.4], exp=2),  # analysed, not selected
         "d": {"label": "linear", "shots": 10, "options": {}, "intra_class_scatter": 1.0},
     }
-    (tmp_path / "bench" / "analysis").mkdir(parents=True)
     figures = [{"kind": "prompt_mass", "file": "prompt_mass_x.png"}, {"kind": "pca", "file": "pca_x.png"}]
-    (tmp_path / "bench" / "analysis" / "analysis.json").write_text(json.dumps({"runs": runs, "figures": figures}))
+    for where, names in (("bench/analysis", "abd"), ("prompt_mass", "ac")):  # a in both: counted once
+        (tmp_path / where).mkdir(parents=True)
+        analysis = {"runs": {n: runs[n] for n in names}, "figures": figures}
+        (tmp_path / where / "analysis.json").write_text(json.dumps(analysis))
     [text], table, [finding] = report.mechanism(tmp_path, rows, staged)
-    assert "3 EPT runs, 10-shot" in text and text.endswith("Per block: `bench/analysis/prompt_mass_x.png`.")
+    assert text.startswith(
+        "**The mechanism** (`bench/analysis/` and `prompt_mass/`: 3 EPT runs in 10-shot sampling 1, 10-shot "
+        "sampling 2, on the test images)"
+    )
+    assert text.endswith("Per block: `bench/analysis/prompt_mass_x.png`. Per block: `prompt_mass/prompt_mass_x.png`.")
     # length 100: mass per run (0.85, 0.85) at init, (0.80, 0.90) trained; blocks trained (0.90, 0.80); the
     # scatter's sample std over a and b: 0.05 / sqrt(2) of 100.025
     assert table[2:] == [
@@ -609,3 +661,42 @@ def test_mean_coverage_chance_against_a_simulation(report):
     expected = (total <= observed).mean()
     assert 0.02 < expected < 0.98
     assert report.mean_coverage_p(runs, 0.1) == pytest.approx(expected, abs=0.004)
+
+
+def test_the_first_grid_leaves_out_the_extension_runs_and_only_them(report, tmp_path):
+    folder = _synthetic(tmp_path / "s")
+    (folder / "study.yaml").write_text(SYNTHETIC.replace("[1, 10, 100]", "[1, 10, 100, 150]"))
+    template = json.loads((folder / "bench" / "runs.jsonl").open().readline())
+    wins = [
+        _record(template, "ept", 1, 0.001, 0.99, 0.9, 0.3, 150),
+        _record(template, "ept", 2, 0.01, 0.1, 0.5, 0.9, 150),
+    ]
+    with (folder / "bench" / "runs.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in wins)  # exp 4 lacks its 150 run now: not complete
+    study = report.read_index(folder / "bench")
+    assert report.sizes(folder)["ept"].extension == [150]
+    rows, first = report.load(folder, study), report.load(folder, study, first_grid=True)
+    assert {e: c["options"]["prompt_length"] for (_, e), c in rows["ept"].items()} == {1: 150, 2: 10}
+    assert {e: c["options"]["prompt_length"] for (_, e), c in first["ept"].items()} == {1: 100, 2: 10}
+    assert first["linear"] == rows["linear"]
+
+
+def test_the_edge_rule_on_the_committed_study_counts_the_first_grid(report, tmp_path):
+    """PneumoniaMNIST's VP grid was extended once (to 40 px): the rule's count is the choice among the first grid's
+    runs, recomputed by hand on a copy without the extension; the line then says what the whole grid chose."""
+    first = _study(tmp_path / "first", "pneumoniamnist", lambda r: r["spec"]["candidate"].get("prompt_size", 0) <= 30)
+    (first / "study.yaml").unlink()
+    grid = (REAL / "pneumoniamnist" / "study.yaml").read_text()
+    assert "prompt_size: [4, 8, 16, 30, 40]" in grid
+    (first / "study.yaml").write_text(grid.replace("[4, 8, 16, 30, 40]", "[4, 8, 16, 30]"))
+    was = [r["model"]["options"]["prompt_size"] for (m, *_), r in _by_hand(first).items() if m == "vp"]
+    whole = _study(tmp_path / "whole", "pneumoniamnist")
+    now = [r["model"]["options"]["prompt_size"] for (m, *_), r in _by_hand(whole).items() if m == "vp"]
+    assert len(was) == len(now) == 15 and was.count(30) >= 2 / 3 * 15  # why the grid was extended
+    study = report.read_index(whole / "bench")
+    rows, staged = report.load(whole, study), report.sizes(whole)
+    line = report.size_edges(rows, staged, report.load(whole, study, first_grid=True))
+    assert (
+        f"vp chose prompt_size 30, the first grid's largest, in {was.count(30)} of 15 cells; extended once to 40, it "
+        f"chose 40 in {now.count(40)} of 15 cells"
+    ) in line

@@ -19,6 +19,7 @@ for ds in ${DATASETS:-pneumoniamnist br35h}; do
   floors=pixels,cls,mean; [ $ds = br35h ] && floors=$floors,metadata
   medpeft floors --config $here/study.yaml --floors $floors --out $here/floors
   medpeft analyze $here/bench --out $here/bench/analysis
+  python studies/real/prompt_mass.py $here  # EPT at every prompt length in one cell: the attention mass it absorbs
 done
 python studies/real/report.py
 python studies/real/figures.py

@@ -32,6 +32,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -64,6 +65,9 @@ FLOORS = {
     "metadata": "file metadata + random forest",
 }
 SHOTS = (1, 5, 10)
+FIRST_SIZES = {"prompt_length": (1, 10, 50, 100), "prompt_size": (4, 8, 16, 30)}
+"""Issue 34's grids of the prompt's size; the values of a ``study.yaml`` grid beyond them are the edge rule's one
+extension (the grid's end chosen in 2/3 of the cells or more), searched like the rest."""
 START, END = "<!-- real-study:start -->", "<!-- real-study:end -->"
 
 
@@ -73,6 +77,21 @@ class Kind(enum.Enum):
     METHOD = "method"
     CONTROL = "control"
     FLOOR = "floor"
+
+
+class Sizes(NamedTuple):
+    """A prompt method's staged search of one option: the option, its grid, its default, the least value it takes
+    and ``first``, the grid before the edge rule's extension (:data:`FIRST_SIZES`)."""
+
+    key: str
+    grid: list
+    default: object
+    least: object
+    first: list
+
+    @property
+    def extension(self) -> list:
+        return [v for v in self.grid if v not in self.first]
 
 
 class Row(str):
@@ -134,13 +153,27 @@ def complete(folder: Path, records: list) -> set[tuple]:
     return done
 
 
-def load(folder: Path, study: list, *, first_stage: bool = False) -> dict[Row, dict[tuple, dict]]:
+def beyond(record, size: Sizes) -> bool:
+    """Whether ``record`` is a run of the edge rule's extension of ``size``'s grid."""
+    return record.spec.candidate.get(size.key) in size.extension
+
+
+def load(
+    folder: Path, study: list, *, first_stage: bool = False, first_grid: bool = False
+) -> dict[Row, dict[tuple, dict]]:
     """``{row: {(shots, exp): {"accuracy", "AUC", "ECE", "ECE_cal", "lr", "options", "key"}}}`` of the selected runs
     of ``study``'s complete cells (:func:`complete`; ``study``: the records of ``folder/bench``), chosen among the
-    first stage's runs only with ``first_stage`` (the protocol before the length search); of the control, and of
-    the floors."""
+    first stage's runs only with ``first_stage`` (the protocol before the length search), without the runs of the
+    edge rule's extension with ``first_grid`` (:class:`Sizes`); of the control, and of the floors."""
     done = complete(folder, study)
-    study = [r for r in study if r.spec.cell in done and not (first_stage and stage(r) == 2)]
+    staged = sizes(folder) if first_grid else {}
+    study = [
+        r
+        for r in study
+        if r.spec.cell in done
+        and not (first_stage and stage(r) == 2)
+        and not (r.spec.label in staged and beyond(r, staged[r.spec.label]))
+    ]
     rows: dict[Row, dict[tuple, dict]] = {}
     for records, kind in ((study, Kind.METHOD), (read_index(folder / "control"), Kind.CONTROL)):
         for r in selected(records):
@@ -234,15 +267,17 @@ def edges(rows: dict[str, dict[tuple, dict]], grid: dict[str, list[float]], shar
     )
 
 
-def sizes(folder: Path) -> dict[str, tuple[str, list, object, object]]:
-    """``{label: (option, its staged grid, its default, the least value it takes)}`` of the methods whose staged
-    search tries one option (the prompt's length; VP's frame width)."""
+def sizes(folder: Path) -> dict[str, Sizes]:
+    """``{label: its Sizes}`` of the methods whose staged search tries one option (the prompt's length; VP's frame
+    width)."""
     found = {}
     for label, e in entries(folder).items():
         if len(e.then) == 1:
             [(key, grid)] = e.then.items()
             method = get_method(e.method, **e.options)
-            found[label] = key, list(grid), method.options()[key], method.__dataclass_fields__[key].metadata.get("min")
+            first = [v for v in grid if v in FIRST_SIZES.get(key, grid)]
+            least = method.__dataclass_fields__[key].metadata.get("min")
+            found[label] = Sizes(key, list(grid), method.options()[key], least, first)
     return found
 
 
@@ -252,8 +287,12 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
     staged = {m: v for m, v in sizes(folder).items() if m in rows}
     if not staged:
         return []
-    defaults = ", ".join(f"{m} {key} {default}" for m, (key, _, default, _) in staged.items())
-    grids = "; ".join(f"{m} {key} {', '.join(map(str, grid))}" for m, (key, grid, *_) in staged.items())
+    defaults = ", ".join(f"{m} {s.key} {s.default}" for m, s in staged.items())
+    grids = "; ".join(
+        f"{m} {s.key} {', '.join(map(str, s.grid))}"
+        + (f" ({', '.join(map(str, s.extension))}: the edge rule's extension)" if s.extension else "")
+        for m, s in staged.items()
+    )
     rule = [
         f"**The prompt's size, searched in stages** (issue 34). Stage 1 searches the learning rate at each prompt "
         f"method's default size ({defaults}); stage 2 tries the other sizes of its grid ({grids}) at the cell's "
@@ -277,23 +316,23 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
     for shots in study_yaml["shots"]:
         for exp in study_yaml["exps"]:
             marks = []
-            for m, (key, _, default, _) in staged.items():
+            for m, s in staged.items():
                 c = rows[m].get((shots, exp))
                 if c is None:
                     marks.append("…")
                     continue
-                size = c["options"][key]
-                marks.append((f"**{size}**" if size != default else str(size)) + f" ({c['lr']:g})")
+                size = c["options"][s.key]
+                marks.append((f"**{size}**" if size != s.default else str(size)) + f" ({c['lr']:g})")
             per_cell.append(f"| {shots}-shot, sampling {exp} | " + " | ".join(marks) + " |")
-    values = sorted({v for _, grid, *_ in staged.values() for v in grid})
+    values = sorted({v for s in staged.values() for v in s.grid})
     counts_table = [
         "| size chosen | " + " | ".join(map(str, values)) + " |",
         "|---|" + "---:|" * len(values),
     ]
-    for m, (key, grid, *_) in staged.items():
-        counts = Counter(c["options"][key] for c in rows[m].values())
+    for m, s in staged.items():
+        counts = Counter(c["options"][s.key] for c in rows[m].values())
         counts_table.append(
-            f"| {m} ({key}) | " + " | ".join(str(counts[v]) if v in grid else "–" for v in values) + " |"
+            f"| {m} ({s.key}) | " + " | ".join(str(counts[v]) if v in s.grid else "–" for v in values) + " |"
         )
     return [
         rule,
@@ -303,7 +342,7 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
         ],
         per_cell,
         counts_table,
-        [size_edges(rows, staged)],
+        [size_edges(rows, staged, load(folder, study, first_grid=True))],
         [
             "Before and after the length search, over each method's complete cells (test metrics ×100; *changed*: "
             "the cells whose run it changed; after − before per cell: mean, median, cells up–down, two-sided "
@@ -314,31 +353,49 @@ def lengths(folder: Path, study: list, rows: dict[str, dict[tuple, dict]], befor
     ]
 
 
-def size_edges(rows: dict[str, dict[tuple, dict]], staged: dict[str, tuple], share: float = 2 / 3) -> str:
+def size_edges(
+    rows: dict[str, dict[tuple, dict]],
+    staged: dict[str, Sizes],
+    first: dict[str, dict[tuple, dict]] | None = None,
+    share: float = 2 / 3,
+) -> str:
     """The prompt methods whose chosen size is the smallest or the largest of the grid in at least ``share`` of
-    their (at least three) complete cells: the grid is to be extended that way once (:func:`sizes`' ``staged``; no
-    lower where the smallest is the least the option takes)."""
+    their (at least three) complete cells: the grid is to be extended that way once (no lower where the smallest
+    is the least the option takes). Where it was (:attr:`Sizes.extension`), the rule reads ``first`` (the choice
+    without the extension's runs) and the line says what the extended grid chose."""
     found = []
-    for m, (key, grid, _, least) in staged.items():
-        cells = rows.get(m, {})
-        if len(cells) < 3 or len(grid) < 2:
+    for m, s in staged.items():
+        cells = (first if s.extension and first is not None else rows).get(m, {})
+        if len(cells) < 3 or len(s.first) < 2:
             continue
-        counts = Counter(c["options"][key] for c in cells.values())
-        for value, side in ((min(grid), "smallest"), (max(grid), "largest")):
-            if counts[value] >= share * len(cells):
-                found.append(
-                    f"{m} chose {key} {value}, the grid's {side}, in {counts[value]} of {len(cells)} cells"
-                    + (f" (it cannot go lower: {value} is the least {key} there is)" if value == least else "")
+        counts = Counter(c["options"][s.key] for c in cells.values())
+        for value, side in ((min(s.first), "smallest"), (max(s.first), "largest")):
+            if counts[value] < share * len(cells):
+                continue
+            grid = "first grid" if s.extension else "grid"
+            line = f"{m} chose {s.key} {value}, the {grid}'s {side}, in {counts[value]} of {len(cells)} cells"
+            out = [v for v in s.extension if (v < value if side == "smallest" else v > value)]
+            if side == "smallest" and value == s.least:
+                line += f" (it cannot go lower: {value} is the least {s.key} there is)"
+            elif out:
+                now, n = Counter(c["options"][s.key] for c in rows[m].values()), len(rows[m])
+                edge = min(out) if side == "smallest" else max(out)
+                line += f"; extended once to {', '.join(map(str, out))}, it chose " + (
+                    f"{edge} in {now[edge]} of {n} cells"
+                    if len(out) == 1
+                    else f"them in {sum(now[v] for v in out)} of {n} cells, the new {side} {edge} in {now[edge]}"
                 )
+                if now[edge] >= share * n:
+                    line += " (the rule extends once: the optimum may lie beyond)"
+            else:
+                line += ": the grid is to be extended that way once"
+            found.append(line)
     if not found:
         return (
             f"**Size at the grid's edge:** none; no prompt method chose the smallest or the largest size of its grid "
             f"in {100 * share:.0f} % of its cells or more."
         )
-    return (
-        "**Size at the grid's edge:** " + "; ".join(found) + f" ({100 * share:.0f} % or more): the grid is to be "
-        "extended that way once."
-    )
+    return f"**Size at the grid's edge** ({100 * share:.0f} % of the cells or more): " + "; ".join(found) + "."
 
 
 def before_after(rows: dict[str, dict[tuple, dict]], before: dict[str, dict[tuple, dict]], methods: list) -> list[str]:
@@ -376,7 +433,7 @@ def search_cost(records: list, methods: list) -> str:
             runs[stage(r)][r.spec.label] += 1
     total = sum(sum(r.result.time_s.values()) for r in records) / 3600
     return (
-        f"**Cost of the length search** (its run records so far): {sum(runs[2].values())} runs ("
+        f"**Cost of the length search** (from its run records): {sum(runs[2].values())} runs ("
         + ", ".join(f"{m} {runs[2][m]}" for m in methods)
         + f"), {sum(hours[2].values()):.1f} core-hours ("
         + ", ".join(f"{m} {hours[2][m]:.1f}" for m in methods)
@@ -523,23 +580,35 @@ def rank_line(change: dict | None) -> list[str]:
     ]
 
 
-def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str, tuple], spread: float = 0.01):
-    """What ``bench/analysis/analysis.json`` says of the attention mass EPT's prompts absorb (``prompt_mass``: per
+MASS_ANALYSES = ("bench/analysis", "prompt_mass")
+"""Where ``medpeft analyze`` wrote the runs the mechanism reads: the selected runs, and EPT's runs of every length in
+a few cells (``prompt_mass/``, for the lengths the selection did not keep)."""
+
+
+def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str, Sizes], spread: float = 0.01):
+    """What the analyses (:data:`MASS_ANALYSES`) say of the attention mass EPT's prompts absorb (``prompt_mass``: per
     block, the share of each attention row's softmax mass on the prompt columns, at the run's initialisation and
     trained), per prompt length, and whether the features hardly move at the chosen lengths (the intra-class scatter
     of the selected runs of one length within ``spread`` of its mean); "not measured yet" without it."""
     if "ept" not in staged or "ept" not in rows:
         return []
-    path = folder / "bench" / "analysis" / "analysis.json"
-    analysis = json.loads(path.read_text()) if path.is_file() else {}
-    runs = analysis.get("runs", {})
-    key, _, default, _ = staged["ept"]
+    runs, figures, sources = {}, [], []
+    for where in MASS_ANALYSES:
+        path = folder / where / "analysis.json"
+        analysis = json.loads(path.read_text()) if path.is_file() else {}
+        found = {name: r for name, r in analysis.get("runs", {}).items() if r.get("prompt_mass")}
+        if found:
+            runs |= found
+            sources.append(f"`{where}/`")
+            figures += [f"{where}/{f['file']}" for f in analysis.get("figures", []) if f.get("kind") == "prompt_mass"]
+    key, default = staged["ept"].key, staged["ept"].default
     measured = [r for r in runs.values() if r.get("label") == "ept" and r.get("prompt_mass")]
     if not measured:
         return [
             [
                 "**The mechanism** (the share of attention mass EPT's prompts absorb, at the chosen lengths): not "
-                "measured yet (`medpeft analyze` of the selected runs writes it to `bench/analysis/analysis.json`)."
+                "measured yet (`medpeft analyze` of the selected runs writes it to `bench/analysis/analysis.json`, "
+                "of chosen runs of every length to `prompt_mass/analysis.json`)."
             ]
         ]
     chosen = {c["key"] for c in rows["ept"].values()}
@@ -547,17 +616,15 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
     for name, r in runs.items():
         if r.get("label") == "ept" and r.get("prompt_mass"):
             by_length.setdefault(r["options"].get(key, default), []).append((name, r))
+    cells = sorted({(r["shots"], r["exp"]) for r in measured})
     text = (
-        f"**The mechanism** (`bench/analysis/analysis.json`: {len(measured)} EPT runs, "
-        f"{'/'.join(map(str, sorted({r['shots'] for r in measured})))}-shot test images): the share of each "
+        f"**The mechanism** ({' and '.join(sources)}: {len(measured)} EPT runs in "
+        + ", ".join(f"{shots}-shot sampling {exp}" for shots, exp in cells)
+        + ", on the test images): the share of each "
         "attention row's softmax mass the prompts absorb, mean over blocks, images, heads and tokens (and the lowest "
         "and highest block after training); the intra-class scatter's std over the selected runs of a length, in % "
         f"of its mean (below {100 * spread:.0f} %: the features hardly move in training)."
-        + "".join(
-            f" Per block: `bench/analysis/{f['file']}`."
-            for f in analysis.get("figures", [])
-            if f.get("kind") == "prompt_mass"
-        )
+        + "".join(f" Per block: `{f}`." for f in figures)
     )
     table = [
         f"| EPT {key} | runs (selected) | mass at init | trained | blocks, trained | scatter std, selected |",
@@ -588,14 +655,16 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
     return [[text], table, [finding]]
 
 
-def features(folder: Path, spread: float = 0.01) -> list[str]:
+def features(folder: Path, rows: dict[str, dict[tuple, dict]], spread: float = 0.01) -> list[str]:
     """What ``bench/analysis/analysis.json`` (``medpeft analyze`` on the selected runs) says of the test features:
     the scatter ratio of the pretrained backbone, EPT's and the lowest; the methods whose features are nearly the
-    same in every run (intra-class scatter within ``spread``) yet unlike the pretrained backbone's."""
+    same in every run (intra-class scatter within ``spread``) yet unlike the pretrained backbone's; and which of the
+    runs analysed are no longer the selected ones (``rows``), e.g. since the length search."""
     path = folder / "bench" / "analysis" / "analysis.json"
     if not path.is_file():
         return []
-    groups = {g["label"]: g for g in json.loads(path.read_text())["groups"]}
+    analysis = json.loads(path.read_text())
+    groups = {g["label"]: g for g in analysis["groups"]}
     if "pretrain" not in groups or "ept" not in groups:
         return []
 
@@ -625,6 +694,16 @@ def features(folder: Path, spread: float = 0.01) -> list[str]:
             )
             + "; what sets these features is the prompts' common initialisation (seed 0), which training changes "
             "little."
+        )
+    analysed = {name: r for name, r in analysis["runs"].items() if r.get("label") in METHODS}
+    selected = {c["key"] for m in METHODS for c in rows.get(m, {}).values()}
+    stale = Counter(r["label"] for name, r in analysed.items() if name not in selected)
+    if stale:
+        line += (
+            f" **Not the selected runs any more:** {sum(stale.values())} of the {len(analysed)} runs analysed ("
+            + ", ".join(f"{m} {n}" for m, n in stale.items())
+            + ") are not the cells' selected runs now (the length search chose others): these numbers are the "
+            "learning-rate search's until `medpeft analyze` is run again on the bench."
         )
     return [line]
 
@@ -929,7 +1008,7 @@ def report() -> str:
             [edges(rows, grid)],
             *lengths(HERE / folder, study, rows, before),
             lines,
-            verdict(rows, tests) + rank_line(ranks[title.split()[0]]) + features(HERE / folder),
+            verdict(rows, tests) + rank_line(ranks[title.split()[0]]) + features(HERE / folder, rows),
             prediction_sets(HERE / folder, study, len({(str(r.spec.shots), r.spec.exp) for r in study})),
             *(mechanism(HERE / folder, rows, sizes(HERE / folder)) if begun else []),
         ]

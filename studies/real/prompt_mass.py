@@ -1,0 +1,59 @@
+"""EPT's prompt at every length of one cell, analysed (issue 34's mechanism: the attention mass the prompt absorbs).
+
+``python studies/real/prompt_mass.py benchmarks/real/<dataset> [--shots 10] [--exp 2]`` (from the repository root,
+one thread): the cell's EPT runs at its chosen stage-1 learning rate, one per prompt length (the stage-1 run at the
+default length and the stage-2 runs), go through ``medpeft analyze`` into ``<dataset>/prompt_mass/`` (committed; the
+report's mechanism section reads it). A run whose bench directory holds no weights (restored from ``runs.jsonl``) is
+trained again under ``<dataset>/logits/runs`` with its committed spec (same split, seed and recipe), where
+``keep_logits.py`` trains its runs too, and taken from there when it already is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from medpeft.analysis import analyze
+from medpeft.bench.config import BenchConfig, read_config
+from medpeft.bench.store import read_index
+from medpeft.bench.worker import RunJob, execute
+from medpeft.errors import UserError
+from medpeft.record import WEIGHTS_FILE
+
+
+def cell_runs(bench: Path, shots: int, exp: int) -> list:
+    """EPT's records of the cell at its chosen stage-1 rate: the stage-2 runs and the stage-1 run they were tried at."""
+    cell = [r for r in read_index(bench) if r.spec.method == "ept" and r.spec.shots == shots and r.spec.exp == exp]
+    staged = [r for r in cell if set(r.spec.candidate) - {"lr"}]
+    if not staged:
+        raise UserError(f"{bench}: EPT's {shots}-shot cell of sampling {exp} has no stage-2 run (the length search)")
+    lr = staged[0].spec.train.lr
+    return [r for r in cell if r.spec.train.lr == lr and not set(r.spec.candidate) - {"lr"}] + staged
+
+
+def trained(record, bench: Path, again: Path, shared: dict) -> Path:
+    """A run directory of ``record`` with its weights: the bench's, else one trained again under ``again``."""
+    for folder in (bench / record.spec.run_dir, again / record.spec.run_dir):
+        if (folder / WEIGHTS_FILE).is_file():
+            return folder
+    job = RunJob(out=str(again), cache_dir=str(again / ".cache"), threads=1)
+    execute(dataclasses.replace(record.spec, **shared), job)
+    return again / record.spec.run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="EPT's prompt mass at every prompt length of one cell.")
+    parser.add_argument("study", type=Path, help="the dataset's folder (benchmarks/real/<dataset>)")
+    parser.add_argument("--shots", type=int, default=10)
+    parser.add_argument("--exp", type=int, default=2)
+    args = parser.parse_args()
+    bench = args.study / "bench"
+    shared = BenchConfig.from_dict(read_config(args.study / "study.yaml"), "study.yaml").shared
+    shared = {k: str(Path(shared[k]).resolve()) for k in ("data_root", "weights")}
+    runs = [trained(r, bench, args.study / "logits", shared) for r in cell_runs(bench, args.shots, args.exp)]
+    analyze(runs, args.study / "prompt_mass")
+
+
+if __name__ == "__main__":
+    main()
