@@ -700,3 +700,12 @@ def test_the_edge_rule_on_the_committed_study_counts_the_first_grid(report, tmp_
         f"vp chose prompt_size 30, the first grid's largest, in {was.count(30)} of 15 cells; extended once to 40, it "
         f"chose 40 in {now.count(40)} of 15 cells"
     ) in line
+
+
+def test_overall_ranks_say_per_dataset_whether_the_rank_changed(report):
+    changes = {"A": {"was": 6, "now": 5, "n": 11}, "B": {"was": 2, "now": 2, "n": 11}, "C": None}
+    assert report.overall_ranks(changes) == [
+        "- **Did the length search change EPT's rank?** Yes on A (6 → 5 of 11), no on B (2 → 2 of 11), by mean "
+        "accuracy over the cells every method has complete (before → after)."
+    ]
+    assert report.overall_ranks({"A": None}) == []

@@ -777,13 +777,13 @@ def overall_ranks(changes: dict[str, dict | None]) -> list[str]:
     changes = {dataset: c for dataset, c in changes.items() if c}
     if not changes:
         return []
-    changed = [d for d, c in changes.items() if c["was"] != c["now"]]
+    answers = ", ".join(
+        f"{'yes' if c['was'] != c['now'] else 'no'} on {d} ({c['was']} → {c['now']} of {c['n']})"
+        for d, c in changes.items()
+    )
     return [
-        "- **Did the length search change EPT's rank?** "
-        + (f"Yes, on {' and '.join(changed)}" if changed else "No")
-        + ": "
-        + "; ".join(f"{c['was']} → {c['now']} of {c['n']} on {d}" for d, c in changes.items())
-        + " (before → after, over the cells every method has complete)."
+        f"- **Did the length search change EPT's rank?** {answers[0].upper()}{answers[1:]}, by mean accuracy over the "
+        "cells every method has complete (before → after)."
     ]
 
 
