@@ -23,6 +23,19 @@ from medpeft.posthoc import LOGITS_FILE
 from medpeft.record import RUN_FILE, read_record
 
 
+def study_files(study: Path) -> dict[str, str]:
+    """``study.yaml``'s data and weights files (``study``: the dataset's folder) where this checkout has them."""
+    shared = BenchConfig.from_dict(read_config(study / "study.yaml"), "study.yaml").shared
+    return {k: str(Path(shared[k]).resolve()) for k in ("data_root", "weights")}
+
+
+def train_again(record, out: Path, files: dict[str, str]) -> Path:
+    """``record``'s run trained again under ``out`` with its committed spec (same split, seed and recipe) and the
+    study's ``files`` (:func:`study_files`); its run directory."""
+    execute(dataclasses.replace(record.spec, **files), RunJob(out=str(out), cache_dir=str(out / ".cache"), threads=1))
+    return out / record.spec.run_dir
+
+
 def keep(bench: Path, out: Path, methods: list[str], exps: list[int] | None = None) -> None:
     """Keep the logits of ``methods``' selected runs in ``bench`` under ``out/kept`` (see the module's docstring);
     kept runs of those methods that are no longer selected (a staged search's later stage won) are removed."""
@@ -30,8 +43,7 @@ def keep(bench: Path, out: Path, methods: list[str], exps: list[int] | None = No
         r for r in read_index(bench) if r.selected and r.spec.method in methods and (exps is None or r.spec.exp in exps)
     ]
     selected.sort(key=lambda r: (methods.index(r.spec.method), r.spec.exp, str(r.spec.shots)))
-    study = BenchConfig.from_dict(read_config(bench.parent / "study.yaml"), "study.yaml").shared
-    here = {k: str(Path(study[k]).resolve()) for k in ("data_root", "weights")}
+    files = study_files(bench.parent)
     wanted = {out / "kept" / Path(r.spec.run_dir).relative_to("runs") for r in selected}
     for stale in {p.parent for p in (out / "kept").glob(f"**/{LOGITS_FILE}")} - wanted:
         spec = read_record(stale).spec
@@ -44,9 +56,7 @@ def keep(bench: Path, out: Path, methods: list[str], exps: list[int] | None = No
             continue
         source, how = bench / record.spec.run_dir, "copied"
         if not (source / LOGITS_FILE).is_file():
-            spec = dataclasses.replace(record.spec, **here)  # the study's files where this checkout has them
-            execute(spec, RunJob(out=str(out), cache_dir=str(out / ".cache"), threads=1))
-            source, how = out / record.spec.run_dir, "trained again"
+            source, how = train_again(record, out, files), "trained again"
         target.mkdir(parents=True, exist_ok=True)
         for name in (RUN_FILE, LOGITS_FILE):
             shutil.copy2(source / name, target / name)

@@ -11,13 +11,13 @@ trained again under ``<dataset>/logits/runs`` with its committed spec (same spli
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
+from keep_logits import study_files, train_again
+from report import stage
+
 from medpeft.analysis import analyze
-from medpeft.bench.config import BenchConfig, read_config
 from medpeft.bench.store import read_index
-from medpeft.bench.worker import RunJob, execute
 from medpeft.errors import UserError
 from medpeft.record import WEIGHTS_FILE
 
@@ -25,21 +25,19 @@ from medpeft.record import WEIGHTS_FILE
 def cell_runs(bench: Path, shots: int, exp: int) -> list:
     """EPT's records of the cell at its chosen stage-1 rate: the stage-2 runs and the stage-1 run they were tried at."""
     cell = [r for r in read_index(bench) if r.spec.method == "ept" and r.spec.shots == shots and r.spec.exp == exp]
-    staged = [r for r in cell if set(r.spec.candidate) - {"lr"}]
+    staged = [r for r in cell if stage(r) == 2]
     if not staged:
         raise UserError(f"{bench}: EPT's {shots}-shot cell of sampling {exp} has no stage-2 run (the length search)")
     lr = staged[0].spec.train.lr
-    return [r for r in cell if r.spec.train.lr == lr and not set(r.spec.candidate) - {"lr"}] + staged
+    return [r for r in cell if r.spec.train.lr == lr and stage(r) == 1] + staged
 
 
-def trained(record, bench: Path, again: Path, shared: dict) -> Path:
+def trained(record, bench: Path, again: Path, files: dict[str, str]) -> Path:
     """A run directory of ``record`` with its weights: the bench's, else one trained again under ``again``."""
     for folder in (bench / record.spec.run_dir, again / record.spec.run_dir):
         if (folder / WEIGHTS_FILE).is_file():
             return folder
-    job = RunJob(out=str(again), cache_dir=str(again / ".cache"), threads=1)
-    execute(dataclasses.replace(record.spec, **shared), job)
-    return again / record.spec.run_dir
+    return train_again(record, again, files)
 
 
 def main() -> None:
@@ -49,9 +47,8 @@ def main() -> None:
     parser.add_argument("--exp", type=int, default=2)
     args = parser.parse_args()
     bench = args.study / "bench"
-    shared = BenchConfig.from_dict(read_config(args.study / "study.yaml"), "study.yaml").shared
-    shared = {k: str(Path(shared[k]).resolve()) for k in ("data_root", "weights")}
-    runs = [trained(r, bench, args.study / "logits", shared) for r in cell_runs(bench, args.shots, args.exp)]
+    files = study_files(args.study)
+    runs = [trained(r, bench, args.study / "logits", files) for r in cell_runs(bench, args.shots, args.exp)]
     analyze(runs, args.study / "prompt_mass")
 
 

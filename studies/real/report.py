@@ -602,7 +602,7 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
             sources.append(f"`{where}/`")
             figures += [f"{where}/{f['file']}" for f in analysis.get("figures", []) if f.get("kind") == "prompt_mass"]
     key, default = staged["ept"].key, staged["ept"].default
-    measured = [r for r in runs.values() if r.get("label") == "ept" and r.get("prompt_mass")]
+    measured = {name: r for name, r in runs.items() if r.get("label") == "ept"}
     if not measured:
         return [
             [
@@ -613,10 +613,9 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
         ]
     chosen = {c["key"] for c in rows["ept"].values()}
     by_length: dict[int, list[tuple[str, dict]]] = {}
-    for name, r in runs.items():
-        if r.get("label") == "ept" and r.get("prompt_mass"):
-            by_length.setdefault(r["options"].get(key, default), []).append((name, r))
-    cells = sorted({(r["shots"], r["exp"]) for r in measured})
+    for name, r in measured.items():
+        by_length.setdefault(r["options"].get(key, default), []).append((name, r))
+    cells = sorted({(r["shots"], r["exp"]) for r in measured.values()})
     text = (
         f"**The mechanism** ({' and '.join(sources)}: {len(measured)} EPT runs in "
         + ", ".join(f"{shots}-shot sampling {exp}" for shots, exp in cells)

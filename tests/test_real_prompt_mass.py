@@ -1,0 +1,42 @@
+"""studies/real/prompt_mass.py's choice of runs: EPT's cell at its chosen stage-1 rate, one run per prompt length,
+against the runs the committed ``prompt_mass/analysis.json`` analysed."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from medpeft.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "benchmarks" / "real"
+
+
+@pytest.fixture(scope="module")
+def prompt_mass():
+    sys.path.insert(0, str(ROOT / "studies" / "real"))  # its siblings report.py and keep_logits.py
+    try:
+        spec = importlib.util.spec_from_file_location("real_prompt_mass", ROOT / "studies" / "real" / "prompt_mass.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "studies" / "real"))
+    return module
+
+
+@pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
+def test_the_cell_runs_are_those_the_committed_analysis_measured(prompt_mass, dataset):
+    runs = prompt_mass.cell_runs(REAL / dataset / "bench", 10, 2)
+    analysed = json.loads((REAL / dataset / "prompt_mass" / "analysis.json").read_text())["runs"]
+    assert [r.key for r in runs] == [name for name, r in analysed.items() if r["label"] == "ept"]
+    assert len({r.spec.train.lr for r in runs}) == 1  # one rate: the cell's stage-1 choice
+    assert sorted(r.model.options.get("prompt_length", 100) for r in runs) == [1, 10, 50, 100]
+
+
+def test_a_cell_without_the_length_search_is_refused_in_one_line(prompt_mass, tmp_path):
+    lines = (REAL / "br35h" / "bench" / "runs.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "runs.jsonl").write_text("".join(x for x in lines if "prompt_" not in json.loads(x)["key"]))
+    with pytest.raises(UserError, match=r"EPT's 10-shot cell of sampling 2 has no stage-2 run"):
+        prompt_mass.cell_runs(tmp_path, 10, 2)
