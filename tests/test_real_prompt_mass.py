@@ -40,3 +40,12 @@ def test_a_cell_without_the_length_search_is_refused_in_one_line(prompt_mass, tm
     (tmp_path / "runs.jsonl").write_text("".join(x for x in lines if "prompt_" not in json.loads(x)["key"]))
     with pytest.raises(UserError, match=r"EPT's 10-shot cell of sampling 2 has no stage-2 run"):
         prompt_mass.cell_runs(tmp_path, 10, 2)
+
+
+def test_a_wrong_folder_or_cell_is_one_line_and_exit_2(prompt_mass, tmp_path, capsys):
+    for argv in ([str(tmp_path)], [str(REAL / "br35h"), "--exp", "9"]):
+        with pytest.raises(SystemExit) as stop:
+            prompt_mass.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 2 and err[0].startswith("usage:"), err  # argparse: usage + error
+    assert "EPT's 10-shot cell of sampling 9 has no stage-2 run" in err[1]

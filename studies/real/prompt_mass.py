@@ -40,16 +40,19 @@ def trained(record, bench: Path, again: Path, files: dict[str, str]) -> Path:
     return train_again(record, again, files)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="EPT's prompt mass at every prompt length of one cell.")
     parser.add_argument("study", type=Path, help="the dataset's folder (benchmarks/real/<dataset>)")
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--exp", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     bench = args.study / "bench"
-    files = study_files(args.study)
-    runs = [trained(r, bench, args.study / "logits", files) for r in cell_runs(bench, args.shots, args.exp)]
-    analyze(runs, args.study / "prompt_mass")
+    try:
+        files = study_files(args.study)
+        runs = [trained(r, bench, args.study / "logits", files) for r in cell_runs(bench, args.shots, args.exp)]
+        analyze(runs, args.study / "prompt_mass")
+    except UserError as err:  # a wrong folder or cell: one line, exit 2
+        parser.error(str(err))
 
 
 if __name__ == "__main__":
