@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     bench = args.study / "bench"
     try:
+        cell = cell_runs(bench, args.shots, args.exp)  # the cell first: it needs no data or weights files
         files = study_files(args.study)
-        runs = [trained(r, bench, args.study / "logits", files) for r in cell_runs(bench, args.shots, args.exp)]
+        runs = [trained(r, bench, args.study / "logits", files) for r in cell]
         analyze(runs, args.study / "prompt_mass")
     except UserError as err:  # a wrong folder or cell: one line, exit 2
         parser.error(str(err))
