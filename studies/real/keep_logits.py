@@ -36,18 +36,22 @@ def train_again(record, out: Path, files: dict[str, str]) -> Path:
     return out / record.spec.run_dir
 
 
-def keep(bench: Path, out: Path, methods: list[str], exps: list[int] | None = None) -> None:
-    """Keep the logits of ``methods``' selected runs in ``bench`` under ``out/kept`` (see the module's docstring);
-    kept runs of those methods that are no longer selected (a staged search's later stage won) are removed."""
-    selected = [
-        r for r in read_index(bench) if r.selected and r.spec.method in methods and (exps is None or r.spec.exp in exps)
-    ]
+def keep(
+    bench: Path, out: Path, methods: list[str], exps: list[int] | None = None, shots: list[int] | None = None
+) -> None:
+    """Keep the logits of ``methods``' selected runs in ``bench`` (of ``exps`` and ``shots``, default all) under
+    ``out/kept`` (see the module's docstring); kept runs of those that are no longer selected (a staged search's later
+    stage won) are removed."""
+
+    def wanted_run(spec) -> bool:
+        return spec.method in methods and (exps is None or spec.exp in exps) and (shots is None or spec.shots in shots)
+
+    selected = [r for r in read_index(bench) if r.selected and wanted_run(r.spec)]
     selected.sort(key=lambda r: (methods.index(r.spec.method), r.spec.exp, str(r.spec.shots)))
     files = study_files(bench.parent)
     wanted = {out / "kept" / Path(r.spec.run_dir).relative_to("runs") for r in selected}
     for stale in {p.parent for p in (out / "kept").glob(f"**/{LOGITS_FILE}")} - wanted:
-        spec = read_record(stale).spec
-        if spec.method in methods and (exps is None or spec.exp in exps):
+        if wanted_run(read_record(stale).spec):
             shutil.rmtree(stale)
             print(f"{stale}: no longer selected, removed", flush=True)
     for i, record in enumerate(selected, 1):
@@ -69,8 +73,14 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="where the kept logits go (benchmarks/real/<dataset>/logits)")
     parser.add_argument("--methods", required=True, help="comma-separated methods, in the order to run them")
     parser.add_argument("--exps", help="comma-separated samplings (e.g. those whose staged search is complete)")
+    parser.add_argument("--shots", help="comma-separated shot counts (e.g. 10: the ones the analysis reads)")
     args = parser.parse_args()
-    keep(args.bench, args.out, args.methods.split(","), args.exps and [int(e) for e in args.exps.split(",")])
+    numbers = {
+        name: [int(x) for x in value.split(",")] if value else None
+        for name, value in vars(args).items()
+        if name in ("exps", "shots")
+    }
+    keep(args.bench, args.out, args.methods.split(","), **numbers)
 
 
 if __name__ == "__main__":
