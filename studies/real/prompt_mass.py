@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from keep_logits import study_files, train_again
+from keep_logits import study_files, trained
 from report import stage
 
 from medpeft.analysis import analyze
 from medpeft.bench.store import read_index
 from medpeft.errors import UserError
-from medpeft.record import WEIGHTS_FILE
 
 
 def cell_runs(bench: Path, shots: int, exp: int) -> list:
@@ -30,14 +29,6 @@ def cell_runs(bench: Path, shots: int, exp: int) -> list:
         raise UserError(f"{bench}: EPT's {shots}-shot cell of sampling {exp} has no stage-2 run (the length search)")
     lr = staged[0].spec.train.lr
     return [r for r in cell if r.spec.train.lr == lr and stage(r) == 1] + staged
-
-
-def trained(record, bench: Path, again: Path, files: dict[str, str]) -> Path:
-    """A run directory of ``record`` with its weights: the bench's, else one trained again under ``again``."""
-    for folder in (bench / record.spec.run_dir, again / record.spec.run_dir):
-        if (folder / WEIGHTS_FILE).is_file():
-            return folder
-    return train_again(record, again, files)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -944,7 +944,7 @@ def prediction_sets(folder: Path, study: list, cells: int) -> list[str]:
         "#### Prediction sets (split conformal on the validation images)",
         "",
         f"Selected runs with kept logits, of {cells} cells per method: {counts} (a prompt method's as the staged "
-        "length search selects them, in the samplings where it is complete). Coverage and mean set size "
+        "length search selects them). Coverage and mean set size "
         "on the test images, averaged over those runs; after T: the sets of the temperature-scaled probabilities "
         "(T fitted on the same validation images, then the conformal quantile). With 20 validation images, α = 0.1 "
         "needs the 19th of 20 scores and α = 0.2 the 17th (finite-sample quantile ⌈(n+1)(1−α)⌉/n). Runs made "

@@ -1,5 +1,6 @@
-"""studies/real/prompt_mass.py's choice of runs: EPT's cell at its chosen stage-1 rate, one run per prompt length,
-against the runs the committed ``prompt_mass/analysis.json`` analysed."""
+"""The real study's analysis scripts choose the runs the committed analyses measured: studies/real/prompt_mass.py EPT's
+cell at its chosen stage-1 rate, one run per prompt length; studies/real/analyze_selected.py every method's selected
+run of each sampling at 10 shots. A wrong folder or cell is one line and exit 2."""
 
 import importlib.util
 import json
@@ -12,18 +13,28 @@ from medpeft.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "benchmarks" / "real"
+METHODS = ["linear", "mlp", "partial", "full", "bitfit", "lora", "adapter", "ssf", "vp", "vpt", "ept"]
 
 
-@pytest.fixture(scope="module")
-def prompt_mass():
+def _script(name: str):
     sys.path.insert(0, str(ROOT / "studies" / "real"))  # its siblings report.py and keep_logits.py
     try:
-        spec = importlib.util.spec_from_file_location("real_prompt_mass", ROOT / "studies" / "real" / "prompt_mass.py")
+        spec = importlib.util.spec_from_file_location(f"real_{name}", ROOT / "studies" / "real" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(ROOT / "studies" / "real"))
     return module
+
+
+@pytest.fixture(scope="module")
+def prompt_mass():
+    return _script("prompt_mass")
+
+
+@pytest.fixture(scope="module")
+def analyze_selected():
+    return _script("analyze_selected")
 
 
 @pytest.mark.parametrize("dataset", ["pneumoniamnist", "br35h"])
@@ -49,3 +60,11 @@ def test_a_wrong_folder_or_cell_is_one_line_and_exit_2(prompt_mass, tmp_path, ca
         err = capsys.readouterr().err.strip().splitlines()
         assert stop.value.code == 2 and len(err) == 2 and err[0].startswith("usage:"), err  # argparse: usage + error
     assert "EPT's 10-shot cell of sampling 9 has no stage-2 run" in err[1]
+
+
+def test_a_wrong_folder_or_shot_count_is_one_line_and_exit_2(analyze_selected, tmp_path, capsys):
+    for argv, culprit in (([str(tmp_path)], str(tmp_path)), ([str(REAL / "br35h"), "--shots", "7"], "at 7 shots")):
+        with pytest.raises(SystemExit) as stop:
+            analyze_selected.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 2 and err[0].startswith("usage:") and culprit in err[1], err
