@@ -16,7 +16,7 @@ from ..families import family_of
 from ..metrics import expected_calibration_error, task_metrics
 from ..model import build_model
 from ..record import RunRecord
-from .extract import MassShare, forward_pass
+from .extract import MassShare, extract_features, forward_pass, prompt_mass
 from .report import PRETRAIN
 from .runs import RunRef
 from .scatter import class_statistics
@@ -131,18 +131,9 @@ def measure(
                 **spec.options,
             )
             mass = {
-                "init": forward_pass(
-                    initial,
-                    test,
-                    data.task,
-                    img_size,
-                    batch_size=batch_size,
-                    cache=cache,
-                    device=device,
-                    head=False,
-                    maps=False,
-                    mass=True,
-                ).prompt_mass,
+                "init": prompt_mass(
+                    initial, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device
+                ),
                 "trained": fwd.prompt_mass,
             }
             del initial
@@ -182,9 +173,7 @@ def measure(
             mean=spec.mean,
             std=spec.std,
         )
-        feats = forward_pass(
-            frozen, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device, head=False, maps=False
-        ).features
+        feats = extract_features(frozen, test, data.task, img_size, batch_size=batch_size, cache=cache, device=device)
         name = f"{PRETRAIN}/{spec.task}"
         if name in numbers:
             name = f"{name}/{spec.backbone}@{img_size}/seed{spec.seed}"
