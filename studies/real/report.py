@@ -607,8 +607,9 @@ def mechanism(folder: Path, rows: dict[str, dict[tuple, dict]], staged: dict[str
         return [
             [
                 "**The mechanism** (the share of attention mass EPT's prompts absorb, at the chosen lengths): not "
-                "measured yet (`medpeft analyze` of the selected runs writes it to `bench/analysis/analysis.json`, "
-                "of chosen runs of every length to `prompt_mass/analysis.json`)."
+                "measured yet (`studies/real/analyze_selected.py` writes it to `bench/analysis/analysis.json`, "
+                "`studies/real/prompt_mass.py` that of EPT's runs of every length in one cell to "
+                "`prompt_mass/analysis.json`)."
             ]
         ]
     chosen = {c["key"] for c in rows["ept"].values()}
@@ -702,7 +703,7 @@ def features(folder: Path, rows: dict[str, dict[tuple, dict]], spread: float = 0
             f" **Not the selected runs any more:** {sum(stale.values())} of the {len(analysed)} runs analysed ("
             + ", ".join(f"{m} {n}" for m, n in stale.items())
             + ") are not the cells' selected runs now (the length search chose others): these numbers are the "
-            "learning-rate search's until `medpeft analyze` is run again on the bench."
+            "learning-rate search's until `studies/real/analyze_selected.py` is run again."
         )
     return [line]
 
