@@ -33,6 +33,11 @@ def prompt_mass():
 
 
 @pytest.fixture(scope="module")
+def keep_logits():
+    return _script("keep_logits")
+
+
+@pytest.fixture(scope="module")
 def analyze_selected():
     return _script("analyze_selected")
 
@@ -68,3 +73,18 @@ def test_a_wrong_folder_or_shot_count_is_one_line_and_exit_2(analyze_selected, t
             analyze_selected.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert stop.value.code == 2 and len(err) == 2 and err[0].startswith("usage:") and culprit in err[1], err
+
+
+def test_keep_logits_bad_numbers_or_folder_are_one_line_and_exit_2(keep_logits, tmp_path, capsys):
+    cases = (
+        (["--shots", "ten"], "argument --shots: invalid numbers value: 'ten'"),
+        (["--exps", "1,,2"], "argument --exps: invalid numbers value: '1,,2'"),
+        ([], f"{tmp_path.parent / 'study.yaml'}: No such file"),  # the bench folder of no study
+    )
+    for extra, culprit in cases:
+        with pytest.raises(SystemExit) as stop:
+            keep_logits.main([str(tmp_path), str(tmp_path / "out"), "--methods", "ept", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and err[0].startswith("usage:") and culprit in err[-1], err  # usage may wrap
+        assert [x for x in err if "error" in x] == [err[-1]], err  # one error line
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -19,6 +19,7 @@ from pathlib import Path
 from medpeft.bench.config import BenchConfig, read_config
 from medpeft.bench.store import read_index
 from medpeft.bench.worker import RunJob, execute
+from medpeft.errors import UserError
 from medpeft.posthoc import LOGITS_FILE
 from medpeft.record import RUN_FILE, WEIGHTS_FILE, read_record
 
@@ -75,20 +76,23 @@ def keep(
         print(f"[{i}/{len(selected)}] {record.key}: {how}", flush=True)
 
 
-def main() -> None:
+def numbers(text: str) -> list[int]:
+    """A comma-separated list of whole numbers (``--exps``, ``--shots``)."""
+    return [int(x) for x in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Keep the logits of the real study's selected runs.")
     parser.add_argument("bench", type=Path, help="the study's bench folder (runs.jsonl with 'selected')")
     parser.add_argument("out", type=Path, help="where the kept logits go (benchmarks/real/<dataset>/logits)")
     parser.add_argument("--methods", required=True, help="comma-separated methods, in the order to run them")
-    parser.add_argument("--exps", help="comma-separated samplings (e.g. those whose staged search is complete)")
-    parser.add_argument("--shots", help="comma-separated shot counts (e.g. 10: the ones the analysis reads)")
-    args = parser.parse_args()
-    numbers = {
-        name: [int(x) for x in value.split(",")] if value else None
-        for name, value in vars(args).items()
-        if name in ("exps", "shots")
-    }
-    keep(args.bench, args.out, args.methods.split(","), **numbers)
+    parser.add_argument("--exps", type=numbers, help="comma-separated samplings (e.g. 1,2,3)")
+    parser.add_argument("--shots", type=numbers, help="comma-separated shot counts (e.g. 10: the analysis reads them)")
+    args = parser.parse_args(argv)
+    try:
+        keep(args.bench, args.out, args.methods.split(","), args.exps, args.shots)
+    except UserError as err:  # a wrong folder: one line, exit 2
+        parser.error(str(err))
 
 
 if __name__ == "__main__":
