@@ -5,8 +5,8 @@ every selected run of those methods in BENCH/runs.jsonl, its ``run.json`` and ``
 ``OUT/kept/<label>/<cell>/<candidate>/`` (committed): copied from the bench's run directory, or, where the bench kept
 no logits (runs made before medpeft kept them), from the selected candidate trained again under ``OUT/runs`` with its
 committed spec (same split, seed and recipe; each cell's selection stays as committed; the kept ``run.json`` then
-holds the new run's metrics, which the report compares with the committed ones). Resumable: what OUT holds is not
-redone.
+holds the new run's metrics, which the report compares with the committed ones). Resumable: what OUT holds, kept or
+trained again (also by prompt_mass.py or analyze_selected.py), is not redone.
 """
 
 from __future__ import annotations
@@ -67,9 +67,8 @@ def keep(
         target = out / "kept" / Path(record.spec.run_dir).relative_to("runs")
         if (target / LOGITS_FILE).is_file():
             continue
-        source, how = bench / record.spec.run_dir, "copied"
-        if not (source / LOGITS_FILE).is_file():
-            source, how = train_again(record, out, files), "trained again"
+        done = [f for f in (bench / record.spec.run_dir, out / record.spec.run_dir) if (f / LOGITS_FILE).is_file()]
+        source, how = (done[0], "copied") if done else (train_again(record, out, files), "trained again")
         target.mkdir(parents=True, exist_ok=True)
         for name in (RUN_FILE, LOGITS_FILE):
             shutil.copy2(source / name, target / name)
